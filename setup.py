@@ -1,0 +1,36 @@
+"""masktas_jax: self-supervised architecture search for vision transformers."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name='masktas_jax',
+    version='0.1.0',
+    description=('MaskTAS in JAX/Flax: masked-distillation supernet training '
+                 'and label-free evolutionary search for ViTs'),
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.10',
+    packages=find_packages(include=['masktas_jax', 'masktas_jax.*']),
+    install_requires=[
+        'jax>=0.7',
+        'flax>=0.12',
+        'optax>=0.2.5',
+        'orbax-checkpoint>=0.11',
+        'grain>=0.2.10',
+        'tensorflow-datasets>=4.9.9',
+        'ml-collections>=1.0',
+        'einops>=0.8',
+        'chex>=0.1.90',
+        'absl-py>=2.1',
+        'etils[epath]>=1.7',
+        'numpy>=1.26',
+        'pillow>=10',
+        'scikit-learn>=1.4',
+        'matplotlib>=3.8',
+    ],
+    extras_require={
+        'test': ['pytest>=8', 'pytest-xdist>=3.5'],
+        # Reading the official MAE .pth checkpoints (CPU build is enough).
+        'torch': ['torch>=2.1'],
+    },
+)

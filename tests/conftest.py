@@ -1,0 +1,13 @@
+"""Test set-up: 8 fake CPU devices, set before JAX starts."""
+
+import os
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+_flag = '--xla_force_host_platform_device_count=8'
+if _flag not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' +
+                             _flag).strip()
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top
+
+jax.config.update('jax_default_matmul_precision', 'highest')
