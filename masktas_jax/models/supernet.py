@@ -1,0 +1,294 @@
+"""Weight-sharing ViT supernet driven by runtime Arch arrays.
+
+The supernet holds max-size weights (stacked over layers, so the encoder is a
+`lax.scan`). A subnet uses the first `embed_dim` channels everywhere, the
+first `num_heads[i]` heads and first `mlp_dims[i]` MLP channels of layer i,
+and the first `depth` layers: exactly the weights `extract(arch)` slices out.
+
+Two execution paths take the same `SearchSpace.encode(arch)` arrays, compile
+once for every Arch, and return the same tokens as the extracted dense ViT
+(padded channels exactly zero):
+
+* `'switch'` (training): `lax.switch` on the embed-dim choice, and inside it
+  a per-layer `lax.switch` over the (heads, MLP ratio) choices plus a skip
+  branch for layers past `depth`. Each branch runs on static slices, so a
+  step costs the subnet's FLOPs, not the supernet's.
+* `'mask'`: everything at max width with channel, head, MLP and layer masks;
+  LayerNorm statistics use only active channels. Branch-free, so it `vmap`s
+  over a stack of Archs (population scoring) at max-width cost.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from masktas_jax.masking import gather_tokens, patchify
+from masktas_jax.models import switch, vit
+from masktas_jax.space import HEAD_DIM, Arch, SearchSpace
+
+Mode = Literal['switch', 'mask']
+ArchArrays = dict[str, jax.Array]
+
+_LAYER_KEYS = ('ln1_scale', 'ln1_bias', 'wq', 'bq', 'wk', 'bk', 'wv', 'bv',
+               'wo', 'bo', 'ln2_scale', 'ln2_bias', 'w1', 'b1', 'w2', 'b2')
+
+
+def _ln(x, scale, bias):
+  mean = x.mean(-1, keepdims=True)
+  xc = x - mean
+  var = (xc * xc).mean(-1, keepdims=True)
+  return xc * jax.lax.rsqrt(var + vit.LN_EPS) * scale + bias
+
+
+def _masked_ln(x, scale, bias, mask, count):
+  """LayerNorm over the channels where `mask` is 1; zero elsewhere.
+
+  `x` is zero on inactive channels (the supernet's invariant), so its plain
+  sum is the sum over active channels.
+  """
+  mean = x.sum(-1, keepdims=True) / count
+  xc = (x - mean) * mask
+  var = (xc * xc).sum(-1, keepdims=True) / count
+  return xc * jax.lax.rsqrt(var + vit.LN_EPS) * scale + bias * mask
+
+
+def _attention(h, p, heads: int, e: int, head_mask=None):
+  """h (B, N, E_h) normed tokens -> attention output (B, N, e).
+
+  Tokens are flattened to rows so every projection and its weight gradient is
+  a plain 2-D GEMM (XLA:CPU runs contractions over two axes ~2x slower).
+  """
+  b, n, e_in = h.shape
+  rows = h.reshape(b * n, e_in)
+  q, k, v = ((rows @ p[w][:e_in, :heads].reshape(e_in, heads * HEAD_DIM)
+              ).reshape(b, n, heads, HEAD_DIM) + p[bias][:heads]
+             for w, bias in (('wq', 'bq'), ('wk', 'bk'), ('wv', 'bv')))
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) * HEAD_DIM**-0.5
+  o = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(scores, -1), v)
+  if head_mask is not None:
+    o = o * head_mask[:heads, None]
+  o = o.reshape(b * n, heads * HEAD_DIM)
+  wo = p['wo'][:heads, :, :e].reshape(heads * HEAD_DIM, e)
+  return (o @ wo).reshape(b, n, e) + p['bo'][:e]
+
+
+def _mlp(h, p, mlp: int, e: int, mlp_mask=None):
+  """h (B, N, E_h) normed tokens -> MLP output (B, N, e); 2-D GEMMs."""
+  b, n, e_in = h.shape
+  a = vit.gelu(h.reshape(b * n, e_in) @ p['w1'][:e_in, :mlp] + p['b1'][:mlp])
+  if mlp_mask is not None:
+    a = a * mlp_mask[:mlp]
+  return (a @ p['w2'][:mlp, :e]).reshape(b, n, e) + p['b2'][:e]
+
+
+def _dense_block(x, p, *, heads: int, mlp: int):
+  """One block at static widths: x (B, N, E) with E = x.shape[-1]."""
+  e = x.shape[-1]
+  x = x + _attention(_ln(x, p['ln1_scale'][:e], p['ln1_bias'][:e]), p,
+                     heads, e)
+  return x + _mlp(_ln(x, p['ln2_scale'][:e], p['ln2_bias'][:e]), p, mlp, e)
+
+
+def _masked_block(x, p, head_mask, mlp_mask, active, embed_mask, count):
+  """One block at max width under masks: x (B, N, E_max), zero-padded."""
+  e, heads, mlp = x.shape[-1], head_mask.shape[-1], mlp_mask.shape[-1]
+  h = _masked_ln(x, p['ln1_scale'], p['ln1_bias'], embed_mask, count)
+  y = _attention(h, p, heads, e, head_mask)
+  x = x + (active * y) * embed_mask
+  h = _masked_ln(x, p['ln2_scale'], p['ln2_bias'], embed_mask, count)
+  y = _mlp(h, p, mlp, e, mlp_mask)
+  return x + (active * y) * embed_mask
+
+
+class Supernet(nnx.Module):
+  """Max-size ViT classifier of `space`, with an encoder usable alone.
+
+  Weights (L = max depth, E = max embed, H = max heads, M = max MLP width,
+  P = p*p*C, N = patches):
+    patch_kernel (P, E), patch_bias (E,), cls_token (E,), pos_embed (N+1, E),
+    per layer stacked on a leading L axis: ln1/ln2 scale & bias (L, E),
+    wq/wk/wv (L, E, H, 64), bq/bk/bv (L, H, 64), wo (L, H, 64, E), bo (L, E),
+    w1 (L, E, M), b1 (L, M), w2 (L, M, E), b2 (L, E);
+    norm_scale/norm_bias (E,), head_kernel (E, C), head_bias (C,).
+  """
+
+  def __init__(self, space: SearchSpace, *, rngs: nnx.Rngs,
+               remat: bool = True):
+    """`remat` picks how the 'switch' path differentiates a layer.
+
+    True: each layer branch is rematerialised, so its residuals are its
+    inputs (the same shapes in every branch) and the backward pass recomputes
+    the forward; on XLA:CPU this is faster than reading stored activations.
+    False: `switch.switch` keeps the taken branch's residuals in one shared
+    buffer; no recomputation, for accelerators where FLOPs are the limit.
+    """
+    self.space = space
+    self.remat = remat
+    e, l, h, m = space.max_embed, space.max_depth, space.max_heads, space.max_mlp
+    init = functools.partial(nnx.initializers.xavier_uniform, batch_axis=0)
+    key = rngs.params
+    self.patch_kernel = nnx.Param(vit._dense_init(key(), (space.patch_dim, e)))
+    self.patch_bias = nnx.Param(jnp.zeros((e,)))
+    self.cls_token = nnx.Param(vit._token_init(key(), (e,)))
+    self.pos_embed = nnx.Param(
+        vit._token_init(key(), (space.num_patches + 1, e)))
+    layers = {
+        'ln1_scale': jnp.ones((l, e)), 'ln1_bias': jnp.zeros((l, e)),
+        'ln2_scale': jnp.ones((l, e)), 'ln2_bias': jnp.zeros((l, e)),
+        'bo': jnp.zeros((l, e)), 'b1': jnp.zeros((l, m)),
+        'b2': jnp.zeros((l, e)),
+        'w1': init(in_axis=1, out_axis=2)(key(), (l, e, m)),
+        'w2': init(in_axis=1, out_axis=2)(key(), (l, m, e)),
+        'wo': init(in_axis=(1, 2), out_axis=3)(key(), (l, h, HEAD_DIM, e)),
+    }
+    for w, b in (('wq', 'bq'), ('wk', 'bk'), ('wv', 'bv')):
+      layers[w] = init(in_axis=1, out_axis=(2, 3))(key(), (l, e, h, HEAD_DIM))
+      layers[b] = jnp.zeros((l, h, HEAD_DIM))
+    self.layers = nnx.Dict({k: nnx.Param(layers[k]) for k in _LAYER_KEYS})
+    self.norm_scale = nnx.Param(jnp.ones((e,)))
+    self.norm_bias = nnx.Param(jnp.zeros((e,)))
+    c = space.num_classes
+    self.head_kernel = nnx.Param(vit._dense_init(key(), (e, c)) if c else
+                                 jnp.zeros((e, 0)))
+    self.head_bias = nnx.Param(jnp.zeros((c,)))
+
+  # -- forward --------------------------------------------------------------
+
+  def _params(self) -> dict[str, jax.Array]:
+    """All weights as a plain dict of arrays (per-layer ones under 'layers')."""
+    names = ('patch_kernel', 'patch_bias', 'cls_token', 'pos_embed',
+             'norm_scale', 'norm_bias')
+    p = {k: getattr(self, k)[...] for k in names}
+    p['layers'] = {k: self.layers[k][...] for k in _LAYER_KEYS}
+    return p
+
+  def _embed(self, p, images, ids_keep, e: int):
+    """Tokens (B, 1 + K, e) from the first e channels of the embeddings."""
+    patches = patchify(images, self.space.patch_size)
+    if ids_keep is not None:
+      patches = gather_tokens(patches, ids_keep)
+    pos = p['pos_embed'][:, :e]
+    x = patches @ p['patch_kernel'][:, :e] + p['patch_bias'][:e]
+    x = x + (pos[1:][None] if ids_keep is None else pos[1:][ids_keep])
+    cls = jnp.broadcast_to(p['cls_token'][:e] + pos[0], (x.shape[0], 1, e))
+    return jnp.concatenate([cls, x], axis=1)
+
+  def _encode_switch(self, images, arch: ArchArrays, ids_keep):
+    space, e_max = self.space, self.space.max_embed
+
+    def run_at_width(e: int):
+      block_fns = [
+          functools.partial(_dense_block, heads=h, mlp=int(e * r))
+          for h, r in space.layer_choices
+      ] + [lambda x, p: x]  # skip: layers past the Arch's depth
+      remat_fns = [jax.checkpoint(f) for f in block_fns]
+
+      def layer(x, inputs):
+        p, branch = inputs
+        if self.remat:
+          return jax.lax.switch(branch, remat_fns, x, p), None
+        return switch.switch(branch, block_fns, x, p), None
+
+      # Weights are operands, not closed over, so any switch implementation
+      # (custom VJPs included) sees everything it must differentiate.
+      def run(p, images, ids_keep, layer_branch):
+        x = self._embed(p, images, ids_keep, e)
+        x, _ = jax.lax.scan(layer, x, (p['layers'], layer_branch))
+        x = _ln(x, p['norm_scale'][:e], p['norm_bias'][:e])
+        return jnp.pad(x, ((0, 0), (0, 0), (0, e_max - e)))
+
+      return run
+
+    # A plain switch at this level: it sits outside the scan, so the unused
+    # branches' residual slots are allocated once per step, not per layer.
+    branches = [run_at_width(e) for e in space.embed_dims]
+    return jax.lax.switch(arch['embed_index'], branches, self._params(), images,
+                         ids_keep, arch['layer_branch'])
+
+  def _encode_mask(self, images, arch: ArchArrays, ids_keep):
+    embed_mask = arch['embed_mask']
+    count = embed_mask.sum()
+    p = self._params()
+    x = self._embed(p, images, ids_keep, self.space.max_embed) * embed_mask
+
+    def layer(x, inputs):
+      p, head_mask, mlp_mask, active = inputs
+      return _masked_block(x, p, head_mask, mlp_mask, active, embed_mask,
+                           count), None
+
+    x, _ = jax.lax.scan(layer, x, (p['layers'], arch['head_mask'],
+                                   arch['mlp_mask'], arch['layer_mask']))
+    return _masked_ln(x, p['norm_scale'], p['norm_bias'], embed_mask, count)
+
+  def encode(self, images: jax.Array, arch: ArchArrays,
+             ids_keep: jax.Array | None = None,
+             mode: Mode = 'switch') -> jax.Array:
+    """Final-normed tokens of the subnet `arch` (from `space.encode`).
+
+    Args:
+      images: (B, H, W, C) normalised images.
+      arch: `SearchSpace.encode(arch)` arrays (unbatched).
+      ids_keep: optional (B, K) indices of visible patches (MAE masking).
+      mode: 'switch' (subnet FLOPs) or 'mask' (max width, vmap-friendly).
+
+    Returns:
+      (B, 1 + K, max_embed) tokens, CLS first; channels past the Arch's
+      embed_dim are exactly zero.
+    """
+    if mode == 'switch':
+      return self._encode_switch(images, arch, ids_keep)
+    if mode == 'mask':
+      return self._encode_mask(images, arch, ids_keep)
+    raise ValueError(f"mode: expected 'switch' or 'mask', got {mode!r}")
+
+  def __call__(self, images: jax.Array, arch: ArchArrays,
+               mode: Mode = 'switch') -> jax.Array:
+    """(B, H, W, C) -> logits (B, num_classes) from the CLS token."""
+    cls = self.encode(images, arch, mode=mode)[:, 0]
+    return cls @ self.head_kernel[...] + self.head_bias[...]
+
+  # -- extraction -----------------------------------------------------------
+
+  def extract(self, arch: Arch) -> vit.VisionTransformer:
+    """A dense `VisionTransformer` for `arch` holding the inherited weights."""
+    space = self.space
+    space.validate(arch)
+    e = arch.embed_dim
+    model = nnx.eval_shape(lambda: vit.VisionTransformer(
+        embed_dim=e, num_heads=arch.num_heads, mlp_dims=arch.mlp_dims,
+        image_size=space.image_size, patch_size=space.patch_size,
+        num_classes=space.num_classes, in_chans=space.in_chans,
+        rngs=nnx.Rngs(0)))
+    model.patch_embed.proj.kernel.set_value(self.patch_kernel[...][:, :e])
+    model.patch_embed.proj.bias.set_value(self.patch_bias[...][:e])
+    model.cls_token.set_value(self.cls_token[...][:e])
+    model.pos_embed.set_value(self.pos_embed[...][:, :e])
+    p = self._params()['layers']
+    for i, (block, heads, mlp) in enumerate(
+        zip(model.blocks, arch.num_heads, arch.mlp_dims)):
+      block.norm1.scale.set_value(p['ln1_scale'][i, :e])
+      block.norm1.bias.set_value(p['ln1_bias'][i, :e])
+      for name, w, b in (('query', 'wq', 'bq'), ('key', 'wk', 'bk'),
+                         ('value', 'wv', 'bv')):
+        lin = getattr(block.attn, name)
+        lin.kernel.set_value(p[w][i, :e, :heads])
+        lin.bias.set_value(p[b][i, :heads])
+      block.attn.out.kernel.set_value(p['wo'][i, :heads, :, :e])
+      block.attn.out.bias.set_value(p['bo'][i, :e])
+      block.norm2.scale.set_value(p['ln2_scale'][i, :e])
+      block.norm2.bias.set_value(p['ln2_bias'][i, :e])
+      block.mlp.fc1.kernel.set_value(p['w1'][i, :e, :mlp])
+      block.mlp.fc1.bias.set_value(p['b1'][i, :mlp])
+      block.mlp.fc2.kernel.set_value(p['w2'][i, :mlp, :e])
+      block.mlp.fc2.bias.set_value(p['b2'][i, :e])
+    model.norm.scale.set_value(self.norm_scale[...][:e])
+    model.norm.bias.set_value(self.norm_bias[...][:e])
+    if model.head is not None:
+      model.head.kernel.set_value(self.head_kernel[...][:e])
+      model.head.bias.set_value(self.head_bias[...])
+    return model

@@ -1,0 +1,176 @@
+"""Dense ViT pieces: patch embedding, pre-norm blocks, encoder, classifier.
+
+Conventions shared with the MAE checkpoints and AutoFormer: head dim 64 with
+separate q/k/v kernels of shape (D, H, 64), LayerNorm eps 1e-6, exact (erf)
+GELU, a CLS token prepended after the positional embedding is added (and,
+when masking, after the visible patches are gathered).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from masktas_jax.masking import gather_tokens, patchify
+from masktas_jax.space import HEAD_DIM
+
+LN_EPS = 1e-6
+
+# Xavier-uniform over (inputs, outputs) as MAE does; LinearGeneral applies it
+# to its kernel flattened to 2-D, so multi-axis kernels get the right fans.
+_dense_init = nnx.initializers.xavier_uniform()
+_token_init = nnx.initializers.truncated_normal(stddev=0.02)
+
+
+def layer_norm(num_features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  # Two-pass variance, as PyTorch computes it, for checkpoint parity.
+  return nnx.LayerNorm(num_features, epsilon=LN_EPS, use_fast_variance=False,
+                       rngs=rngs)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  return jax.nn.gelu(x, approximate=False)
+
+
+class PatchEmbed(nnx.Module):
+  """Linear map of flattened patches (B, N, p*p*C) -> (B, N, D).
+
+  Equal to a stride-p conv whose HWIO kernel is reshaped to (p*p*C, D).
+  """
+
+  def __init__(self, patch_dim: int, embed_dim: int, *, rngs: nnx.Rngs):
+    self.proj = nnx.Linear(patch_dim, embed_dim, kernel_init=_dense_init,
+                           rngs=rngs)
+
+  def __call__(self, patches: jax.Array) -> jax.Array:
+    return self.proj(patches)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with `num_heads` heads of width 64."""
+
+  def __init__(self, embed_dim: int, num_heads: int, *, rngs: nnx.Rngs):
+    qkv = dict(in_features=embed_dim, out_features=(num_heads, HEAD_DIM),
+               kernel_init=_dense_init, rngs=rngs)
+    self.query = nnx.LinearGeneral(**qkv)
+    self.key = nnx.LinearGeneral(**qkv)
+    self.value = nnx.LinearGeneral(**qkv)
+    self.out = nnx.LinearGeneral((num_heads, HEAD_DIM), embed_dim,
+                                 axis=(-2, -1), kernel_init=_dense_init,
+                                 rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, N, D) -> (B, N, D)."""
+    b, n, _ = x.shape
+    # Projections on (B*N, D) rows: plain GEMMs, whose weight gradients
+    # XLA:CPU computes ~2x faster than contractions over (B, N).
+    rows = x.reshape(b * n, -1)
+    q, k, v = (f(rows).reshape(b, n, -1, HEAD_DIM)
+               for f in (self.query, self.key, self.value))  # (B, N, H, 64)
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) * HEAD_DIM**-0.5
+    weights = jax.nn.softmax(scores, axis=-1)
+    o = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    return self.out(o.reshape(b * n, *o.shape[2:])).reshape(b, n, -1)
+
+
+class Mlp(nnx.Module):
+
+  def __init__(self, embed_dim: int, hidden_dim: int, *, rngs: nnx.Rngs):
+    self.fc1 = nnx.Linear(embed_dim, hidden_dim, kernel_init=_dense_init,
+                          rngs=rngs)
+    self.fc2 = nnx.Linear(hidden_dim, embed_dim, kernel_init=_dense_init,
+                          rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    rows = x.reshape(-1, x.shape[-1])  # 2-D GEMMs, as in Attention
+    return self.fc2(gelu(self.fc1(rows))).reshape(*x.shape[:-1], -1)
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+  def __init__(self, embed_dim: int, num_heads: int, mlp_dim: int, *,
+               rngs: nnx.Rngs):
+    self.norm1 = layer_norm(embed_dim, rngs)
+    self.attn = Attention(embed_dim, num_heads, rngs=rngs)
+    self.norm2 = layer_norm(embed_dim, rngs)
+    self.mlp = Mlp(embed_dim, mlp_dim, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x + self.attn(self.norm1(x))
+    return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nnx.Module):
+  """Dense ViT encoder with an optional classification head on the CLS token.
+
+  Per-layer `num_heads` and `mlp_dims` let it hold any subnet of the search
+  space. The positional embedding is a learned (N + 1, D) table, row 0 for
+  CLS.
+  """
+
+  def __init__(self, *, embed_dim: int, num_heads: Sequence[int],
+               mlp_dims: Sequence[int], image_size: int, patch_size: int,
+               num_classes: int = 0, in_chans: int = 3, rngs: nnx.Rngs):
+    if len(num_heads) != len(mlp_dims):
+      raise ValueError('num_heads and mlp_dims need one value per layer, got '
+                       f'{len(num_heads)} and {len(mlp_dims)}')
+    self.patch_size = patch_size
+    self.embed_dim = embed_dim
+    num_patches = (image_size // patch_size)**2
+    self.patch_embed = PatchEmbed(patch_size * patch_size * in_chans,
+                                  embed_dim, rngs=rngs)
+    self.cls_token = nnx.Param(_token_init(rngs.params(), (embed_dim,)))
+    self.pos_embed = nnx.Param(
+        _token_init(rngs.params(), (num_patches + 1, embed_dim)))
+    self.blocks = nnx.List([
+        Block(embed_dim, h, m, rngs=rngs) for h, m in zip(num_heads, mlp_dims)
+    ])
+    self.norm = layer_norm(embed_dim, rngs)
+    self.head = (nnx.Linear(embed_dim, num_classes, kernel_init=_dense_init,
+                            rngs=rngs) if num_classes else None)
+
+  @property
+  def depth(self) -> int:
+    return len(self.blocks)
+
+  def embed(self, images: jax.Array,
+            ids_keep: jax.Array | None = None) -> jax.Array:
+    """(B, H, W, C) images -> (B, 1 + K, D) tokens, CLS first.
+
+    With `ids_keep` (B, K) only those patches are embedded (MAE masking);
+    without it all N patches are, in raster order.
+    """
+    patches = patchify(images, self.patch_size)
+    pos = self.pos_embed[...]
+    tokens = self.patch_embed(patches if ids_keep is None else
+                              gather_tokens(patches, ids_keep))
+    patch_pos = pos[1:][None] if ids_keep is None else pos[1:][ids_keep]
+    tokens = tokens + patch_pos
+    cls = jnp.broadcast_to(self.cls_token[...] + pos[0],
+                           (tokens.shape[0], 1, self.embed_dim))
+    return jnp.concatenate([cls.astype(tokens.dtype), tokens], axis=1)
+
+  def encode(self, images: jax.Array,
+             ids_keep: jax.Array | None = None) -> jax.Array:
+    """(B, H, W, C) -> final-normed tokens (B, 1 + K, D), CLS first."""
+    x = self.embed(images, ids_keep)
+    for block in self.blocks:
+      x = block(x)
+    return self.norm(x)
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> logits (B, num_classes) from the CLS token."""
+    if self.head is None:
+      raise ValueError('this VisionTransformer has no classification head '
+                       '(num_classes=0)')
+    return self.head(self.encode(images)[:, 0])
+
+
+def count_params(module: nnx.Module) -> int:
+  """Number of trainable parameters (nnx.Param leaves) in `module`."""
+  state = nnx.state(module, nnx.Param)
+  return sum(int(x.size) for x in jax.tree.leaves(state))

@@ -1,0 +1,194 @@
+"""Masked supernet == extracted dense subnet, compiled once for every Arch."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from masktas_jax.masking import random_masking
+from masktas_jax.models import vit
+from masktas_jax.models.supernet import Supernet
+from masktas_jax.space import Arch, SearchSpace
+
+# AutoFormer's tiny space on a small image (4 patches) to keep tests fast;
+# the widths, heads, MLP ratios and depths are the real ones.
+TINY = SearchSpace((192, 216, 240), (12, 13, 14), (3, 4), (3.5, 4.0),
+                   image_size=32, patch_size=16, num_classes=10)
+SMALL = SearchSpace((32, 48, 64), (2, 3), (1, 2), (2.0, 3.0), image_size=16,
+                    patch_size=4, num_classes=5)
+
+
+def _perturbed(space, seed=0, remat=True):
+  """A supernet whose LayerNorm scales and all biases are random too."""
+  model = Supernet(space, rngs=nnx.Rngs(seed), remat=remat)
+  graphdef, state = nnx.split(model)
+  leaves, tree = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  # At the scale of the initialisation, so no layer blows up float32 error.
+  leaves = [x + 0.02 * jax.random.normal(k, x.shape)
+            for x, k in zip(leaves, keys)]
+  return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  model = _perturbed(TINY)
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def encode(state, images, arch, ids_keep):
+    m = nnx.merge(graphdef, state)
+    return {mode: m.encode(images, arch, ids_keep, mode=mode)
+            for mode in ('switch', 'mask')}
+
+  return model, state, encode
+
+
+def _tiny_archs():
+  rng = np.random.default_rng(0)
+  return [TINY.min_arch(), TINY.max_arch()] + [TINY.sample(rng)
+                                               for _ in range(20)]
+
+
+@pytest.mark.parametrize('masked', [False, True])
+def test_supernet_equals_extracted_subnet(tiny, masked):
+  model, state, encode = tiny
+  images = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
+  ids_keep = (random_masking(jax.random.key(1), 3, TINY.num_patches, 0.5)[0]
+              if masked else None)
+  for arch in _tiny_archs():
+    dense = model.extract(arch)
+    assert vit.count_params(dense) == TINY.count_params(arch)
+    want = np.asarray(dense.encode(images, ids_keep))
+    got = encode(state, images, TINY.encode(arch), ids_keep)
+    for mode, out in got.items():
+      out = np.asarray(out)
+      assert out.shape == (3, 1 + (2 if masked else 4), 240)
+      np.testing.assert_allclose(out[..., :arch.embed_dim], want, rtol=0,
+                                 atol=1e-5, err_msg=f'{mode} {arch}')
+      assert np.all(out[..., arch.embed_dim:] == 0), f'{mode} {arch}'
+
+
+def test_supernet_logits_equal_extracted_classifier(tiny):
+  model, _, _ = tiny
+  images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  for arch in _tiny_archs()[:4]:
+    want = model.extract(arch)(images)
+    for mode in ('switch', 'mask'):
+      np.testing.assert_allclose(model(images, TINY.encode(arch), mode=mode),
+                                 want, atol=1e-5)
+
+
+def test_supernet_gradients_are_the_subnet_gradients_zero_elsewhere():
+  """Weight sharing: d loss / d supernet weights, sliced, is the subnet's."""
+  model = _perturbed(SMALL, seed=3)
+  graphdef, state = nnx.split(model)
+  images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  ids_keep = random_masking(jax.random.key(1), 2, SMALL.num_patches, 0.5)[0]
+
+  def loss(tokens):
+    return jnp.sum(jnp.sin(tokens) * jnp.arange(tokens.shape[-1]))
+
+  grad_fns = {}
+  for remat in (True, False):
+    gd = nnx.split(_perturbed(SMALL, seed=3, remat=remat))[0]
+    for mode in ('switch', 'mask'):
+      grad_fns[remat, mode] = jax.jit(jax.grad(
+          lambda s, a, gd=gd, mode=mode: loss(nnx.merge(gd, s).encode(
+              images, a, ids_keep, mode=mode))))
+  rng = np.random.default_rng(5)
+  for arch in [SMALL.max_arch(), SMALL.min_arch()] + [SMALL.sample(rng)
+                                                      for _ in range(3)]:
+    dense = model.extract(arch)
+    dg, ds = nnx.split(dense)
+    want = jax.grad(lambda s: loss(nnx.merge(dg, s).encode(images, ids_keep))
+                    )(ds)
+    e, grads = arch.embed_dim, {}
+    for key, fn in grad_fns.items():
+      g = fn(state, SMALL.encode(arch))
+      grads[key] = g
+      scale = float(jnp.abs(g['layers']['w1'][...]).max())
+      l0 = want['blocks'][0]
+      h, m = arch.num_heads[0], arch.mlp_dims[0]
+      np.testing.assert_allclose(g['layers']['w1'][...][0, :e, :m],
+                                 l0['mlp']['fc1']['kernel'][...],
+                                 atol=2e-5 * scale, err_msg=str(key))
+      np.testing.assert_allclose(g['layers']['wq'][...][0, :e, :h],
+                                 l0['attn']['query']['kernel'][...],
+                                 atol=2e-5 * scale, err_msg=str(key))
+      np.testing.assert_allclose(g['patch_kernel'][...][:, :e],
+                                 want['patch_embed']['proj']['kernel'][...],
+                                 atol=2e-5 * scale, err_msg=str(key))
+      last = arch.depth - 1
+      np.testing.assert_allclose(
+          g['layers']['w2'][...][last, :arch.mlp_dims[last], :e],
+          want['blocks'][last]['mlp']['fc2']['kernel'][...],
+          atol=2e-5 * scale, err_msg=str(key))
+      # Nothing outside the subnet moves.
+      assert np.all(g['layers']['w1'][...][0, :, m:] == 0)
+      assert np.all(g['layers']['wq'][...][0, :, h:] == 0)
+      assert np.all(g['patch_kernel'][...][:, e:] == 0)
+      assert np.all(g['layers']['w1'][...][arch.depth:] == 0)
+    # Every path gives the same full gradient.
+    ref = jax.tree.leaves(grads[True, 'mask'])
+    for key, g in grads.items():
+      for a, b in zip(jax.tree.leaves(g), ref):
+        np.testing.assert_allclose(a, b, atol=2e-5 * max(1.0, float(
+            jnp.abs(b).max(initial=0))), err_msg=str(key))
+
+
+@pytest.mark.parametrize('mode', ['switch', 'mask'])
+def test_forward_and_gradient_step_trace_once_across_50_archs(mode):
+  # chex counts traces per function code, shared by both parametrisations.
+  chex.clear_trace_counter()
+  model = Supernet(SMALL, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def forward(state, arch):
+    return nnx.merge(graphdef, state).encode(images, arch, mode=mode)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(state, arch):
+    loss_fn = lambda s: jnp.mean(nnx.merge(graphdef, s)(images, arch,
+                                                         mode=mode)**2)
+    loss, grads = jax.value_and_grad(loss_fn)(state)
+    return loss, jax.tree.map(lambda p, g: p - 0.1 * g, state, grads)
+
+  rng = np.random.default_rng(0)
+  archs = {SMALL.sample(rng) for _ in range(200)}
+  archs = sorted(archs, key=lambda a: a.to_json())[:50]
+  assert len(archs) == 50
+  losses = []
+  for arch in archs:
+    forward(state, SMALL.encode(arch))
+    loss, _ = step(state, SMALL.encode(arch))
+    losses.append(float(loss))
+  assert len(set(losses)) > 40  # Different Archs really ran.
+
+
+def test_mask_mode_vmaps_over_a_population():
+  model = _perturbed(SMALL, seed=7)
+  images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  rng = np.random.default_rng(1)
+  archs = [SMALL.sample(rng) for _ in range(6)]
+  batched = jax.vmap(lambda a: model.encode(images, a, mode='mask'))(
+      SMALL.encode_batch(archs))
+  for i, arch in enumerate(archs):
+    want = model.extract(arch).encode(images)
+    np.testing.assert_allclose(batched[i, ..., :arch.embed_dim], want,
+                               atol=1e-5)
+
+
+def test_extract_rejects_an_arch_outside_the_space():
+  model = Supernet(SMALL, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r'Arch\.embed_dim'):
+    model.extract(Arch(80, 2, (1, 1), (2.0, 2.0)))
+  with pytest.raises(ValueError, match='mode'):
+    model.encode(jnp.zeros((1, 16, 16, 3)), SMALL.encode(SMALL.min_arch()),
+                 mode='slice')
