@@ -1,0 +1,55 @@
+"""The embedded default: the whole pipeline on the bundled digits, on a CPU.
+
+  python -m masktas_jax.main --config=configs/demo.py --workdir=/tmp/masktas_demo
+"""
+
+from masktas_jax import config_lib
+
+
+def get_config(arg=None):
+  del arg  # This config takes no argument.
+  config = config_lib.base_config()
+  # Bundled scikit-learn digits (8x8, 10 classes): no download, real labels.
+  config.data.name = 'digits'
+  # Digits upscaled to 32 px, patch 4: 64 patches of 48 values.
+  config.space.image_size = 32
+  config.space.patch_size = 4
+  # Ten digit classes.
+  config.space.num_classes = 10
+  # A small space: 64..128 channels, 4..6 layers, 1..2 heads, ratio 2..4.
+  config.space.embed_dims = (64, 96, 128)
+  config.space.depths = (4, 5, 6)
+  config.space.num_heads = (1, 2)
+  config.space.mlp_ratios = (2.0, 3.0, 4.0)
+  # Teacher: a 6-layer, 192-wide ViT with a 2-block decoder.
+  config.teacher.embed_dim = 192
+  config.teacher.depth = 6
+  config.teacher.num_heads = 3
+  config.teacher.decoder_embed_dim = 128
+  config.teacher.decoder_depth = 2
+  config.teacher.decoder_num_heads = 2
+  # Short schedules sized for a 2-core CPU, set in steps.
+  config.teacher.steps = 600
+  config.teacher.warmup_epochs = 0
+  config.teacher.batch_size = 128
+  # 75% masking keeps 16 of 64 patches (90% would keep only 6).
+  config.supernet.mask_ratio = 0.75
+  config.supernet.steps = 800
+  config.supernet.warmup_epochs = 0
+  config.supernet.batch_size = 128
+  config.supernet.decoder_embed_dim = 128
+  config.supernet.decoder_num_heads = 2
+  # A small search: 20 candidates, 5 generations, 5 parents.
+  config.search.population = 20
+  config.search.generations = 5
+  config.search.parents = 5
+  config.search.mutations = 10
+  config.search.crossovers = 10
+  # Score candidates on 512 training images.
+  config.search.eval_images = 512
+  # Fine-tuning in steps, batch 128.
+  config.finetune.steps = 600
+  config.finetune.warmup_epochs = 0
+  config.finetune.batch_size = 128
+  config.finetune.lr = 1e-3
+  return config_lib.lock(config)

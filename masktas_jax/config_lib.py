@@ -1,0 +1,252 @@
+"""Shared config defaults, validation and helpers for `configs/*.py`.
+
+Every config file starts from `base_config()`, overrides what it needs and
+returns `lock(config)`: a locked ConfigDict, so a mistyped
+`--config.KEY=VALUE` override fails instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from masktas_jax.space import ArchError, SearchSpace
+
+MODES = ('pipeline', 'space', 'teacher', 'supernet', 'search', 'finetune')
+
+# ImageNet-1k training images, for turning epochs into steps.
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+class ConfigError(ValueError):
+  """A config field holds a value the run cannot use."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field the stages read, with the paper's / AutoFormer's defaults."""
+  c = ml_collections.ConfigDict()
+  # Stage to run: 'pipeline' (teacher -> supernet -> search -> finetune),
+  # one stage alone, or 'space' (describe the search space and exit).
+  c.mode = 'pipeline'
+  # Base seed: model init, masking, Arch sampling and search derive from it.
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  # 'digits' (bundled scikit-learn digits), 'folder' (images under
+  # data.data_dir) or a tfds name such as 'imagenet2012' or 'cifar10'.
+  c.data.name = 'imagenet2012'
+  # tfds data_dir (local path or bucket) or the image folder; '' = default.
+  c.data.data_dir = ''
+  # Split used to train the teacher and the supernet (labels unused).
+  c.data.train_split = 'train'
+  # Held-out split for fine-tuning evaluation (top-1 / top-5).
+  c.data.eval_split = 'validation'
+
+  c.space = ml_collections.ConfigDict()
+  # Square input size in pixels.
+  c.space.image_size = 224
+  # Patch side in pixels; image_size must be a multiple of it.
+  c.space.patch_size = 16
+  # Input channels.
+  c.space.in_chans = 3
+  # Classes of the classifier head used to count subnet parameters.
+  c.space.num_classes = 1000
+  # Choices of the embedding width (one value for all layers).
+  c.space.embed_dims = (192, 216, 240)
+  # Choices of the depth (a prefix of the supernet's layers).
+  c.space.depths = (12, 13, 14)
+  # Choices of heads per layer (head dim 64).
+  c.space.num_heads = (3, 4)
+  # Choices of the MLP ratio per layer (MLP width = int(embed * ratio)).
+  c.space.mlp_ratios = (3.5, 4.0)
+
+  c.teacher = ml_collections.ConfigDict()
+  # Converted or trained teacher checkpoint dir; '' = pre-train one here.
+  c.teacher.checkpoint = ''
+  # Teacher encoder width (MAE ViT-B: 768).
+  c.teacher.embed_dim = 768
+  # Teacher encoder depth.
+  c.teacher.depth = 12
+  # Teacher encoder heads (head dim 64).
+  c.teacher.num_heads = 12
+  # Teacher decoder width, depth and heads (MAE: 512, 8, 16).
+  c.teacher.decoder_embed_dim = 512
+  c.teacher.decoder_depth = 8
+  c.teacher.decoder_num_heads = 16
+  # MAE pre-training mask ratio.
+  c.teacher.mask_ratio = 0.75
+  # Normalise each target patch (mean, variance) in the pixel loss.
+  c.teacher.norm_pix_loss = True
+  # Pre-training length in epochs; steps > 0 overrides it.
+  c.teacher.epochs = 400
+  c.teacher.steps = 0
+  # Warm-up epochs of the cosine schedule.
+  c.teacher.warmup_epochs = 40
+  # Global batch size.
+  c.teacher.batch_size = 4096
+  # Learning rate per 256 images (MAE: 1.5e-4).
+  c.teacher.base_lr = 1.5e-4
+  # AdamW weight decay (none on biases and norms).
+  c.teacher.weight_decay = 0.05
+
+  c.supernet = ml_collections.ConfigDict()
+  # Mask ratio of supernet training (paper: 90%).
+  c.supernet.mask_ratio = 0.9
+  # Training length in epochs (paper: 100); steps > 0 overrides it.
+  c.supernet.epochs = 100
+  c.supernet.steps = 0
+  # Warm-up epochs of the cosine schedule (paper: 20).
+  c.supernet.warmup_epochs = 20
+  # Global batch size.
+  c.supernet.batch_size = 1024
+  # Learning rate per 512 images (AutoFormer: 5e-4).
+  c.supernet.base_lr = 5e-4
+  # AdamW weight decay (paper: 0.05; none on biases and norms).
+  c.supernet.weight_decay = 0.05
+  # Weight of the feature-prediction term against pixel regression.
+  c.supernet.beta = 1.0
+  # Student decoder: 2 blocks (paper), width and heads.
+  c.supernet.decoder_depth = 2
+  c.supernet.decoder_embed_dim = 512
+  c.supernet.decoder_num_heads = 16
+  # Rematerialise supernet layers in the backward pass (faster on CPU).
+  c.supernet.remat = True
+
+  c.search = ml_collections.ConfigDict()
+  # Candidates per generation (paper / AutoFormer: 50).
+  c.search.population = 50
+  # Generations (paper: 20).
+  c.search.generations = 20
+  # Top-k parents kept across generations (AutoFormer: 10).
+  c.search.parents = 10
+  # Children per generation by mutation and by crossover (AutoFormer: 25).
+  c.search.mutations = 25
+  c.search.crossovers = 25
+  # Mutation probabilities: each layer (P_m), depth (P_d), embed dim.
+  c.search.layer_mutation_prob = 0.2
+  c.search.depth_mutation_prob = 0.4
+  c.search.embed_mutation_prob = 0.4
+  # Parameter window in millions; 0 = unbounded on that side.
+  c.search.min_params_m = 0.0
+  c.search.max_params_m = 0.0
+  # MAC window in billions (the papers' "FLOPs"); 0 = unbounded.
+  c.search.min_gmacs = 0.0
+  c.search.max_gmacs = 0.0
+  # Temperature of the teacher-student relation maps.
+  c.search.tau = 1.0
+  # Images that score each candidate.
+  c.search.eval_images = 10_000
+
+  c.finetune = ml_collections.ConfigDict()
+  # Arch JSON to fine-tune; '' = the search's best_arch.json.
+  c.finetune.arch = ''
+  # Fine-tuning length in epochs (paper: 100); steps > 0 overrides it.
+  c.finetune.epochs = 100
+  c.finetune.steps = 0
+  # Global batch size (paper: 2048).
+  c.finetune.batch_size = 2048
+  # Peak learning rate (paper: 5e-3).
+  c.finetune.lr = 5e-3
+  # Warm-up epochs.
+  c.finetune.warmup_epochs = 5
+  # AdamW weight decay (paper: 0.05).
+  c.finetune.weight_decay = 0.05
+  # Drop-path rate (paper: 0.1).
+  c.finetune.drop_path = 0.1
+  return c
+
+
+def paper_config(space: dict, params_window_m: tuple[float, float]):
+  """The paper's ImageNet recipe on an AutoFormer search space.
+
+  Args:
+    space: embed_dims, depths, num_heads, mlp_ratios of the space.
+    params_window_m: (min, max) parameters in millions for the search.
+  """
+  config = base_config()
+  # Unlabelled ImageNet-1k via tfds (prepared once with TensorFlow).
+  config.data.name = 'imagenet2012'
+  # 224 px, patch 16: 196 patches.
+  config.space.image_size = 224
+  config.space.patch_size = 16
+  # ImageNet-1k classes for the head of the counted subnet.
+  config.space.num_classes = 1000
+  # The AutoFormer space.
+  for key, value in space.items():
+    config.space[key] = value
+  # Paper: mask 90%, 100 epochs with 20 warm-up, AdamW with wd 0.05.
+  config.supernet.mask_ratio = 0.9
+  config.supernet.epochs = 100
+  config.supernet.warmup_epochs = 20
+  config.supernet.weight_decay = 0.05
+  # Paper: population 50, 20 generations.
+  config.search.population = 50
+  config.search.generations = 20
+  # Search window on parameters (our count: no relative-position tables).
+  config.search.min_params_m, config.search.max_params_m = params_window_m
+  return config
+
+
+def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  config.lock()
+  return config
+
+
+def space_from_config(config: ml_collections.ConfigDict) -> SearchSpace:
+  """The SearchSpace of `config.space`; errors name the config field."""
+  s = config.space
+  try:
+    return SearchSpace(
+        embed_dims=tuple(s.embed_dims), depths=tuple(s.depths),
+        num_heads=tuple(s.num_heads), mlp_ratios=tuple(s.mlp_ratios),
+        image_size=s.image_size, patch_size=s.patch_size,
+        num_classes=s.num_classes, in_chans=s.in_chans)
+  except (ArchError, TypeError) as e:
+    raise ConfigError(str(e).replace('SearchSpace.', 'config.space.')) from e
+
+
+def _check(ok: bool, field: str, message: str, value: Any) -> None:
+  if not ok:
+    raise ConfigError(f'config.{field}: {message}, got {value!r}')
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Raises ConfigError naming the first field that cannot work."""
+  _check(config.mode in MODES, 'mode', f'expected one of {MODES}',
+         config.mode)
+  _check(bool(config.data.name), 'data.name', 'must not be empty',
+         config.data.name)
+  space_from_config(config)
+  for stage in ('teacher', 'supernet'):
+    ratio = config[stage].mask_ratio
+    _check(0 < ratio < 1, f'{stage}.mask_ratio', 'expected 0 < ratio < 1',
+           ratio)
+  for stage in ('teacher', 'supernet', 'finetune'):
+    sec = config[stage]
+    for field in ('epochs', 'steps', 'warmup_epochs'):
+      _check(sec[field] >= 0, f'{stage}.{field}', 'must be >= 0', sec[field])
+    _check(sec.batch_size > 0, f'{stage}.batch_size', 'must be positive',
+           sec.batch_size)
+    _check(sec.epochs > 0 or sec.steps > 0, f'{stage}.steps',
+           'epochs and steps are both 0: nothing to train', sec.steps)
+  t = config.teacher
+  _check(t.embed_dim == t.num_heads * 64, 'teacher.num_heads',
+         f'embed_dim {t.embed_dim} must equal num_heads * 64', t.num_heads)
+  s = config.search
+  for field in ('population', 'generations', 'parents', 'eval_images'):
+    _check(s[field] > 0, f'search.{field}', 'must be positive', s[field])
+  _check(s.parents <= s.population, 'search.parents',
+         f'cannot exceed search.population ({s.population})', s.parents)
+  for field in ('layer_mutation_prob', 'depth_mutation_prob',
+                'embed_mutation_prob'):
+    _check(0 <= s[field] <= 1, f'search.{field}', 'expected a probability',
+           s[field])
+  for lo, hi in (('min_params_m', 'max_params_m'), ('min_gmacs', 'max_gmacs')):
+    _check(s[lo] >= 0, f'search.{lo}', 'must be >= 0', s[lo])
+    _check(s[hi] == 0 or s[hi] >= s[lo], f'search.{hi}',
+           f'must be 0 (unbounded) or >= search.{lo} ({s[lo]})', s[hi])
+  _check(s.tau > 0, 'search.tau', 'must be positive', s.tau)
+  _check(0 <= config.finetune.drop_path < 1, 'finetune.drop_path',
+         'expected 0 <= rate < 1', config.finetune.drop_path)
+  return config

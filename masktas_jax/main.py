@@ -1,0 +1,101 @@
+"""Command line: `python -m masktas_jax.main --config=configs/demo.py --workdir=DIR`.
+
+Override any config field with `--config.KEY=VALUE` (e.g.
+`--config.mode=space`, `--config.search.population=20`). Bad input ends with
+one line naming the field or file, exit code 2, and nothing in the workdir
+touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from absl import app, flags
+from etils import epath
+from ml_collections import config_flags
+
+from masktas_jax import config_lib
+from masktas_jax.space import ArchError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'A configs/*.py file; override fields with '
+    '--config.KEY=VALUE.', lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Where checkpoints and results go (path or gs://...).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# mode -> 'module:function(config, workdir)'; None: not available yet.
+STAGES = {
+    'space': 'masktas_jax.report:describe_space',
+    'teacher': None,
+    'supernet': None,
+    'search': None,
+    'finetune': None,
+}
+PIPELINE = ('space', 'teacher', 'supernet', 'search', 'finetune')
+
+
+class StageUnavailable(RuntimeError):
+  """The requested stage is not part of this version."""
+
+
+def run(config, workdir: str) -> None:
+  """Validates `config`, then runs `config.mode` (a stage or the pipeline)."""
+  config_lib.validate(config)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  for mode in PIPELINE if config.mode == 'pipeline' else (config.mode,):
+    target = STAGES[mode]
+    if target is None:
+      raise StageUnavailable(
+          f'config.mode: the {mode!r} stage is not available yet in this '
+          'version; built so far: '
+          + ', '.join(m for m, t in STAGES.items() if t))
+    module, function = target.split(':')
+    getattr(importlib.import_module(module), function)(config, workdir)
+
+
+def _fail(message: str) -> None:
+  print(f'masktas_jax: error: {" ".join(message.split())}', file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    config = _CONFIG.value
+    # A config file that failed to load yields a stand-in that raises on the
+    # first field read: read one here.
+    _ = config.mode
+  except OSError as e:
+    reason = str(e).strip().splitlines()[-1].strip()
+    _fail(f'--config: cannot load the config file: {reason}')
+  try:
+    run(config, _WORKDIR.value)
+  except (config_lib.ConfigError, ArchError, StageUnavailable) as e:
+    _fail(str(e))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing whose config errors end in one line, exit code 2."""
+  try:
+    return flags.FLAGS(argv)
+  except AttributeError as e:
+    # An override of a field the locked config lacks; ml_collections puts the
+    # key and a suggestion in a quoted repr.
+    parts = str(e).replace('\\n', '\n').strip('\'"').split('\n')
+    key = parts[0].strip('\'"\\')
+    hint = f' ({parts[1].strip()})' if len(parts) > 1 else ''
+    _fail(f'--config: no field {key!r} in the config{hint}')
+  except (flags.Error, KeyError, TypeError, ValueError) as e:
+    _fail(str(e))
+  except Exception as e:  # pylint: disable=broad-except
+    # Anything else comes from executing the user's config file.
+    _fail(f'--config: the config file raised {type(e).__name__}: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,105 @@
+"""Configs: paper settings, locking, documented fields, validation."""
+
+import importlib.util
+import pathlib
+import re
+
+import pytest
+
+from masktas_jax import config_lib
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / 'configs'
+NAMES = ('demo', 'tiny', 'small', 'base')
+
+
+def load(name):
+  spec = importlib.util.spec_from_file_location(name, CONFIGS / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_config_is_valid_locked_and_documented(name):
+  module = load(name)
+  config = module.get_config()
+  config_lib.validate(config)
+  # The keys other tools rely on.
+  for key in ('mode', 'seed', 'data.name', 'teacher.checkpoint',
+              'supernet.steps', 'search.population', 'search.generations',
+              'finetune.steps'):
+    section, _, field = key.rpartition('.')
+    assert field in (config[section] if section else config), key
+  with pytest.raises(AttributeError):
+    config.search.populaton = 3  # Locked: a typo cannot add a field.
+  assert f'python -m masktas_jax.main --config=configs/{name}.py' in (
+      module.__doc__)
+  assert config.mode == 'pipeline'
+
+
+@pytest.mark.parametrize('name, space', [
+    ('tiny', ((192, 216, 240), (12, 13, 14), (3, 4), (3.5, 4.0))),
+    ('small', ((320, 384, 448), (12, 13, 14), (5, 6, 7), (3.0, 3.5, 4.0))),
+    ('base', ((528, 576, 624), (14, 15, 16), (9, 10), (3.0, 3.5, 4.0))),
+])
+def test_paper_configs(name, space):
+  c = load(name).get_config()
+  s = c.space
+  assert (tuple(s.embed_dims), tuple(s.depths), tuple(s.num_heads),
+          tuple(s.mlp_ratios)) == space
+  assert (s.image_size, s.patch_size) == (224, 16)
+  assert c.data.name == 'imagenet2012'
+  assert c.supernet.mask_ratio == 0.9
+  assert (c.supernet.epochs, c.supernet.warmup_epochs) == (100, 20)
+  assert c.supernet.weight_decay == 0.05
+  assert (c.search.population, c.search.generations) == (50, 20)
+  space_obj = config_lib.space_from_config(c)
+  lo, hi = c.search.min_params_m * 1e6, c.search.max_params_m * 1e6
+  # The parameter window holds some Arch of the space.
+  assert space_obj.count_params(space_obj.min_arch()) <= hi
+  assert space_obj.count_params(space_obj.max_arch()) >= lo
+
+
+def test_demo_is_small_enough_for_a_cpu():
+  c = load('demo').get_config()
+  space = config_lib.space_from_config(c)
+  assert c.data.name == 'digits'
+  assert space.count_params(space.max_arch()) < 2e6
+  assert space.num_patches <= 64
+
+
+def test_every_field_has_a_comment_above_it():
+  """Each assignment in base_config sits under a comment (maybe shared)."""
+  source = pathlib.Path(config_lib.__file__).read_text().splitlines()
+  start = next(i for i, l in enumerate(source) if 'def base_config' in l)
+  end = next(i for i, l in enumerate(source) if 'return c' in l and i > start)
+  lines = source[start:end]
+  assign = re.compile(r'^\s+c\.\w+(\.\w+)? = (?!ml_collections)')
+  for i, line in enumerate(lines):
+    if assign.match(line):
+      j = i - 1
+      while assign.match(lines[j]):
+        j -= 1
+      assert lines[j].strip().startswith('#'), line
+
+
+@pytest.mark.parametrize('override, field', [
+    (('mode', 'serch'), 'mode'),
+    (('data.name', ''), 'data.name'),
+    (('space.patch_size', 5), 'space.image_size'),
+    (('space.embed_dims', ()), 'space.embed_dims'),
+    (('supernet.mask_ratio', 1.0), 'supernet.mask_ratio'),
+    (('teacher.num_heads', 5), 'teacher.num_heads'),
+    (('supernet.batch_size', 0), 'supernet.batch_size'),
+    (('search.parents', 100), 'search.parents'),
+    (('search.layer_mutation_prob', 1.5), 'search.layer_mutation_prob'),
+    (('search.max_params_m', 1.0), 'search.max_params_m'),
+    (('finetune.drop_path', 1.0), 'finetune.drop_path'),
+])
+def test_invalid_config_errors_name_the_field(override, field):
+  config = load('small').get_config()
+  key, value = override
+  section, _, name = key.rpartition('.')
+  (config[section] if section else config)[name] = value
+  with pytest.raises(config_lib.ConfigError, match=re.escape(f'config.{field}')):
+    config_lib.validate(config)
