@@ -29,7 +29,9 @@ setup(
         'matplotlib>=3.8',
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.5'],
+        # torch 2.13.0's CPU build is the PyTorch reference of the MAE
+        # parity tests; other versions may pull a multi-GB CUDA build.
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'torch==2.13.0'],
         # Reading the official MAE .pth checkpoints (CPU build is enough).
         'torch': ['torch>=2.1'],
     },

@@ -8,10 +8,11 @@ when masking, after the visible patches are gathered).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from masktas_jax.masking import gather_tokens, patchify
@@ -23,6 +24,35 @@ LN_EPS = 1e-6
 # to its kernel flattened to 2-D, so multi-axis kernels get the right fans.
 _dense_init = nnx.initializers.xavier_uniform()
 _token_init = nnx.initializers.truncated_normal(stddev=0.02)
+
+
+class FixedEmbedding(nnx.Variable):
+  """A non-trainable table (MAE's sin-cos positions): not an nnx.Param, so
+  optimisers and parameter counts skip it, while checkpoints keep it."""
+
+
+def sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
+  """MAE's fixed 2-D sin-cos table, (1 + G*G, D) float32, CLS row zeros.
+
+  The first D/2 channels encode the column (w) coordinate, the last D/2 the
+  row; each half is [sin | cos] of position * omega with
+  omega_k = 1 / 10000 ** (k / (D/4)), k < D/4.
+  """
+  if embed_dim % 4:
+    raise ValueError(f'sin-cos embedding needs embed_dim % 4 == 0, got '
+                     f'{embed_dim}')
+  quarter = embed_dim // 4
+  omega = 1.0 / 10000**(np.arange(quarter, dtype=np.float64) / quarter)
+  rows, cols = np.meshgrid(np.arange(grid_size, dtype=np.float64),
+                           np.arange(grid_size, dtype=np.float64),
+                           indexing='ij')
+
+  def encode(pos):
+    angles = np.outer(pos.reshape(-1), omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+  table = np.concatenate([encode(cols), encode(rows)], axis=1)
+  return np.concatenate([np.zeros((1, embed_dim)), table]).astype(np.float32)
 
 
 def layer_norm(num_features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -50,15 +80,18 @@ class PatchEmbed(nnx.Module):
 
 
 class Attention(nnx.Module):
-  """Multi-head self-attention with `num_heads` heads of width 64."""
+  """Multi-head self-attention, `num_heads` heads of `head_dim` (64: ViT-B/L
+  and the search spaces; MAE's decoder uses 32, ViT-H 80)."""
 
-  def __init__(self, embed_dim: int, num_heads: int, *, rngs: nnx.Rngs):
-    qkv = dict(in_features=embed_dim, out_features=(num_heads, HEAD_DIM),
+  def __init__(self, embed_dim: int, num_heads: int, *, rngs: nnx.Rngs,
+               head_dim: int = HEAD_DIM):
+    self.head_dim = head_dim
+    qkv = dict(in_features=embed_dim, out_features=(num_heads, head_dim),
                kernel_init=_dense_init, rngs=rngs)
     self.query = nnx.LinearGeneral(**qkv)
     self.key = nnx.LinearGeneral(**qkv)
     self.value = nnx.LinearGeneral(**qkv)
-    self.out = nnx.LinearGeneral((num_heads, HEAD_DIM), embed_dim,
+    self.out = nnx.LinearGeneral((num_heads, head_dim), embed_dim,
                                  axis=(-2, -1), kernel_init=_dense_init,
                                  rngs=rngs)
 
@@ -68,9 +101,9 @@ class Attention(nnx.Module):
     # Projections on (B*N, D) rows: plain GEMMs, whose weight gradients
     # XLA:CPU computes ~2x faster than contractions over (B, N).
     rows = x.reshape(b * n, -1)
-    q, k, v = (f(rows).reshape(b, n, -1, HEAD_DIM)
-               for f in (self.query, self.key, self.value))  # (B, N, H, 64)
-    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) * HEAD_DIM**-0.5
+    q, k, v = (f(rows).reshape(b, n, -1, self.head_dim)
+               for f in (self.query, self.key, self.value))  # (B, N, H, hd)
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) * self.head_dim**-0.5
     weights = jax.nn.softmax(scores, axis=-1)
     o = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
     return self.out(o.reshape(b * n, *o.shape[2:])).reshape(b, n, -1)
@@ -93,9 +126,9 @@ class Block(nnx.Module):
   """Pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
 
   def __init__(self, embed_dim: int, num_heads: int, mlp_dim: int, *,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, head_dim: int = HEAD_DIM):
     self.norm1 = layer_norm(embed_dim, rngs)
-    self.attn = Attention(embed_dim, num_heads, rngs=rngs)
+    self.attn = Attention(embed_dim, num_heads, rngs=rngs, head_dim=head_dim)
     self.norm2 = layer_norm(embed_dim, rngs)
     self.mlp = Mlp(embed_dim, mlp_dim, rngs=rngs)
 
@@ -108,13 +141,16 @@ class VisionTransformer(nnx.Module):
   """Dense ViT encoder with an optional classification head on the CLS token.
 
   Per-layer `num_heads` and `mlp_dims` let it hold any subnet of the search
-  space. The positional embedding is a learned (N + 1, D) table, row 0 for
-  CLS.
+  space. The positional embedding is an (N + 1, D) table, row 0 for CLS:
+  learned (`pos_embed='learned'`, AutoFormer's subnets) or MAE's fixed 2-D
+  sin-cos (`'sincos'`, a FixedEmbedding that training leaves alone).
   """
 
   def __init__(self, *, embed_dim: int, num_heads: Sequence[int],
                mlp_dims: Sequence[int], image_size: int, patch_size: int,
-               num_classes: int = 0, in_chans: int = 3, rngs: nnx.Rngs):
+               num_classes: int = 0, in_chans: int = 3, rngs: nnx.Rngs,
+               head_dim: int = HEAD_DIM,
+               pos_embed: Literal['learned', 'sincos'] = 'learned'):
     if len(num_heads) != len(mlp_dims):
       raise ValueError('num_heads and mlp_dims need one value per layer, got '
                        f'{len(num_heads)} and {len(mlp_dims)}')
@@ -124,10 +160,18 @@ class VisionTransformer(nnx.Module):
     self.patch_embed = PatchEmbed(patch_size * patch_size * in_chans,
                                   embed_dim, rngs=rngs)
     self.cls_token = nnx.Param(_token_init(rngs.params(), (embed_dim,)))
-    self.pos_embed = nnx.Param(
-        _token_init(rngs.params(), (num_patches + 1, embed_dim)))
+    if pos_embed == 'learned':
+      self.pos_embed = nnx.Param(
+          _token_init(rngs.params(), (num_patches + 1, embed_dim)))
+    elif pos_embed == 'sincos':
+      self.pos_embed = FixedEmbedding(jnp.asarray(sincos_pos_embed(
+          embed_dim, image_size // patch_size)))
+    else:
+      raise ValueError(f"pos_embed: expected 'learned' or 'sincos', got "
+                       f'{pos_embed!r}')
     self.blocks = nnx.List([
-        Block(embed_dim, h, m, rngs=rngs) for h, m in zip(num_heads, mlp_dims)
+        Block(embed_dim, h, m, rngs=rngs, head_dim=head_dim)
+        for h, m in zip(num_heads, mlp_dims)
     ])
     self.norm = layer_norm(embed_dim, rngs)
     self.head = (nnx.Linear(embed_dim, num_classes, kernel_init=_dense_init,
