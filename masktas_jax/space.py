@@ -62,12 +62,7 @@ class Arch:
             f'Arch.{name}: expected {self.depth} values (one per layer, '
             f'depth={self.depth}), got {len(values)}')
       for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
-          raise ArchError(f'Arch.{name}[{i}]: expected a number, got {v!r}')
-        if cast is int and int(v) != v:
-          raise ArchError(f'Arch.{name}[{i}]: expected an integer, got {v!r}')
-        if v <= 0:
-          raise ArchError(f'Arch.{name}[{i}]: must be positive, got {v}')
+        _check_number(f'Arch.{name}[{i}]', v, integer=cast is int)
       object.__setattr__(self, name, tuple(cast(v) for v in values))
 
   @property
@@ -93,30 +88,42 @@ class Arch:
       raise ArchError(f'Arch: missing field(s) {sorted(missing)}')
     if extra:
       raise ArchError(f'Arch: unknown field(s) {sorted(extra)}')
-    return cls(d['embed_dim'], d['depth'], tuple(d['num_heads']),
-               tuple(d['mlp_ratios']))
+    return cls(d['embed_dim'], d['depth'], d['num_heads'], d['mlp_ratios'])
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict())
 
   @classmethod
   def from_json(cls, text: str) -> 'Arch':
-    return cls.from_dict(json.loads(text))
+    try:
+      d = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ArchError(f'Arch: not valid JSON ({e})') from e
+    return cls.from_dict(d)
+
+
+def _check_number(field: str, v: Any, integer: bool) -> None:
+  """Raises ArchError unless `v` is a positive finite number (an integer if
+  `integer`); never truncates."""
+  if isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
+    raise ArchError(f'{field}: expected a number, got {v!r}')
+  if not math.isfinite(v):
+    raise ArchError(f'{field}: must be finite, got {v}')
+  if integer and int(v) != v:
+    raise ArchError(f'{field}: expected an integer, got {v!r}')
+  if v <= 0:
+    raise ArchError(f'{field}: must be positive, got {v}')
 
 
 def _choices(name: str, values: Sequence[Any], cast) -> tuple[Any, ...]:
-  try:
-    values = tuple(values)
-    out = tuple(sorted(set(cast(v) for v in values)))
-  except (TypeError, ValueError) as e:
-    raise ArchError(
-        f'SearchSpace.{name}: expected a tuple of numbers, got {values!r}'
-    ) from e
+  if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+    raise ArchError(f'SearchSpace.{name}: expected a tuple of choices, got '
+                    f'{values!r}')
   if not values:
     raise ArchError(f'SearchSpace.{name}: needs at least one choice')
-  if any(v <= 0 for v in out):
-    raise ArchError(f'SearchSpace.{name}: choices must be positive, got {out}')
-  return out
+  for i, v in enumerate(values):
+    _check_number(f'SearchSpace.{name}[{i}]', v, integer=cast is int)
+  return tuple(sorted(set(cast(v) for v in values)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,12 +153,11 @@ class SearchSpace:
     object.__setattr__(self, 'mlp_ratios',
                        _choices('mlp_ratios', self.mlp_ratios, float))
     for name in ('image_size', 'patch_size', 'in_chans'):
-      if int(getattr(self, name)) <= 0:
-        raise ArchError(f'SearchSpace.{name}: must be positive, '
-                        f'got {getattr(self, name)}')
-    if self.num_classes < 0:
-      raise ArchError(
-          f'SearchSpace.num_classes: must be >= 0, got {self.num_classes}')
+      _check_number(f'SearchSpace.{name}', getattr(self, name), integer=True)
+      object.__setattr__(self, name, int(getattr(self, name)))
+    if self.num_classes != 0:  # 0: no classification head.
+      _check_number('SearchSpace.num_classes', self.num_classes, integer=True)
+    object.__setattr__(self, 'num_classes', int(self.num_classes))
     if self.image_size % self.patch_size:
       raise ArchError(
           f'SearchSpace.image_size: {self.image_size} is not divisible by '

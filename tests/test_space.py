@@ -120,6 +120,11 @@ def test_arch_json_round_trip():
     (lambda: Arch(192.5, 1, (3,), (4.0,)), r'Arch\.embed_dim'),
     (lambda: Arch(192, 1, (2.5,), (4.0,)), r'Arch\.num_heads\[0\]'),
     (lambda: Arch(192, 1, 3, (4.0,)), r'Arch\.num_heads'),
+    (lambda: Arch(192, 1, (3,), (float('nan'),)), r'Arch\.mlp_ratios\[0\]: must be finite'),
+    (lambda: Arch(192, 1, (True,), (4.0,)), r'Arch\.num_heads\[0\]: expected a number'),
+    (lambda: Arch.from_dict({'embed_dim': 192, 'depth': 1, 'num_heads': 3,
+                             'mlp_ratios': [4.0]}), r'Arch\.num_heads'),
+    (lambda: Arch.from_json('{"embed_dim": 192,'), 'not valid JSON'),
     (lambda: Arch.from_dict({'embed_dim': 192, 'depth': 1}), 'missing'),
     (lambda: Arch.from_dict({'embed_dim': 192, 'depth': 1, 'num_heads': [3],
                              'mlp_ratios': [4.0], 'extra': 1}), 'unknown'),
@@ -150,12 +155,17 @@ def test_arch_outside_space_errors_name_the_field(arch, message):
 
 @pytest.mark.parametrize('kw, field', [
     (dict(image_size=30), 'image_size'),
+    (dict(image_size=32.0 + 0.5), 'image_size'),
     (dict(patch_size=0), 'patch_size'),
     (dict(num_classes=-1), 'num_classes'),
+    (dict(embed_dims=(64.7, 96)), r'embed_dims\[0\]: expected an integer'),
+    (dict(num_heads=(1.5, 2)), r'num_heads\[0\]: expected an integer'),
+    (dict(depths=(True, 2)), r'depths\[0\]: expected a number'),
+    (dict(mlp_ratios=(float('inf'), 2.0)), r'mlp_ratios\[0\]: must be finite'),
 ])
 def test_invalid_space_errors_name_the_field(kw, field):
   with pytest.raises(ArchError, match=f'SearchSpace.{field}'):
-    _space(**kw)
+    SearchSpace(**{**TINY, **kw})
   with pytest.raises(ArchError, match='SearchSpace.embed_dims'):
     SearchSpace((), (1,), (1,), (1.0,))
 
@@ -177,8 +187,11 @@ def test_encode_masks_describe_the_arch():
         TINY['embed_dims'].index(a.embed_dim))
     for i in range(14):
       if i < a.depth:
-        assert enc['head_mask'][i].sum() == a.num_heads[i]
-        assert enc['mlp_mask'][i].sum() == int(a.embed_dim * a.mlp_ratios[i])
+        np.testing.assert_array_equal(enc['head_mask'][i],
+                                      np.arange(4) < a.num_heads[i])
+        np.testing.assert_array_equal(
+            enc['mlp_mask'][i], np.arange(960) < int(a.embed_dim *
+                                                     a.mlp_ratios[i]))
         assert choices[enc['layer_branch'][i]] == (a.num_heads[i],
                                                    a.mlp_ratios[i])
       else:

@@ -99,10 +99,11 @@ def _masked_block(x, p, head_mask, mlp_mask, active, embed_mask, count):
   e, heads, mlp = x.shape[-1], head_mask.shape[-1], mlp_mask.shape[-1]
   h = _masked_ln(x, p['ln1_scale'], p['ln1_bias'], embed_mask, count)
   y = _attention(h, p, heads, e, head_mask)
-  x = x + (active * y) * embed_mask
+  x = x + jnp.where(active > 0, y, 0) * embed_mask
   h = _masked_ln(x, p['ln2_scale'], p['ln2_bias'], embed_mask, count)
   y = _mlp(h, p, mlp, e, mlp_mask)
-  return x + (active * y) * embed_mask
+  # where, not a product: a skipped layer's inf/NaN must not leak through.
+  return x + jnp.where(active > 0, y, 0) * embed_mask
 
 
 class Supernet(nnx.Module):

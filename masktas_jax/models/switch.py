@@ -24,19 +24,27 @@ def _is_diff(x) -> bool:
 
 def switch(index: jax.Array, branches: Sequence[Callable[..., Any]],
            *operands: Any) -> Any:
-  """Like `jax.lax.switch(index, branches, *operands)`; cheaper to differentiate.
+  """`jax.lax.switch(index, branches, *operands)`, cheaper to differentiate.
 
   Operands are pytrees; gradients flow to their floating-point leaves (the
   others get none). All branches must return outputs of the same structure,
-  shapes and dtypes, as for `lax.switch`.
+  shapes and dtypes, as for `lax.switch`. Unlike `lax.switch`: reverse mode
+  only (it is a `custom_vjp`: no `jvp`/`jacfwd`), and branches must not close
+  over values being differentiated; pass those as operands.
   """
   branches = tuple(branches)
   leaves, tree = jax.tree.flatten(operands)
+  num_leaves = len(leaves)
   diff_pos = [i for i, x in enumerate(leaves) if _is_diff(x)]
   const_pos = [i for i, x in enumerate(leaves) if not _is_diff(x)]
+  diff_in = tuple(leaves[i] for i in diff_pos)
+  const_in = tuple(leaves[i] for i in const_pos)
+  # The rules below outlive this call inside jaxprs (the custom_vjp's
+  # forward thunk); holding the operands would leak their tracers.
+  del leaves, operands
 
   def call(branch, diff_leaves, const_leaves):
-    merged = [None] * len(leaves)
+    merged = [None] * num_leaves
     for i, x in zip(diff_pos, diff_leaves):
       merged[i] = x
     for i, x in zip(const_pos, const_leaves):
@@ -122,5 +130,4 @@ def switch(index: jax.Array, branches: Sequence[Callable[..., Any]],
 
   bwd_box: list = []
   run.defvjp(fwd_rule, bwd_rule)
-  return run(index, tuple(leaves[i] for i in diff_pos),
-             tuple(leaves[i] for i in const_pos))
+  return run(index, diff_in, const_in)
