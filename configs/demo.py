@@ -21,17 +21,21 @@ def get_config(arg=None):
   config.space.depths = (4, 5, 6)
   config.space.num_heads = (1, 2)
   config.space.mlp_ratios = (2.0, 3.0, 4.0)
-  # Teacher: a 6-layer, 192-wide ViT with a 2-block decoder.
+  # Save every 200 steps, log every 20.
+  config.checkpoint_every = 200
+  config.log_every = 20
+  # Teacher: a 4-layer, 192-wide ViT (wider than any student) with a
+  # 1-block decoder.
   config.teacher.embed_dim = 192
-  config.teacher.depth = 6
+  config.teacher.depth = 4
   config.teacher.num_heads = 3
   config.teacher.decoder_embed_dim = 128
-  config.teacher.decoder_depth = 2
+  config.teacher.decoder_depth = 1
   config.teacher.decoder_num_heads = 2
-  # Short schedules sized for a 2-core CPU, set in steps.
-  config.teacher.steps = 600
-  config.teacher.warmup_epochs = 0
-  config.teacher.batch_size = 128
+  # Short schedules sized for a 2-core CPU, set in steps (~15 epochs here).
+  config.teacher.steps = 300
+  config.teacher.warmup_epochs = 1
+  config.teacher.batch_size = 64
   # 75% masking keeps 16 of 64 patches (90% would keep only 6).
   config.supernet.mask_ratio = 0.75
   config.supernet.steps = 800

@@ -31,6 +31,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.mode = 'pipeline'
   # Base seed: model init, masking, Arch sampling and search derive from it.
   c.seed = 0
+  # Training stages save a checkpoint every this many steps, keeping the
+  # last `keep_checkpoints`, and log metrics every `log_every` steps.
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 2
+  c.log_every = 50
 
   c.data = ml_collections.ConfigDict()
   # 'digits' (bundled scikit-learn digits), 'folder' (images under
@@ -217,6 +222,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          config.mode)
   _check(bool(config.data.name), 'data.name', 'must not be empty',
          config.data.name)
+  for field in ('checkpoint_every', 'keep_checkpoints', 'log_every'):
+    _check(config[field] > 0, field, 'must be positive', config[field])
   space_from_config(config)
   for stage in ('teacher', 'supernet'):
     ratio = config[stage].mask_ratio

@@ -15,7 +15,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from masktas_jax import config_lib
+from masktas_jax import config_lib, data, teacher, trainer
 from masktas_jax.space import ArchError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -28,7 +28,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 # mode -> 'module:function(config, workdir)'; None: not available yet.
 STAGES = {
     'space': 'masktas_jax.report:describe_space',
-    'teacher': None,
+    'teacher': 'masktas_jax.teacher:run',
     'supernet': None,
     'search': None,
     'finetune': None,
@@ -40,20 +40,31 @@ class StageUnavailable(RuntimeError):
   """The requested stage is not part of this version."""
 
 
+def _require(mode: str) -> str:
+  """The stage's 'module:function', or StageUnavailable."""
+  target = STAGES[mode]
+  if target is None:
+    raise StageUnavailable(
+        f'config.mode: the {mode!r} stage is not available yet in this '
+        'version; built so far: ' + ', '.join(m for m, t in STAGES.items() if t))
+  return target
+
+
 def run(config, workdir: str) -> None:
-  """Validates `config`, then runs `config.mode` (a stage or the pipeline)."""
+  """Validates `config`, then runs `config.mode` (a stage or the pipeline).
+
+  Nothing is written before the config and the requested stage check out;
+  the pipeline runs its stages in order and stops at the first one not
+  available yet, keeping what the earlier ones wrote.
+  """
   config_lib.validate(config)
+  modes = PIPELINE if config.mode == 'pipeline' else (config.mode,)
+  _require(modes[0])
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  for mode in PIPELINE if config.mode == 'pipeline' else (config.mode,):
-    target = STAGES[mode]
-    if target is None:
-      raise StageUnavailable(
-          f'config.mode: the {mode!r} stage is not available yet in this '
-          'version; built so far: '
-          + ', '.join(m for m, t in STAGES.items() if t))
-    module, function = target.split(':')
+  for mode in modes:
+    module, function = _require(mode).split(':')
     getattr(importlib.import_module(module), function)(config, workdir)
 
 
@@ -75,7 +86,8 @@ def main(argv):
     _fail(f'--config: cannot load the config file: {reason}')
   try:
     run(config, _WORKDIR.value)
-  except (config_lib.ConfigError, ArchError, StageUnavailable) as e:
+  except (config_lib.ConfigError, ArchError, StageUnavailable,
+          teacher.TeacherError, data.DataError, trainer.NonFiniteLoss) as e:
     _fail(str(e))
 
 

@@ -9,11 +9,14 @@ it with `save_teacher`; every later stage reads it with `load_teacher`.
 from __future__ import annotations
 
 import json
+import math
 
+import jax
+import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import checkpoint
+from masktas_jax import checkpoint, data, parallel, trainer
 from masktas_jax.models.mae import MAE, MAEConfig
 
 CONFIG_FILE = 'teacher.json'
@@ -62,3 +65,85 @@ def load_teacher(path: epath.PathLike, config=None) -> MAE:
   pure = checkpoint.restore_pytree(path / PARAMS_DIR, nnx.to_pure_dict(state))
   nnx.replace_by_pure_dict(state, pure)
   return nnx.merge(graphdef, state)
+
+
+def mae_config(config) -> MAEConfig:
+  """The MAEConfig that `config.teacher` and `config.space` describe."""
+  t, s = config.teacher, config.space
+  return MAEConfig(
+      image_size=s.image_size, patch_size=s.patch_size, in_chans=s.in_chans,
+      embed_dim=t.embed_dim, depth=t.depth, num_heads=t.num_heads,
+      decoder_embed_dim=t.decoder_embed_dim, decoder_depth=t.decoder_depth,
+      decoder_num_heads=t.decoder_num_heads, norm_pix_loss=t.norm_pix_loss)
+
+
+def run(config, workdir: epath.Path, stop_at: int = 0) -> MAE | None:
+  """mode=teacher: use `config.teacher.checkpoint`, or pre-train a MAE.
+
+  Training writes `teacher/checkpoints`, `teacher/metrics.jsonl` and
+  `teacher/loss.png`, and at the end the teacher directory
+  `teacher/model` (skipped when it already exists). With `stop_at`, training
+  ends early at that step (checkpointed, resumable) and returns None.
+  """
+  t = config.teacher
+  if t.checkpoint:
+    model = load_teacher(t.checkpoint, config)
+    print(f'teacher: using {t.checkpoint} (width {model.config.embed_dim}, '
+          f'depth {model.config.depth})', flush=True)
+    return model
+  out = workdir / 'teacher'
+  if (out / 'model' / CONFIG_FILE).exists():
+    print(f'teacher: {out / "model"} exists; not training again', flush=True)
+    return load_teacher(out / 'model', config)
+
+  # --- data -----------------------------------------------------------------
+  source = data.get_source(config.data, config.data.train_split)
+  local_batch = parallel.check_batch_size(t.batch_size, 'teacher.batch_size')
+  steps_per_epoch = len(source) / t.batch_size
+  steps = t.steps or math.ceil(t.epochs * steps_per_epoch)
+  warmup = min(round(t.warmup_epochs * steps_per_epoch), steps - 1)
+  data_iter = iter(data.train_pipeline(
+      source, image_size=config.space.image_size, batch_size=local_batch,
+      seed=config.seed))
+
+  # --- model and optimizer --------------------------------------------------
+  cfg = mae_config(config)
+  graphdef = nnx.split(nnx.eval_shape(lambda: MAE(cfg, rngs=nnx.Rngs(0))),
+                       nnx.Param, ...)[0]
+  # MAE's recipe: lr scaled by batch / 256, betas (0.9, 0.95).
+  opt = trainer.adamw(t.base_lr * t.batch_size / 256, steps, warmup,
+                      t.weight_decay, b2=0.95)
+
+  def init_fn(rng):
+    _, params, fixed = nnx.split(MAE(cfg, rngs=nnx.Rngs(rng)), nnx.Param, ...)
+    params = nnx.to_pure_dict(params)
+    # `fixed` (sin-cos tables) rides along untrained, outside the optimizer.
+    return {'params': params, 'fixed': nnx.to_pure_dict(fixed),
+            'opt_state': opt.init(params)}
+
+  # --- update step ----------------------------------------------------------
+  def step_fn(state, batch, rng):
+
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state['fixed'])
+      return model(batch['image'], rng, t.mask_ratio)[0]
+
+    loss, grads = jax.value_and_grad(loss_fn)(state['params'])
+    updates, opt_state = opt.update(grads, state['opt_state'], state['params'])
+    return {**state, 'params': optax.apply_updates(state['params'], updates),
+            'opt_state': opt_state}, {'loss': loss}
+
+  # --- loop, then the teacher directory --------------------------------------
+  state, reached = trainer.train(
+      trainer.LoopConfig('teacher', out, steps, t.batch_size,
+                         config.checkpoint_every, config.keep_checkpoints,
+                         config.log_every, stop_at),
+      init_fn=init_fn, step_fn=step_fn, data_iter=data_iter, seed=config.seed)
+  if reached < steps:
+    print(f'teacher: stopped at step {reached} of {steps}; run again to '
+          'resume', flush=True)
+    return None
+  model = nnx.merge(graphdef, state['params'], state['fixed'])
+  save_teacher(model, out / 'model')
+  print(f'teacher: wrote {out / "model"}', flush=True)
+  return model

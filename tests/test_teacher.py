@@ -1,0 +1,146 @@
+"""The teacher stage: MAE pre-training, resume, and loading a teacher."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+from etils import epath
+
+from masktas_jax import convert_mae, losses, teacher, trainer
+from masktas_jax.models import vit
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from torch_mae import TorchMAE  # noqa: E402  pylint: disable=g-import-not-at-top
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def demo_config(**overrides):
+  spec = importlib.util.spec_from_file_location('demo',
+                                                ROOT / 'configs/demo.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in overrides.items():
+    section, _, name = key.rpartition('.')
+    (config[section] if section else config)[name] = value
+  return config
+
+
+def test_norm_pix_loss_against_float64_numpy():
+  rng = np.random.default_rng(0)
+  pred = rng.normal(size=(3, 10, 12)).astype(np.float32)
+  target = rng.normal(size=(3, 10, 12)).astype(np.float32) * 3 + 1
+  mask = (rng.random((3, 10)) < 0.7).astype(np.float32)
+  t64 = target.astype(np.float64)
+  mean = t64.mean(-1, keepdims=True)
+  var = ((t64 - mean)**2).sum(-1, keepdims=True) / (12 - 1)  # unbiased
+  norm = (t64 - mean) / np.sqrt(var + 1e-6)
+  for norm_pix, tgt in ((True, norm), (False, t64)):
+    per_patch = ((pred.astype(np.float64) - tgt)**2).mean(-1)
+    want = (per_patch * mask).sum() / mask.sum()
+    got = losses.pixel_loss(pred, target, mask, norm_pix)
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+
+
+def test_sincos_table_against_an_independent_construction():
+  d, g = 16, 3
+  want = np.zeros((1 + g * g, d))
+  for r in range(g):
+    for c in range(g):
+      row = 1 + r * g + c
+      for half, pos in ((0, c), (1, r)):  # column coordinate first
+        for k in range(d // 4):
+          angle = pos / 10000**(k / (d // 4))
+          want[row, half * d // 2 + k] = np.sin(angle)
+          want[row, half * d // 2 + d // 4 + k] = np.cos(angle)
+  np.testing.assert_allclose(vit.sincos_pos_embed(d, g), want, atol=1e-6)
+
+
+def test_teacher_stage_lowers_the_reconstruction_loss(tmp_path):
+  config = demo_config(**{'teacher.steps': 60, 'teacher.batch_size': 32,
+                          'log_every': 10, 'checkpoint_every': 30})
+  model = teacher.run(config, epath.Path(tmp_path))
+  records = [json.loads(l) for l in
+             (tmp_path / 'teacher/metrics.jsonl').read_text().splitlines()]
+  losses_ = [r['loss'] for r in records]
+  assert [r['step'] for r in records] == list(range(10, 61, 10))
+  assert np.mean(losses_[-2:]) < 0.95 * np.mean(losses_[:2]), losses_
+  assert (tmp_path / 'teacher/loss.png').read_bytes()[:4] == b'\x89PNG'
+  # The exported teacher is the trained one, loadable as any teacher.
+  loaded = teacher.load_teacher(tmp_path / 'teacher/model', config)
+  images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(
+      np.float32)
+  np.testing.assert_allclose(loaded.encode(images), model.encode(images),
+                             atol=1e-6)
+  # Running the stage again reuses it instead of training.
+  again = teacher.run(config, epath.Path(tmp_path))
+  np.testing.assert_allclose(again.encode(images), model.encode(images),
+                             atol=1e-6)
+
+
+def test_training_resumed_from_a_checkpoint_ends_where_one_run_does(tmp_path):
+  """Data order, RNG and optimizer state all come back from the checkpoint."""
+  config = demo_config(**{'teacher.steps': 6, 'teacher.batch_size': 16,
+                          'checkpoint_every': 2, 'log_every': 2})
+  straight = teacher.run(config, epath.Path(tmp_path / 'a'))
+  # The same run, stopped at step 3 (checkpointed there), then resumed.
+  assert teacher.run(config, epath.Path(tmp_path / 'b'), stop_at=3) is None
+  assert not (tmp_path / 'b/teacher/model').exists()
+  resumed = teacher.run(config, epath.Path(tmp_path / 'b'))
+  for a, b in zip(jax.tree.leaves(jax.tree.map(np.asarray,
+                                               nnx_state(straight))),
+                  jax.tree.leaves(jax.tree.map(np.asarray,
+                                               nnx_state(resumed)))):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def nnx_state(model):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def _cli(*args):
+  return subprocess.run(
+      [sys.executable, '-m', 'masktas_jax.main', '--config=configs/demo.py',
+       *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, check=False)
+
+
+def test_converted_checkpoint_is_accepted_and_a_conflicting_one_refused(
+    tmp_path):
+  torch.manual_seed(0)
+  for name, patch in (('ok', 4), ('bad', 8)):
+    ref = TorchMAE(image=32, patch=patch, dim=128, depth=1, heads=2,
+                   dec_depth=0)
+    torch.save({'model': ref.state_dict()}, tmp_path / f'{name}.pth')
+    teacher.save_teacher(
+        convert_mae.load_pytorch_checkpoint(tmp_path / f'{name}.pth'),
+        tmp_path / name)
+  ok = _cli(f'--workdir={tmp_path}/wd', '--config.mode=teacher',
+            f'--config.teacher.checkpoint={tmp_path}/ok')
+  assert ok.returncode == 0, ok.stderr
+  assert f'teacher: using {tmp_path}/ok' in ok.stdout
+  assert not (tmp_path / 'wd/teacher').exists()  # Nothing trained.
+  bad = _cli(f'--workdir={tmp_path}/wd', '--config.mode=teacher',
+             f'--config.teacher.checkpoint={tmp_path}/bad')
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines()[-1] == (
+      f'masktas_jax: error: config.teacher.checkpoint: teacher {tmp_path}/bad '
+      'has patch_size 8 but config.space.patch_size is 4')
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):
+  config = demo_config(**{'teacher.steps': 40, 'teacher.batch_size': 16,
+                          'checkpoint_every': 5, 'log_every': 5,
+                          'teacher.base_lr': 1e6})
+  with pytest.raises(trainer.NonFiniteLoss, match=r'non-finite loss at step'):
+    teacher.run(config, epath.Path(tmp_path))
+  assert not (tmp_path / 'teacher/model').exists()
