@@ -162,7 +162,8 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def paper_config(space: dict, params_window_m: tuple[float, float]):
+def paper_config(space: dict[str, Any], params_window_m: tuple[float, float]
+                 ) -> ml_collections.ConfigDict:
   """The paper's ImageNet recipe on an AutoFormer search space.
 
   Args:

@@ -73,7 +73,7 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   try:
@@ -96,12 +96,16 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except AttributeError as e:
-    # An override of a field the locked config lacks; ml_collections puts the
-    # key and a suggestion in a quoted repr.
+    # ml_collections reports an override of a field the locked config lacks
+    # with the key and a suggestion in a quoted repr.
     parts = str(e).replace('\\n', '\n').strip('\'"').split('\n')
     key = parts[0].strip('\'"\\')
-    hint = f' ({parts[1].strip()})' if len(parts) > 1 else ''
-    _fail(f'--config: no field {key!r} in the config{hint}')
+    overridden = [a.split('=')[0] for a in argv if a.startswith('--config.')]
+    if any(path.split('.')[-1] == key or f'.{key}.' in path + '.'
+           for path in overridden):
+      hint = f' ({parts[1].strip()})' if len(parts) > 1 else ''
+      _fail(f'--config: no field {key!r} in the config{hint}')
+    _fail(f'--config: the config file raised AttributeError: {e}')
   except (flags.Error, KeyError, TypeError, ValueError) as e:
     _fail(str(e))
   except Exception as e:  # pylint: disable=broad-except

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import matplotlib
+import ml_collections
 import numpy as np
+from etils import epath
 
 matplotlib.use('Agg')  # Headless: plots are written as files.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -13,7 +15,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from masktas_jax import config_lib
 
 
-def describe_space(config, workdir) -> dict:
+def describe_space(config: ml_collections.ConfigDict,
+                   workdir: epath.Path) -> dict:
   """Writes `space.json` and `space.png` (params vs MACs of sampled Archs).
 
   Returns the description written to `space.json`.

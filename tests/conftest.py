@@ -10,4 +10,6 @@ if _flag not in os.environ.get('XLA_FLAGS', ''):
 
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 
+# Equalities are checked at full float32; XLA:CPU computes that anyway, and
+# on accelerators the default (TF32/bf16 passes) would need looser bounds.
 jax.config.update('jax_default_matmul_precision', 'highest')

@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 from masktas_jax import config_lib
@@ -55,9 +56,11 @@ def test_paper_configs(name, space):
   assert (c.search.population, c.search.generations) == (50, 20)
   space_obj = config_lib.space_from_config(c)
   lo, hi = c.search.min_params_m * 1e6, c.search.max_params_m * 1e6
-  # The parameter window holds some Arch of the space.
-  assert space_obj.count_params(space_obj.min_arch()) <= hi
-  assert space_obj.count_params(space_obj.max_arch()) >= lo
+  # Random Archs land in the parameter window often enough to search it.
+  rng = np.random.default_rng(0)
+  inside = sum(lo <= space_obj.count_params(space_obj.sample(rng)) <= hi
+               for _ in range(2000))
+  assert inside >= 20, inside
 
 
 def test_demo_is_small_enough_for_a_cpu():

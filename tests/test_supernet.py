@@ -139,11 +139,12 @@ def test_supernet_gradients_are_the_subnet_gradients_zero_elsewhere():
             jnp.abs(b).max(initial=0))), err_msg=str(key))
 
 
-@pytest.mark.parametrize('mode', ['switch', 'mask'])
-def test_forward_and_gradient_step_trace_once_across_50_archs(mode):
-  # chex counts traces per function code, shared by both parametrisations.
+@pytest.mark.parametrize('mode, remat', [('switch', True), ('switch', False),
+                                         ('mask', True)])
+def test_forward_and_gradient_step_trace_once_across_50_archs(mode, remat):
+  # chex counts traces per function code, shared by the parametrisations.
   chex.clear_trace_counter()
-  model = Supernet(SMALL, rngs=nnx.Rngs(0))
+  model = Supernet(SMALL, rngs=nnx.Rngs(0), remat=remat)
   graphdef, state = nnx.split(model)
   images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
 

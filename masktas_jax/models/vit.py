@@ -56,12 +56,14 @@ def sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
 
 
 def layer_norm(num_features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """LayerNorm over the last axis, eps 1e-6 (MAE, AutoFormer)."""
   # Two-pass variance, as PyTorch computes it, for checkpoint parity.
   return nnx.LayerNorm(num_features, epsilon=LN_EPS, use_fast_variance=False,
                        rngs=rngs)
 
 
 def gelu(x: jax.Array) -> jax.Array:
+  """Exact (erf) GELU, elementwise; Flax's default is the tanh approximation."""
   return jax.nn.gelu(x, approximate=False)
 
 
@@ -110,6 +112,7 @@ class Attention(nnx.Module):
 
 
 class Mlp(nnx.Module):
+  """Two-layer MLP with exact GELU: (..., D) -> (..., hidden) -> (..., D)."""
 
   def __init__(self, embed_dim: int, hidden_dim: int, *, rngs: nnx.Rngs):
     self.fc1 = nnx.Linear(embed_dim, hidden_dim, kernel_init=_dense_init,
@@ -118,6 +121,7 @@ class Mlp(nnx.Module):
                           rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, N, D) -> (B, N, D)."""
     rows = x.reshape(-1, x.shape[-1])  # 2-D GEMMs, as in Attention
     return self.fc2(gelu(self.fc1(rows))).reshape(*x.shape[:-1], -1)
 
@@ -133,6 +137,7 @@ class Block(nnx.Module):
     self.mlp = Mlp(embed_dim, mlp_dim, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, N, D) -> (B, N, D)."""
     x = x + self.attn(self.norm1(x))
     return x + self.mlp(self.norm2(x))
 
