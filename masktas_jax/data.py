@@ -4,12 +4,14 @@ Sources map an index to `{'image': (H, W, 3) uint8, 'label': int}`; the
 pipelines shard them per process, shuffle, augment, normalise and batch,
 with iterator state that checkpoints save for exact resume.
 
-Source so far: the bundled scikit-learn digits ('digits').
+Sources so far: the bundled scikit-learn digits ('digits') and a folder of
+images ('folder', under `config.data.data_dir`).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import grain
@@ -56,8 +58,59 @@ class ArraySource:
     return {'image': self.images[i], 'label': label}
 
 
-def get_source(data_config, split: str) -> ArraySource:
-  """The source named by `config.data.name` for one split."""
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+
+
+class FolderSource:
+  """Images under a folder, recursively (JPEG and PNG, any case).
+
+  Grey, palette and RGBA images are converted to RGB (alpha dropped). When
+  every image sits in a sub-folder of the root, the first-level sub-folder
+  names, sorted, are the classes; otherwise the images are unlabelled
+  (label -1).
+  """
+
+  def __init__(self, root: str):
+    if not root or not os.path.isdir(root):
+      raise DataError(f'config.data.data_dir: image folder {root!r} does not '
+                      'exist')
+    files = []
+    for folder, _, names in os.walk(root):
+      files += [os.path.join(folder, n) for n in names
+                if n.lower().endswith(IMAGE_SUFFIXES)]
+    if not files:
+      raise DataError(f'config.data.data_dir: {root} contains no JPEG or PNG '
+                      'images')
+    self.files = sorted(files)
+    parts = [os.path.relpath(f, root).split(os.sep) for f in self.files]
+    if all(len(p) > 1 for p in parts):
+      self.classes = sorted({p[0] for p in parts})
+      index = {c: i for i, c in enumerate(self.classes)}
+      self.labels = [index[p[0]] for p in parts]
+    else:
+      self.classes, self.labels = [], None
+    self.num_classes = len(self.classes)
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    path = self.files[i]
+    try:
+      with Image.open(path) as image:
+        rgb = np.asarray(image.convert('RGB'))
+    except (OSError, ValueError) as e:
+      raise DataError(f'{path}: unreadable image ({e})') from e
+    return {'image': rgb,
+            'label': -1 if self.labels is None else self.labels[i]}
+
+
+def get_source(data_config, split: str) -> ArraySource | FolderSource:
+  """The source named by `config.data.name` for one split.
+
+  For 'folder', `data_dir/split` is used when that sub-folder exists (e.g.
+  train/ and validation/), else `data_dir` itself for every split.
+  """
   name = data_config.name
   if name == 'digits':
     if split not in _DIGITS_SPLITS:
@@ -66,8 +119,12 @@ def get_source(data_config, split: str) -> ArraySource:
     images, labels = _digits()
     lo, hi = _DIGITS_SPLITS[split]
     return ArraySource(images[lo:hi], labels[lo:hi], 10)
+  if name == 'folder':
+    root = data_config.data_dir
+    split_root = os.path.join(root, split) if root else ''
+    return FolderSource(split_root if os.path.isdir(split_root) else root)
   raise DataError(f'config.data.name: {name!r} is not available yet in this '
-                  "version (built so far: 'digits')")
+                  "version (built so far: 'digits', 'folder')")
 
 
 def _resize(image: np.ndarray, size: int, box=None) -> np.ndarray:
@@ -114,3 +171,35 @@ def train_pipeline(source, *, image_size: int, batch_size: int, seed: int,
 
   return (shard.seed(seed).shuffle().repeat().random_map(augment)
           .batch(batch_size, drop_remainder=True).to_iter_dataset())
+
+
+def center_crop(image: np.ndarray, size: int,
+                crop_fraction: float = 0.875) -> np.ndarray:
+  """Evaluation view: shorter side to size / crop_fraction, then the central
+  (size, size) crop."""
+  h, w = image.shape[:2]
+  scale = size / crop_fraction / min(h, w)
+  side = size / scale  # The crop's side in source pixels.
+  top, left = (h - side) / 2, (w - side) / 2
+  return _resize(image, size, box=(left, top, left + side, top + side))
+
+
+def eval_pipeline(source, *, image_size: int, batch_size: int,
+                  crop_fraction: float = 0.875):
+  """One pass over this process's share of `source`, centre-cropped.
+
+  Yields `{'image', 'label', 'valid'}` batches of exactly `batch_size`; the
+  last one is padded with copies and `valid` (b,) marks the real examples.
+  """
+  shard = grain.MapDataset.source(source)[jax.process_index()::
+                                          jax.process_count()]
+  n = len(shard)
+  padded = -(-n // batch_size) * batch_size
+
+  def view(i):
+    example = shard[min(i, n - 1)]
+    return {'image': normalize(center_crop(example['image'], image_size,
+                                           crop_fraction)),
+            'label': np.int32(example['label']), 'valid': np.bool_(i < n)}
+
+  return grain.MapDataset.range(padded).map(view).batch(batch_size)

@@ -33,3 +33,55 @@ def pixel_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
     target = normalize_patches(target)
   per_patch = jnp.mean((pred.astype(jnp.float32) - target)**2, axis=-1)
   return jnp.sum(per_patch * mask) / jnp.sum(mask)
+
+
+def layer_norm_no_affine(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """(..., D) -> (..., D): zero mean, unit (biased) variance over the last axis."""
+  x = x.astype(jnp.float32)
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean)**2).mean(-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def smooth_l1(x: jax.Array, y: jax.Array, delta: float = 1.0) -> jax.Array:
+  """Elementwise smooth L1 (Huber / delta, PyTorch's SmoothL1Loss form)."""
+  d = jnp.abs(x - y)
+  return jnp.where(d < delta, 0.5 * d * d / delta, d - 0.5 * delta)
+
+
+def feature_prediction_loss(z_student: jax.Array,
+                            z_teacher: jax.Array) -> jax.Array:
+  """Paper eq. 11: SmoothL1(LN(Z~_s), LN(Z_t)), mean over tokens and channels.
+
+  Args:
+    z_student: (B, T, D_t) projected student tokens (projector output).
+    z_teacher: (B, T, D_t) teacher tokens for the same visible patches; no
+      gradient reaches them.
+
+  Returns:
+    A scalar. LN has no affine parameters (eps 1e-6).
+  """
+  target = layer_norm_no_affine(jax.lax.stop_gradient(z_teacher))
+  return jnp.mean(smooth_l1(layer_norm_no_affine(z_student), target))
+
+
+def student_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
+                 z_student: jax.Array, z_teacher: jax.Array, beta: float,
+                 norm_pix: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Paper eq. 9-11: L_reg(P~, X_m) + beta * L_pre(Z~_s, Z_t).
+
+  Args:
+    pred: (B, N, P) student decoder pixels.
+    target: (B, N, P) true patches.
+    mask: (B, N), 1 on removed patches (the only ones L_reg scores).
+    z_student: (B, T, D_t) projected student tokens.
+    z_teacher: (B, T, D_t) teacher tokens of the same visible patches.
+    beta: weight of the feature term.
+    norm_pix: normalise each target patch (eq. 10's x-bar).
+
+  Returns:
+    (total loss, {'pixel_loss': L_reg, 'feature_loss': L_pre}).
+  """
+  reg = pixel_loss(pred, target, mask, norm_pix)
+  pre = feature_prediction_loss(z_student, z_teacher)
+  return reg + beta * pre, {'pixel_loss': reg, 'feature_loss': pre}
