@@ -38,9 +38,9 @@ def get_config(arg=None):
   config.teacher.batch_size = 64
   # 75% masking keeps 16 of 64 patches (90% would keep only 6).
   config.supernet.mask_ratio = 0.75
-  config.supernet.steps = 800
-  config.supernet.warmup_epochs = 0
-  config.supernet.batch_size = 128
+  config.supernet.steps = 300
+  config.supernet.warmup_epochs = 1
+  config.supernet.batch_size = 64
   config.supernet.decoder_embed_dim = 128
   config.supernet.decoder_num_heads = 2
   # A small search: 20 candidates, 5 generations, 5 parents.

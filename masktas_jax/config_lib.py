@@ -117,6 +117,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.supernet.decoder_num_heads = 16
   # Rematerialise supernet layers in the backward pass (faster on CPU).
   c.supernet.remat = True
+  # Clip gradients to this global norm; 0 = no clipping.
+  c.supernet.grad_clip = 0.0
+  # Algorithm 1, line 9: update only the sampled subnet's weights (AdamW's
+  # momentum and decay would otherwise move the rest too).
+  c.supernet.freeze_inactive = True
 
   c.search = ml_collections.ConfigDict()
   # Candidates per generation (paper / AutoFormer: 50).
@@ -238,6 +243,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            sec.batch_size)
     _check(sec.epochs > 0 or sec.steps > 0, f'{stage}.steps',
            'epochs and steps are both 0: nothing to train', sec.steps)
+  _check(config.supernet.grad_clip >= 0, 'supernet.grad_clip', 'must be >= 0',
+         config.supernet.grad_clip)
+  _check(config.supernet.beta >= 0, 'supernet.beta', 'must be >= 0',
+         config.supernet.beta)
   t = config.teacher
   _check(t.embed_dim == t.num_heads * 64, 'teacher.num_heads',
          f'embed_dim {t.embed_dim} must equal num_heads * 64', t.num_heads)

@@ -227,7 +227,7 @@ def to_pure_state(sd: dict[str, np.ndarray], c: MAEConfig) -> dict[str, Any]:
   state = {'encoder': encoder}
   if c.decoder_depth:
     dd = c.decoder_embed_dim
-    state.update({
+    state['decoder'] = {
         'mask_token': sd['mask_token'].reshape(dd),
         'decoder_embed': {'kernel': sd['decoder_embed.weight'].T,
                           'bias': sd['decoder_embed.bias']},
@@ -241,7 +241,7 @@ def to_pure_state(sd: dict[str, np.ndarray], c: MAEConfig) -> dict[str, Any]:
                          'bias': sd['decoder_norm.bias']},
         'decoder_pred': {'kernel': sd['decoder_pred.weight'].T,
                          'bias': sd['decoder_pred.bias']},
-    })
+    }
   return state
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
@@ -29,7 +29,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 STAGES = {
     'space': 'masktas_jax.report:describe_space',
     'teacher': 'masktas_jax.teacher:run',
-    'supernet': None,
+    'supernet': 'masktas_jax.supernet_train:run',
     'search': None,
     'finetune': None,
 }
@@ -76,6 +76,10 @@ def _fail(message: str) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:
+    # Libraries (Orbax above all) log every save at INFO; keep the progress
+    # lines readable unless --verbosity asks for more.
+    logging.set_verbosity(logging.WARNING)
   try:
     config = _CONFIG.value
     # A config file that failed to load yields a stand-in that raises on the

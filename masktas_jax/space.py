@@ -18,6 +18,8 @@ import json
 import math
 from typing import Any, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 HEAD_DIM = 64
@@ -359,6 +361,47 @@ class SearchSpace:
                                   np.int32),
         'layer_branch': layer_branch,
     }
+
+  def sample_encoded(self, rng: jax.Array) -> dict[str, jax.Array]:
+    """A uniformly random Arch drawn on device, already `encode`d.
+
+    Same distribution as `sample` (each dimension and layer independent and
+    uniform) and the same arrays as `encode`, but traceable: a train step
+    draws its subnet from its own RNG, so every process agrees on it without
+    a host round-trip.
+    """
+    k_embed, k_depth, k_layers = jax.random.split(rng, 3)
+    choices = self.layer_choices
+    embed_index = jax.random.randint(k_embed, (), 0, len(self.embed_dims))
+    depth = jnp.asarray(self.depths)[jax.random.randint(
+        k_depth, (), 0, len(self.depths))]
+    layer = jax.random.randint(k_layers, (self.max_depth,), 0, len(choices))
+    active = jnp.arange(self.max_depth) < depth
+    heads = jnp.asarray([h for h, _ in choices])[layer]
+    # MLP width per (embed choice, layer choice), as int(E * r) on the host.
+    widths = jnp.asarray([[mlp_width(e, r) for _, r in choices]
+                          for e in self.embed_dims])[embed_index, layer]
+    embed = jnp.asarray(self.embed_dims)[embed_index]
+    f32 = jnp.float32
+    return {
+        'embed_mask': (jnp.arange(self.max_embed) < embed).astype(f32),
+        'head_mask': ((jnp.arange(self.max_heads) < heads[:, None])
+                      & active[:, None]).astype(f32),
+        'mlp_mask': ((jnp.arange(self.max_mlp) < widths[:, None])
+                     & active[:, None]).astype(f32),
+        'layer_mask': active.astype(f32),
+        'embed_index': embed_index.astype(jnp.int32),
+        'layer_branch': jnp.where(active, layer, len(choices)).astype(
+            jnp.int32),
+    }
+
+  def decode(self, encoded: Mapping[str, Any]) -> Arch:
+    """The Arch that `encode` (or `sample_encoded`) arrays describe."""
+    layer_branch = np.asarray(encoded['layer_branch'])
+    depth = int(np.asarray(encoded['layer_mask']).sum())
+    layers = [self.layer_choices[b] for b in layer_branch[:depth]]
+    return Arch(self.embed_dims[int(encoded['embed_index'])], depth,
+                tuple(h for h, _ in layers), tuple(r for _, r in layers))
 
   def encode_batch(self, archs: Sequence[Arch]) -> dict[str, np.ndarray]:
     """`encode` for several Archs stacked on a new leading axis."""

@@ -62,7 +62,13 @@ def load_teacher(path: epath.PathLike, config=None) -> MAE:
             f'but config.space.{field} is {ours}')
   abstract = nnx.eval_shape(lambda: MAE(mae_config, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
-  pure = checkpoint.restore_pytree(path / PARAMS_DIR, nnx.to_pure_dict(state))
+  try:
+    pure = checkpoint.restore_pytree(path / PARAMS_DIR,
+                                     nnx.to_pure_dict(state))
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise TeacherError(
+        f'{path}: its parameters do not match {CONFIG_FILE} (missing, '
+        'truncated, or written by another version)') from e
   nnx.replace_by_pure_dict(state, pure)
   return nnx.merge(graphdef, state)
 

@@ -106,8 +106,13 @@ def _plot_metrics(directory: epath.Path, title: str) -> None:
 def train(loop: LoopConfig, *, init_fn: Callable[[jax.Array], Any],
           step_fn: Callable[[Any, dict[str, jax.Array], jax.Array],
                             tuple[Any, dict[str, jax.Array]]],
-          data_iter, seed: int, mesh=None) -> tuple[Any, int]:
+          data_iter, seed: int, mesh=None,
+          constants: Any = None) -> tuple[Any, int]:
   """Runs (or resumes) training to `loop.steps`; returns (state, step).
+
+  `constants` (e.g. a frozen teacher's weights) reach the step as a fourth
+  argument, `step_fn(state, batch, rng, constants)`: replicated, never
+  donated, never checkpointed.
 
   `step` is the step reached: `loop.steps`, or `loop.stop_at` if that came
   first.
@@ -130,9 +135,19 @@ def train(loop: LoopConfig, *, init_fn: Callable[[jax.Array], Any],
   state_sharding = jax.tree.map(lambda _: rep, abstract)
 
   # --- update step ----------------------------------------------------------
-  step = jax.jit(step_fn, in_shardings=(state_sharding,
-                                        parallel.batch_sharded(mesh), rep),
-                 out_shardings=(state_sharding, rep), donate_argnums=0)
+  if constants is None:
+    step = jax.jit(step_fn, in_shardings=(state_sharding,
+                                          parallel.batch_sharded(mesh), rep),
+                   out_shardings=(state_sharding, rep), donate_argnums=0)
+  else:
+    constants = jax.device_put(constants, rep)
+    jitted = jax.jit(step_fn,
+                     in_shardings=(state_sharding,
+                                   parallel.batch_sharded(mesh), rep, rep),
+                     out_shardings=(state_sharding, rep), donate_argnums=0)
+
+    def step(state, batch, rng):
+      return jitted(state, batch, rng, constants)
 
   # --- resume ---------------------------------------------------------------
   manager = ocp.CheckpointManager(

@@ -40,12 +40,15 @@ def test_space_stage_writes_description_and_plot(tmp_path):
 
 def test_default_pipeline_runs_the_built_stages_then_stops(tmp_path):
   result = run('--config=configs/demo.py', f'--workdir={tmp_path}',
-               '--config.teacher.steps=4', '--config.teacher.batch_size=16')
-  assert result.returncode == 2
+               '--config.teacher.steps=4', '--config.teacher.batch_size=16',
+               '--config.supernet.steps=2', '--config.supernet.batch_size=16',
+               '--config.space.depths=(2,3)')
+  assert result.returncode == 2, result.stderr
   assert (tmp_path / 'space.json').exists()
   assert (tmp_path / 'teacher/model/teacher.json').exists()
+  assert (tmp_path / 'supernet/checkpoints').exists()
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("masktas_jax: error: config.mode: the 'supernet' "
+  assert last.startswith("masktas_jax: error: config.mode: the 'search' "
                          'stage is not available yet')
 
 

@@ -202,3 +202,29 @@ def test_encode_masks_describe_the_arch():
   assert space.max_mlp == 960 and space.max_heads * HEAD_DIM == 256
   assert math.isclose(np.log10(space.num_archs()),
                       space.describe()['log10_num_archs'], abs_tol=0.01)
+
+
+def test_sample_encoded_on_device_is_a_valid_uniform_encoding():
+  import jax  # pylint: disable=g-import-not-at-top
+  space = _space()
+  draw = jax.jit(space.sample_encoded)
+  counts = {'embed': {}, 'depth': {}, 'heads': {}, 'ratio': {}}
+  for i in range(300):
+    enc = jax.tree.map(np.asarray, draw(jax.random.key(i)))
+    arch = space.decode(enc)
+    space.validate(arch)
+    want = space.encode(arch)
+    for k in want:  # Bit for bit the host encoding of the decoded Arch.
+      np.testing.assert_array_equal(enc[k], want[k], err_msg=k)
+    for key, values in (('embed', [arch.embed_dim]), ('depth', [arch.depth]),
+                        ('heads', arch.num_heads), ('ratio', arch.mlp_ratios)):
+      for v in values:
+        counts[key][v] = counts[key].get(v, 0) + 1
+  assert set(counts['embed']) == set(TINY['embed_dims'])
+  assert set(counts['depth']) == set(TINY['depths'])
+  for key in counts:  # Roughly uniform: no choice under half its share.
+    total = sum(counts[key].values())
+    assert min(counts[key].values()) > 0.5 * total / len(counts[key]), counts
+  # Same key, same Arch: every process agrees.
+  a, b = draw(jax.random.key(7)), draw(jax.random.key(7))
+  assert space.decode(a) == space.decode(b)

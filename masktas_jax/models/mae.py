@@ -59,6 +59,48 @@ class MAEConfig:
     return cls(**d)
 
 
+class PixelDecoder(nnx.Module):
+  """MAE's decoder: encoder tokens of the visible patches -> all patches' pixels.
+
+  Projects to `embed_dim`, fills the removed patches with a learned mask
+  token, restores patch order, adds fixed sin-cos positions, runs `depth`
+  blocks and predicts p*p*C pixels per patch.
+  """
+
+  def __init__(self, *, in_dim: int, embed_dim: int, depth: int,
+               num_heads: int, patch_size: int, in_chans: int, grid_size: int,
+               mlp_ratio: float = 4.0, rngs: nnx.Rngs):
+    self.decoder_embed = nnx.Linear(in_dim, embed_dim,
+                                    kernel_init=vit._dense_init, rngs=rngs)
+    self.mask_token = nnx.Param(
+        nnx.initializers.normal(0.02)(rngs.params(), (embed_dim,)))
+    self.decoder_pos_embed = vit.FixedEmbedding(jnp.asarray(
+        vit.sincos_pos_embed(embed_dim, grid_size)))
+    self.decoder_blocks = nnx.List([
+        vit.Block(embed_dim, num_heads, int(embed_dim * mlp_ratio), rngs=rngs,
+                  head_dim=embed_dim // num_heads) for _ in range(depth)
+    ])
+    self.decoder_norm = vit.layer_norm(embed_dim, rngs)
+    self.decoder_pred = nnx.Linear(embed_dim, patch_size**2 * in_chans,
+                                   kernel_init=vit._dense_init, rngs=rngs)
+
+  def __call__(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
+    """Tokens (B, 1 + K, in_dim), CLS first -> pixels (B, N, p*p*C).
+
+    `ids_restore` (B, N) puts [kept, mask tokens] back into patch order.
+    """
+    x = self.decoder_embed(latent)
+    b, n = ids_restore.shape
+    fill = jnp.broadcast_to(self.mask_token[...].astype(x.dtype),
+                            (b, n + 1 - x.shape[1], x.shape[-1]))
+    patches = gather_tokens(jnp.concatenate([x[:, 1:], fill], axis=1),
+                            ids_restore)
+    x = jnp.concatenate([x[:, :1], patches], axis=1) + self.decoder_pos_embed[...]
+    for block in self.decoder_blocks:
+      x = block(x)
+    return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+
 class MAE(nnx.Module):
   """MAE with a ViT encoder and (optionally) its pixel decoder."""
 
@@ -70,21 +112,11 @@ class MAE(nnx.Module):
         image_size=c.image_size, patch_size=c.patch_size, in_chans=c.in_chans,
         head_dim=c.embed_dim // c.num_heads, pos_embed='sincos', rngs=rngs)
     if c.decoder_depth:
-      d = c.decoder_embed_dim
-      self.decoder_embed = nnx.Linear(c.embed_dim, d,
-                                      kernel_init=vit._dense_init, rngs=rngs)
-      self.mask_token = nnx.Param(
-          nnx.initializers.normal(0.02)(rngs.params(), (d,)))
-      self.decoder_pos_embed = vit.FixedEmbedding(jnp.asarray(
-          vit.sincos_pos_embed(d, c.image_size // c.patch_size)))
-      self.decoder_blocks = nnx.List([
-          vit.Block(d, c.decoder_num_heads, int(d * c.mlp_ratio), rngs=rngs,
-                    head_dim=d // c.decoder_num_heads)
-          for _ in range(c.decoder_depth)
-      ])
-      self.decoder_norm = vit.layer_norm(d, rngs)
-      self.decoder_pred = nnx.Linear(
-          d, c.patch_size**2 * c.in_chans, kernel_init=vit._dense_init,
+      self.decoder = PixelDecoder(
+          in_dim=c.embed_dim, embed_dim=c.decoder_embed_dim,
+          depth=c.decoder_depth, num_heads=c.decoder_num_heads,
+          patch_size=c.patch_size, in_chans=c.in_chans,
+          grid_size=c.image_size // c.patch_size, mlp_ratio=c.mlp_ratio,
           rngs=rngs)
 
   @property
@@ -106,16 +138,7 @@ class MAE(nnx.Module):
     """
     if not self.has_decoder:
       raise ValueError('this MAE has no decoder (an encoder-only checkpoint)')
-    x = self.decoder_embed(latent)
-    b, n = ids_restore.shape
-    fill = jnp.broadcast_to(self.mask_token[...].astype(x.dtype),
-                            (b, n + 1 - x.shape[1], x.shape[-1]))
-    patches = gather_tokens(jnp.concatenate([x[:, 1:], fill], axis=1),
-                            ids_restore)
-    x = jnp.concatenate([x[:, :1], patches], axis=1) + self.decoder_pos_embed[...]
-    for block in self.decoder_blocks:
-      x = block(x)
-    return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+    return self.decoder(latent, ids_restore)
 
   def reconstruct(self, images: jax.Array, ids_keep: jax.Array,
                   ids_restore: jax.Array) -> jax.Array:

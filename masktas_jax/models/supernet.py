@@ -154,9 +154,10 @@ class Supernet(nnx.Module):
     self.norm_scale = nnx.Param(jnp.ones((e,)))
     self.norm_bias = nnx.Param(jnp.zeros((e,)))
     c = space.num_classes
-    self.head_kernel = nnx.Param(vit._dense_init(key(), (e, c)) if c else
-                                 jnp.zeros((e, 0)))
-    self.head_bias = nnx.Param(jnp.zeros((c,)))
+    # No head at all without classes (the student): Orbax cannot save the
+    # zero-size arrays an empty head would be.
+    self.head_kernel = nnx.Param(vit._dense_init(key(), (e, c))) if c else None
+    self.head_bias = nnx.Param(jnp.zeros((c,))) if c else None
 
   # -- forward --------------------------------------------------------------
 
@@ -250,6 +251,9 @@ class Supernet(nnx.Module):
   def __call__(self, images: jax.Array, arch: ArchArrays,
                mode: Mode = 'switch') -> jax.Array:
     """(B, H, W, C) -> logits (B, num_classes) from the CLS token."""
+    if self.head_kernel is None:
+      raise ValueError('this supernet has no classification head '
+                       '(num_classes=0)')
     cls = self.encode(images, arch, mode=mode)[:, 0]
     return cls @ self.head_kernel[...] + self.head_bias[...]
 
@@ -289,7 +293,7 @@ class Supernet(nnx.Module):
       block.mlp.fc2.bias.set_value(p['b2'][i, :e])
     model.norm.scale.set_value(self.norm_scale[...][:e])
     model.norm.bias.set_value(self.norm_bias[...][:e])
-    if model.head is not None:
+    if self.head_kernel is not None:
       model.head.kernel.set_value(self.head_kernel[...][:e])
       model.head.bias.set_value(self.head_bias[...])
     return model

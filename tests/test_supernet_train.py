@@ -1,0 +1,109 @@
+"""mode=supernet: masked distillation (paper Algorithm 1)."""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from etils import epath
+from flax import nnx
+
+from masktas_jax import config_lib, losses, supernet_train, teacher
+from masktas_jax.models.mae import MAE
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+  config = _config('')
+  model = MAE(teacher.mae_config(config), rngs=nnx.Rngs(0))
+  return str(teacher.save_teacher(model, tmp_path_factory.mktemp('t') / 'm'))
+
+
+def _config(teacher_checkpoint, **overrides):
+  spec = importlib.util.spec_from_file_location('demo',
+                                                ROOT / 'configs/demo.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  settings = {
+      # A smaller space than the demo's keeps the compile short.
+      'space.embed_dims': (64, 96), 'space.depths': (2, 3),
+      'space.num_heads': (1, 2), 'space.mlp_ratios': (2.0, 4.0),
+      'teacher.checkpoint': teacher_checkpoint, 'supernet.batch_size': 16,
+      'supernet.decoder_depth': 1, 'supernet.warmup_epochs': 0,
+      'checkpoint_every': 4, 'log_every': 4, **overrides}
+  for key, value in settings.items():
+    section, _, name = key.rpartition('.')
+    (config[section] if section else config)[name] = value
+  return config_lib.validate(config)
+
+
+def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
+                                                 monkeypatch):
+  traces = []
+  original = losses.student_loss
+  monkeypatch.setattr(losses, 'student_loss',
+                      lambda *a, **k: traces.append(1) or original(*a, **k))
+  config = _config(teacher_dir, **{'supernet.steps': 48,
+                                   'supernet.base_lr': 2e-3})
+  state = supernet_train.run(config, epath.Path(tmp_path))
+  assert len(traces) == 1  # 48 steps, a fresh subnet each, one compile.
+  records = [json.loads(l) for l in
+             (tmp_path / 'supernet/metrics.jsonl').read_text().splitlines()]
+  loss = [r['loss'] for r in records]
+  assert np.mean(loss[-2:]) < 0.9 * np.mean(loss[:2]), loss
+  assert {'pixel_loss', 'feature_loss'} <= set(records[-1])
+  # The teacher is a constant of the step, not part of what is trained
+  # or checkpointed.
+  assert set(state) == {'params', 'fixed', 'opt_state'}
+  assert set(state['params']) == {'encoder', 'decoder', 'proj1', 'proj2'}
+  assert (tmp_path / 'supernet/loss.png').exists()
+
+
+def test_a_step_moves_only_the_sampled_subnet(teacher_dir, tmp_path):
+  config = _config(teacher_dir, **{'supernet.steps': 1})
+  state = supernet_train.run(config, epath.Path(tmp_path))
+  # Re-derive what the trainer drew: init key and step-0 subnet.
+  init_key, step_key = jax.random.split(jax.random.key(config.seed))
+  init = nnx.to_pure_dict(nnx.state(supernet_train.build_student(
+      config, 192, nnx.Rngs(init_key)), nnx.Param))
+  space = config_lib.space_from_config(config)
+  arch = space.decode(space.sample_encoded(
+      jax.random.split(jax.random.fold_in(step_key, 0))[0]))
+  e, depth = arch.embed_dim, arch.depth
+  before, after = init['encoder']['layers'], state['params']['encoder'][
+      'layers']
+  moved = lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max())
+  # Inside the subnet: trained.
+  assert moved(before['w1'][0, :e, :arch.mlp_dims[0]],
+               after['w1'][0, :e, :arch.mlp_dims[0]]) > 0
+  # Outside it: untouched (no AdamW decay, no momentum).
+  assert moved(before['w1'][:, e:], after['w1'][:, e:]) == 0
+  assert moved(before['w1'][0, :, arch.mlp_dims[0]:],
+               after['w1'][0, :, arch.mlp_dims[0]:]) == 0
+  assert moved(before['wq'][depth:], after['wq'][depth:]) == 0
+  assert moved(before['wq'][0, :, arch.num_heads[0]:],
+               after['wq'][0, :, arch.num_heads[0]:]) == 0
+
+
+def test_stopped_and_resumed_training_ends_where_one_run_does(teacher_dir,
+                                                             tmp_path):
+  config = _config(teacher_dir, **{'supernet.steps': 6,
+                                   'checkpoint_every': 2})
+  straight = supernet_train.run(config, epath.Path(tmp_path / 'a'))
+  assert supernet_train.run(config, epath.Path(tmp_path / 'b'),
+                            stop_at=3) is None
+  resumed = supernet_train.run(config, epath.Path(tmp_path / 'b'))
+  for a, b in zip(jax.tree.leaves(straight['params']),
+                  jax.tree.leaves(resumed['params'])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_missing_teacher_is_a_clear_error(tmp_path):
+  config = _config('', **{'supernet.steps': 2})
+  with pytest.raises(teacher.TeacherError, match='run --config.mode=teacher'):
+    supernet_train.run(config, epath.Path(tmp_path))
