@@ -11,6 +11,7 @@ images ('folder', under `config.data.data_dir`).
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Any
 
@@ -18,6 +19,8 @@ import grain
 import jax
 import numpy as np
 from PIL import Image
+
+from masktas_jax import parallel
 
 # ImageNet statistics, as the MAE teacher checkpoints expect.
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -203,3 +206,21 @@ def eval_pipeline(source, *, image_size: int, batch_size: int,
             'label': np.int32(example['label']), 'valid': np.bool_(i < n)}
 
   return grain.MapDataset.range(padded).map(view).batch(batch_size)
+
+
+def training_input(config, stage: str, seed: int):
+  """(batch iterator, steps, warm-up steps) of a training stage.
+
+  Reads `config.<stage>`: batch_size (global), steps, or epochs over the
+  training split, and warmup_epochs.
+  """
+  section = config[stage]
+  source = get_source(config.data, config.data.train_split)
+  local_batch = parallel.check_batch_size(section.batch_size,
+                                          f'{stage}.batch_size')
+  steps_per_epoch = len(source) / section.batch_size
+  steps = section.steps or math.ceil(section.epochs * steps_per_epoch)
+  warmup = min(round(section.warmup_epochs * steps_per_epoch), steps - 1)
+  batches = train_pipeline(source, image_size=config.space.image_size,
+                           batch_size=local_batch, seed=seed)
+  return iter(batches), steps, warmup

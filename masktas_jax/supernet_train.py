@@ -13,15 +13,13 @@ teacher), `supernet/metrics.jsonl` and `supernet/loss.png`.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, data, losses, parallel, trainer
+from masktas_jax import config_lib, data, losses, trainer
 from masktas_jax import teacher as teacher_lib
 from masktas_jax.masking import patchify, random_masking
 from masktas_jax.models.student import Student
@@ -58,14 +56,9 @@ def run(config, workdir: epath.Path, stop_at: int = 0):
   teacher_dim = teacher.config.embed_dim
 
   # --- data -----------------------------------------------------------------
-  source = data.get_source(config.data, config.data.train_split)
-  local_batch = parallel.check_batch_size(s.batch_size, 'supernet.batch_size')
-  steps_per_epoch = len(source) / s.batch_size
-  steps = s.steps or math.ceil(s.epochs * steps_per_epoch)
-  warmup = min(round(s.warmup_epochs * steps_per_epoch), steps - 1)
-  data_iter = iter(data.train_pipeline(
-      source, image_size=space.image_size, batch_size=local_batch,
-      seed=config.seed + 1))
+  # A seed of its own: the supernet does not replay the teacher's batches.
+  data_iter, steps, warmup = data.training_input(config, 'supernet',
+                                                 config.seed + 1)
 
   # --- model and optimizer --------------------------------------------------
   student_def = nnx.split(

@@ -9,14 +9,13 @@ it with `save_teacher`; every later stage reads it with `load_teacher`.
 from __future__ import annotations
 
 import json
-import math
 
 import jax
 import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import checkpoint, data, parallel, trainer
+from masktas_jax import checkpoint, data, trainer
 from masktas_jax.models.mae import MAE, MAEConfig
 
 CONFIG_FILE = 'teacher.json'
@@ -103,14 +102,8 @@ def run(config, workdir: epath.Path, stop_at: int = 0) -> MAE | None:
     return load_teacher(out / 'model', config)
 
   # --- data -----------------------------------------------------------------
-  source = data.get_source(config.data, config.data.train_split)
-  local_batch = parallel.check_batch_size(t.batch_size, 'teacher.batch_size')
-  steps_per_epoch = len(source) / t.batch_size
-  steps = t.steps or math.ceil(t.epochs * steps_per_epoch)
-  warmup = min(round(t.warmup_epochs * steps_per_epoch), steps - 1)
-  data_iter = iter(data.train_pipeline(
-      source, image_size=config.space.image_size, batch_size=local_batch,
-      seed=config.seed))
+  data_iter, steps, warmup = data.training_input(config, 'teacher',
+                                                 config.seed)
 
   # --- model and optimizer --------------------------------------------------
   cfg = mae_config(config)
