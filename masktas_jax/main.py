@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib
 import sys
 
+import jax
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from masktas_jax import config_lib, data, teacher, trainer
+from masktas_jax import config_lib, data, parallel, teacher, trainer
 from masktas_jax.space import ArchError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -24,6 +25,14 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Where checkpoints and results go (path or gs://...).')
 flags.mark_flags_as_required(['config', 'workdir'])
+# Multi-host (launch/): all three, or none to let a TPU pod or SLURM job
+# describe itself.
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', '', 'host:port of process 0, for multi-host runs.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', 0, 'Number of processes of a multi-host run.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', -1, "This process's index in a multi-host run.")
 
 # mode -> 'module:function(config, workdir)'; None: not available yet.
 STAGES = {
@@ -50,6 +59,23 @@ def _require(mode: str) -> str:
   return target
 
 
+# Stages that read the training images, and whose global batch must split
+# over the devices.
+_DATA_STAGES = ('teacher', 'supernet', 'search', 'finetune')
+_BATCHED_STAGES = ('teacher', 'supernet', 'finetune')
+
+
+def _check_inputs(config, modes) -> None:
+  """Raises DataError / ConfigError for data and batches that cannot work,
+  before anything is written."""
+  if not any(m in _DATA_STAGES for m in modes):
+    return
+  data.get_source(config.data, config.data.train_split)
+  for mode in modes:
+    if mode in _BATCHED_STAGES:
+      parallel.check_batch_size(config[mode].batch_size, f'{mode}.batch_size')
+
+
 def run(config, workdir: str) -> None:
   """Validates `config`, then runs `config.mode` (a stage or the pipeline).
 
@@ -60,9 +86,12 @@ def run(config, workdir: str) -> None:
   config_lib.validate(config)
   modes = PIPELINE if config.mode == 'pipeline' else (config.mode,)
   _require(modes[0])
+  _check_inputs(config, modes)
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  if jax.process_index() == 0:
+    (workdir / 'config.json').write_text(
+        config.to_json_best_effort(indent=2))
   for mode in modes:
     module, function = _require(mode).split(':')
     getattr(importlib.import_module(module), function)(config, workdir)
@@ -89,6 +118,8 @@ def main(argv: list[str]) -> None:
     reason = str(e).strip().splitlines()[-1].strip()
     _fail(f'--config: cannot load the config file: {reason}')
   try:
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                    _PROCESS_ID.value)
     run(config, _WORKDIR.value)
   except (config_lib.ConfigError, ArchError, StageUnavailable,
           teacher.TeacherError, data.DataError, trainer.NonFiniteLoss) as e:

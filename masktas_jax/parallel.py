@@ -1,7 +1,14 @@
-"""Device mesh and shardings: one data-parallel mesh over every device."""
+"""Device mesh, shardings, and the multi-host start-up.
+
+One data-parallel mesh over every device of every process. Multi-host runs
+start `jax.distributed` before anything touches a device: from explicit
+flags, or from what the cluster says about itself (Cloud TPU VM pods, SLURM
+jobs, `JAX_COORDINATOR_ADDRESS`).
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -11,6 +18,58 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from masktas_jax.config_lib import ConfigError
 
 DATA = 'data'
+
+
+def _cluster_detected() -> bool:
+  """True where `jax.distributed.initialize()` can find its peers alone."""
+  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    return True
+  if 'SLURM_JOB_ID' in os.environ and int(
+      os.environ.get('SLURM_NTASKS', '1')) > 1:
+    return True
+  if os.environ.get('TPU_WORKER_HOSTNAMES', '').count(',') or os.environ.get(
+      'MEGASCALE_COORDINATOR_ADDRESS'):
+    return True
+  try:  # A Cloud TPU VM: the worker list comes from its metadata server.
+    from jax._src.clusters import cloud_tpu_cluster  # pylint: disable=g-import-not-at-top
+    return bool(cloud_tpu_cluster.running_in_cloud_tpu_vm)
+  except (ImportError, AttributeError):
+    return False
+
+
+def initialize_distributed(coordinator_address: str = '',
+                           num_processes: int = 0,
+                           process_id: int = -1) -> None:
+  """Starts `jax.distributed` when this is one process of several.
+
+  With any argument given, all three are required (flags
+  `--coordinator_address`, `--num_processes`, `--process_id`); with none,
+  the cluster is auto-detected, and a lone process starts nothing. Must run
+  before the first use of a device.
+  """
+  if coordinator_address or num_processes or process_id >= 0:
+    missing = [k for k, unset in (
+        ('--coordinator_address', not coordinator_address),
+        ('--num_processes', num_processes <= 0),
+        ('--process_id', process_id < 0)) if unset]
+    if missing and num_processes != 1:
+      raise ConfigError(f'{missing[0]}: needed with the other multi-host '
+                        'flags (--coordinator_address, --num_processes, '
+                        '--process_id)')
+    if num_processes == 1:
+      return
+    if not 0 <= process_id < num_processes:
+      raise ConfigError(f'--process_id: {process_id} is not in 0..'
+                        f'{num_processes - 1}')
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif _cluster_detected():
+    jax.distributed.initialize()
+
+
+def log(message: str) -> None:
+  """Prints a progress line from process 0 only."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
 
 
 def make_mesh() -> Mesh:

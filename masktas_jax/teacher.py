@@ -15,7 +15,7 @@ import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import checkpoint, data, trainer
+from masktas_jax import checkpoint, data, parallel, trainer
 from masktas_jax.models.mae import MAE, MAEConfig
 
 CONFIG_FILE = 'teacher.json'
@@ -28,10 +28,12 @@ class TeacherError(ValueError):
 
 def save_teacher(model: MAE, path: epath.PathLike,
                  overwrite: bool = False) -> epath.Path:
-  """Writes `model` as a teacher directory at `path`, atomically."""
+  """Writes `model` as a teacher directory at `path`, atomically; on every
+  process alike when there are several."""
   with checkpoint.atomic_directory(path, overwrite=overwrite) as scratch:
-    (scratch / CONFIG_FILE).write_text(
-        json.dumps(model.config.to_dict(), indent=2))
+    if jax.process_index() == 0:
+      (scratch / CONFIG_FILE).write_text(
+          json.dumps(model.config.to_dict(), indent=2))
     checkpoint.save_pytree(scratch / PARAMS_DIR,
                            nnx.to_pure_dict(nnx.state(model)))
   return epath.Path(path)
@@ -93,12 +95,12 @@ def run(config, workdir: epath.Path, stop_at: int = 0) -> MAE | None:
   t = config.teacher
   if t.checkpoint:
     model = load_teacher(t.checkpoint, config)
-    print(f'teacher: using {t.checkpoint} (width {model.config.embed_dim}, '
-          f'depth {model.config.depth})', flush=True)
+    parallel.log(f'teacher: using {t.checkpoint} (width '
+                 f'{model.config.embed_dim}, depth {model.config.depth})')
     return model
   out = workdir / 'teacher'
   if (out / 'model' / CONFIG_FILE).exists():
-    print(f'teacher: {out / "model"} exists; not training again', flush=True)
+    parallel.log(f'teacher: {out / "model"} exists; not training again')
     return load_teacher(out / 'model', config)
 
   # --- data -----------------------------------------------------------------
@@ -139,10 +141,10 @@ def run(config, workdir: epath.Path, stop_at: int = 0) -> MAE | None:
                          config.log_every, stop_at),
       init_fn=init_fn, step_fn=step_fn, data_iter=data_iter, seed=config.seed)
   if reached < steps:
-    print(f'teacher: stopped at step {reached} of {steps}; run again to '
-          'resume', flush=True)
+    parallel.log(f'teacher: stopped at step {reached} of {steps}; run '
+                 'again to resume')
     return None
   model = nnx.merge(graphdef, state['params'], state['fixed'])
   save_teacher(model, out / 'model')
-  print(f'teacher: wrote {out / "model"}', flush=True)
+  parallel.log(f'teacher: wrote {out / "model"}')
   return model

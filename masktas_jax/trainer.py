@@ -74,7 +74,7 @@ def adamw(peak_lr: float, steps: int, warmup_steps: int, weight_decay: float,
       clip_norm > 0) else opt
 
 
-def _format_eta(seconds: float) -> str:
+def format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
@@ -152,8 +152,11 @@ def train(loop: LoopConfig, *, init_fn: Callable[[jax.Array], Any],
   # --- resume ---------------------------------------------------------------
   manager = ocp.CheckpointManager(
       (loop.directory / 'checkpoints').resolve(),
+      # A save cut short (a killed job) leaves a temporary directory that
+      # never counts as a step; it is cleared on the next start.
       options=ocp.CheckpointManagerOptions(max_to_keep=loop.keep_checkpoints,
-                                           create=True),
+                                           create=True,
+                                           cleanup_tmp_directories=True),
       item_names=('state', 'data'))
   start = manager.latest_step()
   if start is not None:
@@ -201,7 +204,7 @@ def train(loop: LoopConfig, *, init_fn: Callable[[jax.Array], Any],
                               'images_per_s': round(rate, 1)}) + '\n')
         shown = ' '.join(f'{k} {v:.4f}' for k, v in values.items())
         print(f'{loop.name} step {n}/{loop.steps} {shown} '
-              f'{rate:.0f} img/s ETA {_format_eta(eta)}', flush=True)
+              f'{rate:.0f} img/s ETA {format_eta(eta)}', flush=True)
     if save:
       manager.save(n, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),

@@ -6,15 +6,17 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from masktas_jax.space import Arch, SearchSpace
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def run(*args, cwd=ROOT):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+def run(*args, cwd=ROOT, env=None):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})}
   return subprocess.run([sys.executable, '-m', 'masktas_jax.main', *args],
                         cwd=cwd, env=env, capture_output=True, text=True,
                         timeout=300, check=False)
@@ -89,3 +91,66 @@ def test_missing_config_file_is_one_line(tmp_path):
       "No such file or directory: 'configs/nope.py'"]
   assert not (tmp_path / 'wd').exists()
 
+
+# The teacher stage reads its data first: bad data fails before any model.
+TEACHER = ('--config=configs/demo.py', '--config.mode=teacher',
+           '--config.teacher.steps=2')
+
+
+def _data_case(tmp_path, case):
+  """(extra flags, env, expected start of the message) for one bad input."""
+  folder = ['--config.data.name=folder']
+  if case == 'missing folder':
+    return folder + [f'--config.data.data_dir={tmp_path}/nope'], {}, (
+        f"config.data.data_dir: image folder '{tmp_path}/nope' does not exist")
+  if case == 'empty folder':
+    (tmp_path / 'empty').mkdir()
+    return folder + [f'--config.data.data_dir={tmp_path}/empty'], {}, (
+        f'config.data.data_dir: {tmp_path}/empty contains no JPEG or PNG')
+  if case == 'unknown tfds name':
+    return ['--config.data.name=cifar1O', f'--config.data.data_dir={tmp_path}'
+           ], {}, "config.data.name: no tfds dataset 'cifar1O'"
+  assert case == 'batch not divisible'
+  return ['--config.teacher.batch_size=6'], {
+      'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}, (
+          'config.teacher.batch_size: 6 is not divisible by the 4 devices')
+
+
+@pytest.mark.parametrize('case', ['missing folder', 'empty folder',
+                                  'unknown tfds name', 'batch not divisible'])
+def test_bad_data_is_one_line_before_any_training(tmp_path, case):
+  workdir = tmp_path / 'wd'
+  keep = workdir / 'supernet' / 'checkpoint'
+  keep.parent.mkdir(parents=True)
+  keep.write_text('precious')
+  (workdir / 'config.json').write_text('{"old": true}')
+  flags, env, expected = _data_case(tmp_path, case)
+  result = run(*TEACHER, f'--workdir={workdir}', *flags, env=env)
+  assert result.returncode == 2, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('masktas_jax: error: ' + expected), last
+  assert keep.read_text() == 'precious'
+  assert (workdir / 'config.json').read_text() == '{"old": true}'
+  assert not (workdir / 'teacher').exists()
+
+
+def test_unreadable_image_is_one_line_naming_the_file(tmp_path):
+  images = tmp_path / 'images'
+  images.mkdir()
+  for i in range(2):
+    Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(
+        images / f'{i}.png')
+  (images / 'junk.png').write_bytes(b'not a png at all')
+  # A tiny teacher: the error comes with the first batch, after its init.
+  result = run(*TEACHER, f'--workdir={tmp_path}/wd',
+               '--config.data.name=folder', f'--config.data.data_dir={images}',
+               '--config.teacher.batch_size=8', '--config.teacher.embed_dim=64',
+               '--config.teacher.num_heads=1', '--config.teacher.depth=1',
+               '--config.teacher.decoder_embed_dim=32',
+               '--config.teacher.decoder_depth=1',
+               '--config.teacher.decoder_num_heads=1')
+  assert result.returncode == 2, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'masktas_jax: error: {images}/junk.png: unreadable '
+                         'image (cannot identify image file'), last
+  assert 'Traceback' not in result.stderr

@@ -1,15 +1,22 @@
 """Data sources and pipelines."""
 
+import json
+import pickle
+import shutil
+
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
+import tfds_fixture
 from ml_collections import ConfigDict
 from PIL import Image
 
 from masktas_jax import data
 
 
-def _config(name, data_dir=''):
-  return ConfigDict({'name': name, 'data_dir': data_dir})
+def _config(name, data_dir='', train_split='train', eval_split='validation'):
+  return ConfigDict({'name': name, 'data_dir': str(data_dir),
+                     'train_split': train_split, 'eval_split': eval_split})
 
 
 def test_digits_splits_are_fixed_disjoint_and_labelled():
@@ -61,7 +68,7 @@ def test_folder_source_labels_modes_and_errors(tmp_path):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(data.DataError, match='contains no JPEG or PNG'):
     data.get_source(_config('folder', str(tmp_path / 'empty')), 'train')
-  with pytest.raises(data.DataError, match="'imagenet' is not available"):
+  with pytest.raises(data.DataError, match="no tfds dataset 'imagenet'"):
     data.get_source(_config('imagenet'), 'train')
 
 
@@ -108,3 +115,164 @@ def test_center_crop_takes_the_middle():
   # Inside: exactly the white square; at its edges the bicubic kernel
   # reaches past the crop (238), far from the black a shifted crop would see.
   assert crop[:, 1:-1].min() == 255 and crop.min() > 200
+
+
+@pytest.fixture(scope='module')
+def cifar10_dir(tmp_path_factory):
+  """A fake 'cifar10' (12 train, 5 test images) in the real on-disk layout."""
+  return tfds_fixture.make_tfds_dataset(tmp_path_factory.mktemp('tfds'),
+                                        num_train=12, num_test=5)
+
+
+def test_tfds_source_reads_what_was_written_under_the_real_name(cifar10_dir):
+  info = f'{cifar10_dir}/cifar10/3.0.2/dataset_info.json'
+  with open(info, encoding='utf-8') as f:
+    assert json.load(f)['fileFormat'] == 'array_record'
+  src = data.get_source(_config('cifar10', cifar10_dir), 'train')
+  assert len(src) == 12 and src.num_classes == 10
+  for i in range(12):
+    want = tfds_fixture.example('train', i)
+    got = src[i]
+    assert got['image'].dtype == np.uint8 and got['image'].shape == (32, 32, 3)
+    np.testing.assert_array_equal(got['image'], want['image'])
+    assert got['label'] == want['label'] and isinstance(got['label'], int)
+  test = data.get_source(_config('cifar10', cifar10_dir), 'test')
+  np.testing.assert_array_equal(test[4]['image'],
+                                tfds_fixture.example('test', 4)['image'])
+  # A pickled copy (as grain workers get) reopens the files.
+  copy = pickle.loads(pickle.dumps(src))
+  assert len(copy) == 12
+  np.testing.assert_array_equal(copy[7]['image'], src[7]['image'])
+
+
+def test_tfds_split_expressions_pass_through(cifar10_dir):
+  def images(split):
+    src = data.get_source(_config('cifar10', cifar10_dir, train_split=split),
+                          split)
+    return [src[i]['image'] for i in range(len(src))]
+
+  train = [tfds_fixture.example('train', i)['image'] for i in range(12)]
+  test = [tfds_fixture.example('test', i)['image'] for i in range(5)]
+  for split, want in (('train[:50%]', train[:6]), ('train[-3:]', train[-3:]),
+                      ('train[2:4]+test', train[2:4] + test)):
+    got = images(split)
+    assert len(got) == len(want), split
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(g, w)
+
+
+def test_tfds_feature_keys_grey_images_and_unlabelled(tmp_path):
+  sizes = [(5, 7), (9, 4), (6, 6)]
+  grey = [tfds_fixture.example('train', i, sizes[i], 3, channels=1)
+          for i in range(3)]
+  f = tfds.features
+  # 'image' and 'label' win over the features sorted before them.
+  tfds_fixture.prepare(tmp_path, 'masktas_grey', '1.0.0', f.FeaturesDict({
+      'a_mask': f.Image(shape=(None, None, 1)),
+      'coarse': f.ClassLabel(num_classes=2),
+      'image': f.Image(shape=(None, None, 1)),
+      'label': f.ClassLabel(names=['x', 'y', 'z'])}),
+      {'train': [{'a_mask': np.zeros(g['image'].shape, np.uint8),
+                  'coarse': 1, **g} for g in grey]})
+  src = data.get_source(_config('masktas_grey', tmp_path), 'train')
+  assert (src.image_key, src.label_key) == ('image', 'label')
+  assert src.num_classes == 3 and src.classes == ['x', 'y', 'z']
+  for i, g in enumerate(grey):
+    rgb = src[i]['image']
+    assert rgb.shape == sizes[i] + (3,) and rgb.dtype == np.uint8
+    for c in range(3):
+      np.testing.assert_array_equal(rgb[..., c], g['image'])
+    assert src[i]['label'] == g['label']
+  # Otherwise the first 8-bit Image and the first ClassLabel; none: -1.
+  photo = tfds_fixture.example('train', 0, 8, 4)['image']
+  tfds_fixture.prepare(tmp_path, 'masktas_other', '1.0.0', f.FeaturesDict({
+      'depth': f.Image(shape=(None, None, 1), dtype=np.uint16),
+      'kind': f.ClassLabel(num_classes=4),
+      'photo': f.Image(shape=(None, None, 3))}),
+      {'train': [{'depth': Image.fromarray(np.zeros((8, 8), np.uint16)),
+                  'kind': 2, 'photo': photo}]})
+  src = data.get_source(_config('masktas_other', tmp_path), 'train')
+  assert (src.image_key, src.label_key, src.num_classes) == ('photo', 'kind', 4)
+  np.testing.assert_array_equal(src[0]['image'], photo)
+  assert src[0]['label'] == 2
+  tfds_fixture.prepare(tmp_path, 'masktas_unlabelled', '1.0.0',
+                       f.FeaturesDict({'image': f.Image(shape=(8, 8, 3))}),
+                       {'train': [{'image': photo}]})
+  src = data.get_source(_config('masktas_unlabelled', tmp_path), 'train')
+  assert src[0]['label'] == -1 and src.num_classes == 0
+
+
+def test_tfds_source_feeds_the_pipelines(cifar10_dir):
+  src = data.get_source(_config('cifar10', cifar10_dir), 'train')
+  batch = next(iter(data.train_pipeline(src, image_size=16, batch_size=4,
+                                        seed=0)))
+  assert batch['image'].shape == (4, 16, 16, 3)
+  assert set(batch['label'].tolist()) <= {tfds_fixture.example('train', i)[
+      'label'] for i in range(12)}
+  test = data.get_source(_config('cifar10', cifar10_dir), 'test')
+  batches = list(data.eval_pipeline(test, image_size=32, batch_size=4,
+                                    crop_fraction=1.0))
+  valid = np.concatenate([b['valid'] for b in batches])
+  labels = np.concatenate([b['label'] for b in batches])[valid]
+  assert valid.sum() == 5
+  np.testing.assert_array_equal(
+      labels, [tfds_fixture.example('test', i)['label'] for i in range(5)])
+  # Crop fraction 1 at the stored size: the view is the stored image.
+  np.testing.assert_allclose(
+      batches[1]['image'][0],
+      data.normalize(tfds_fixture.example('test', 4)['image']), atol=1e-6)
+
+
+@pytest.mark.parametrize('name, split, field, expected', [
+    ('cifar10x', 'train', 'config.data.name',
+     "no tfds dataset 'cifar10x' (neither in the tfds catalogue nor prepared "
+     "under {dir}), and it is not 'digits' or 'folder'; did you mean "
+     "'cifar10'"),
+    ('cifar100', 'train', 'config.data.data_dir',
+     "tfds dataset 'cifar100' is not prepared in {dir}/cifar100/3.0.2 and "
+     'downloads are off: prepare it once with `tfds build cifar100'),
+    ('cifar10', 'validation', 'config.data.eval_split',
+     "tfds dataset 'cifar10' has no split 'validation' (splits: test, train)"),
+    ('cifar10', 'train+valid', 'split',
+     "tfds dataset 'cifar10' has no split 'valid' (splits: test, train)"),
+    ('cifar10', 'train[:200%]', 'split',
+     "cannot read split 'train[:200%]' of tfds dataset 'cifar10': "),
+    ('cifar10', 'train[:0]', 'split', "split 'train[:0]' of tfds dataset "
+     "'cifar10' is empty"),
+    ('cifar10:9.9.9', 'train', 'config.data.name',
+     "cannot open tfds dataset 'cifar10:9.9.9': "),
+])
+def test_tfds_errors_are_one_line_and_name_the_field(cifar10_dir, name, split,
+                                                     field, expected):
+  with pytest.raises(data.DataError) as e:
+    data.get_source(_config(name, cifar10_dir), split)
+  message = str(e.value)
+  assert '\n' not in message
+  assert message.startswith(f'{field}: ' + expected.format(dir=cifar10_dir))
+
+
+def test_tfds_errors_for_a_missing_or_sequential_copy(cifar10_dir, tmp_path):
+  with pytest.raises(data.DataError, match=(
+      f"^config.data.data_dir: tfds dataset 'cifar10' is not prepared in "
+      f'{tmp_path}/cifar10/3.0.2 and downloads are off')):
+    data.get_source(_config('cifar10', tmp_path), 'train')
+  # Another version there: named in the message, and loadable by name.
+  old = tmp_path / 'cifar10/3.0.1'
+  shutil.copytree(f'{cifar10_dir}/cifar10/3.0.2', old)
+  (old / 'dataset_info.json').write_text((
+      old / 'dataset_info.json').read_text().replace('3.0.2', '3.0.1'))
+  with pytest.raises(data.DataError, match=(
+      "found version.s. 3.0.1 there: pick one with "
+      "config.data.name='cifar10:3.0.1'$")):
+    data.get_source(_config('cifar10', tmp_path), 'train')
+  src = data.get_source(_config('cifar10:3.0.1', tmp_path), 'train')
+  np.testing.assert_array_equal(src[1]['image'],
+                                tfds_fixture.example('train', 1)['image'])
+  # A copy without random access (what `tfds build` writes by default).
+  shutil.copytree(f'{cifar10_dir}/cifar10/3.0.2', tmp_path / 'cifar10/3.0.2')
+  info = tmp_path / 'cifar10/3.0.2/dataset_info.json'
+  info.write_text(info.read_text().replace('"array_record"', '"tfrecord"'))
+  with pytest.raises(data.DataError, match=(
+      "^config.data.data_dir: tfds dataset 'cifar10' in .* is stored as "
+      'tfrecord, without random access')):
+    data.get_source(_config('cifar10', tmp_path), 'train')

@@ -1,0 +1,144 @@
+"""Multi-host: processes on 127.0.0.1 with gloo CPU collectives, and kills.
+
+Each run is a separate `python -m masktas_jax.main` with its own fake
+device count, so these tests exercise the real start-up path.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from masktas_jax import parallel, teacher
+from masktas_jax.config_lib import ConfigError
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# A small space and batch: what matters is the data order and collectives.
+_OVERRIDES = (
+    '--config.mode=supernet', '--config.space.embed_dims=(32,48)',
+    '--config.space.depths=(2,3)', '--config.space.num_heads=(1,2)',
+    '--config.space.mlp_ratios=(2.0,4.0)', '--config.supernet.batch_size=8',
+    '--config.supernet.decoder_depth=1', '--config.supernet.decoder_embed_dim=32',
+    '--config.supernet.warmup_epochs=0', '--config.supernet.base_lr=0.01')
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+  from test_supernet_train import _config  # pylint: disable=g-import-not-at-top
+  model = teacher.MAE(teacher.mae_config(_config('')), rngs=nnx.Rngs(0))
+  return str(teacher.save_teacher(model, tmp_path_factory.mktemp('t') / 'm'))
+
+
+def _command(workdir, teacher_dir, *extra):
+  return [sys.executable, '-m', 'masktas_jax.main',
+          f'--config={ROOT}/configs/demo.py', f'--workdir={workdir}',
+          f'--config.teacher.checkpoint={teacher_dir}', *_OVERRIDES, *extra]
+
+
+def _env(devices):
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  return {**env, 'JAX_PLATFORMS': 'cpu',
+          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+          'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo',
+          'JAX_DEFAULT_MATMUL_PRECISION': 'highest'}
+
+
+def _losses(workdir):
+  lines = (workdir / 'supernet/metrics.jsonl').read_text().splitlines()
+  return [json.loads(l)['loss'] for l in lines]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_follow_one_process_with_the_same_devices(teacher_dir,
+                                                                 tmp_path):
+  steps = ('--config.supernet.steps=4', '--config.log_every=1',
+           '--config.checkpoint_every=2')
+  one = subprocess.run(_command(tmp_path / 'one', teacher_dir, *steps),
+                       env=_env(4), capture_output=True, text=True,
+                       timeout=600, check=False)
+  assert one.returncode == 0, one.stderr[-2000:]
+
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _command(tmp_path / 'two', teacher_dir, *steps,
+               f'--coordinator_address=127.0.0.1:{port}',
+               '--num_processes=2', f'--process_id={i}'),
+      env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-2000:]
+
+  # Same global batches (data order), same subnets, same all-reduced
+  # gradients: the same trajectory, up to the order of float sums.
+  expected = _losses(tmp_path / 'one')
+  assert len(expected) == 4
+  np.testing.assert_allclose(_losses(tmp_path / 'two'), expected, rtol=2e-5)
+  # Process 0 alone reports; both wrote the checkpoint.
+  assert 'supernet step 4/4' in outputs[0][0]
+  assert 'supernet step' not in outputs[1][0]
+  assert sorted(os.listdir(tmp_path / 'two/supernet/checkpoints')) == ['2',
+                                                                       '4']
+
+
+def test_a_half_written_checkpoint_is_skipped_on_resume(teacher_dir, tmp_path):
+  """SIGKILL in the middle of a save, then the same command again."""
+  workdir = tmp_path / 'wd'
+  steps = ('--config.supernet.steps=6', '--config.checkpoint_every=2',
+           '--config.log_every=1')
+  # The child kills itself as the step-4 checkpoint is about to be
+  # committed: its arrays are written, its directory not yet renamed.
+  hook = tmp_path / 'sitecustomize.py'
+  hook.write_text(
+      'import os, signal\n'
+      'from orbax.checkpoint._src.path import atomicity\n'
+      'Temp = atomicity.AtomicRenameTemporaryPath\n'
+      '_finalize = Temp.finalize\n'
+      'async def finalize(self, *a, **k):\n'
+      "  if os.path.basename(str(self._final_path)) == '4':\n"
+      '    os.kill(os.getpid(), signal.SIGKILL)\n'
+      '  return await _finalize(self, *a, **k)\n'
+      'Temp.finalize = finalize\n')
+  env = _env(4)
+  killed = subprocess.run(
+      _command(workdir, teacher_dir, *steps),
+      env={**env, 'PYTHONPATH': f'{tmp_path}{os.pathsep}{ROOT}'},
+      capture_output=True, text=True, timeout=600, check=False)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  names = os.listdir(workdir / 'supernet/checkpoints')
+  assert '2' in names and '4' not in names, names
+  assert any(n.startswith('4.') for n in names), names  # Half-written.
+
+  resumed = subprocess.run(_command(workdir, teacher_dir, *steps), env=env,
+                           capture_output=True, text=True, timeout=600,
+                           check=False)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert 'resumed from step 2' in resumed.stdout
+
+  names = os.listdir(workdir / 'supernet/checkpoints')
+  assert {'4', '6'} <= set(names), names
+  assert not any(n.startswith('4.') for n in names), names  # Cleared.
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'coordinator_address': 'h:1', 'num_processes': 2}, '--process_id: needed'),
+    ({'num_processes': 2, 'process_id': 0}, '--coordinator_address: needed'),
+    ({'coordinator_address': 'h:1', 'num_processes': 2, 'process_id': 2},
+     r'--process_id: 2 is not in 0\.\.1'),
+])
+def test_incomplete_multihost_flags_are_named(kwargs, message):
+  with pytest.raises(ConfigError, match=message):
+    parallel.initialize_distributed(**kwargs)
