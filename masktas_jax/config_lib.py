@@ -13,6 +13,7 @@ import ml_collections
 
 from masktas_jax.space import ArchError, SearchSpace
 
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 MODES = ('pipeline', 'space', 'teacher', 'supernet', 'search', 'finetune')
 
 # ImageNet-1k training images, for turning epochs into steps.
@@ -122,6 +123,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Algorithm 1, line 9: update only the sampled subnet's weights (AdamW's
   # momentum and decay would otherwise move the rest too).
   c.supernet.freeze_inactive = True
+  # Dtype of the step's arithmetic: 'float32', or 'bfloat16' for
+  # accelerators (weights, optimizer state and the losses stay float32).
+  c.supernet.compute_dtype = 'float32'
 
   c.search = ml_collections.ConfigDict()
   # Candidates per generation (paper / AutoFormer: 50).
@@ -247,6 +251,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          config.supernet.grad_clip)
   _check(config.supernet.beta >= 0, 'supernet.beta', 'must be >= 0',
          config.supernet.beta)
+  _check(config.supernet.compute_dtype in COMPUTE_DTYPES,
+         'supernet.compute_dtype', f'expected one of {COMPUTE_DTYPES}',
+         config.supernet.compute_dtype)
   t = config.teacher
   _check(t.embed_dim == t.num_heads * 64, 'teacher.num_heads',
          f'embed_dim {t.embed_dim} must equal num_heads * 64', t.num_heads)

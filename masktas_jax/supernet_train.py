@@ -8,10 +8,14 @@ drawn on device from the step's RNG, so the one compiled step serves every
 subnet and every process draws the same one.
 
 Writes `supernet/checkpoints` (student, optimizer, data iterator; never the
-teacher), `supernet/metrics.jsonl` and `supernet/loss.png`.
+teacher), `supernet/metrics.jsonl`, `supernet/loss.png`, and at the end
+`supernet/model/` (the trained student alone, what search and fine-tuning
+read).
 """
 
 from __future__ import annotations
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +23,17 @@ import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, data, losses, trainer
+from masktas_jax import checkpoint, config_lib, data, losses, parallel, trainer
 from masktas_jax import teacher as teacher_lib
 from masktas_jax.masking import patchify, random_masking
 from masktas_jax.models.student import Student
+
+
+STUDENT_FILE = 'student.json'
+
+
+class SupernetError(ValueError):
+  """A trained-supernet directory that cannot be used with this config."""
 
 
 def teacher_path(config, workdir: epath.Path) -> epath.Path:
@@ -37,6 +48,59 @@ def teacher_path(config, workdir: epath.Path) -> epath.Path:
   return path
 
 
+def model_path(workdir: epath.Path) -> epath.Path:
+  """Where the trained supernet goes: the later stages read it there."""
+  return workdir / 'supernet' / 'model'
+
+
+def save_student(state, teacher_dim: int, config, path: epath.PathLike,
+                 overwrite: bool = False) -> None:
+  """Writes the trained student (no optimizer state) as `path/student.json`
+  (the space and widths it was built with) + Orbax `path/params/`."""
+  meta = {'space': config_lib.space_from_config(config).to_dict(),
+          'teacher_dim': teacher_dim, **{k: config.supernet[k] for k in (
+              'decoder_embed_dim', 'decoder_depth', 'decoder_num_heads')}}
+  with checkpoint.atomic_directory(path, overwrite=overwrite) as scratch:
+    if jax.process_index() == 0:
+      (scratch / STUDENT_FILE).write_text(json.dumps(meta, indent=2))
+    checkpoint.save_pytree(scratch / 'params', {'params': state['params'],
+                                                'fixed': state['fixed']})
+
+
+def load_student(path: epath.PathLike, config) -> Student:
+  """The student `save_student` wrote; its space must be `config.space`.
+
+  Raises:
+    SupernetError: no trained supernet at `path`, or one of another space.
+  """
+  path = epath.Path(path)
+  if not (path / STUDENT_FILE).exists():
+    raise SupernetError(f'{path}: no trained supernet there (no '
+                        f'{STUDENT_FILE}); run --config.mode=supernet first')
+  meta = json.loads((path / STUDENT_FILE).read_text())
+  space = config_lib.space_from_config(config).to_dict()
+  saved = {k: tuple(v) if isinstance(v, list) else v
+           for k, v in meta['space'].items()}
+  if saved != space:
+    diff = sorted(k for k in space if saved.get(k) != space[k])
+    raise SupernetError(
+        f'{path}: the supernet was trained on another search space '
+        f'(config.space.{diff[0]} is {space[diff[0]]}, it has '
+        f'{saved.get(diff[0])})')
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    for k in ('decoder_embed_dim', 'decoder_depth', 'decoder_num_heads'):
+      c.supernet[k] = meta[k]
+  abstract = nnx.eval_shape(lambda: build_student(c, meta['teacher_dim'],
+                                                  nnx.Rngs(0)))
+  graphdef, params, fixed = nnx.split(abstract, nnx.Param, ...)
+  pure = checkpoint.restore_pytree(path / 'params', {
+      'params': nnx.to_pure_dict(params), 'fixed': nnx.to_pure_dict(fixed)})
+  nnx.replace_by_pure_dict(params, pure['params'])
+  nnx.replace_by_pure_dict(fixed, pure['fixed'])
+  return nnx.merge(graphdef, params, fixed)
+
+
 def build_student(config, teacher_dim: int, rngs: nnx.Rngs) -> Student:
   s = config.supernet
   return Student(config_lib.space_from_config(config), teacher_dim=teacher_dim,
@@ -44,11 +108,66 @@ def build_student(config, teacher_dim: int, rngs: nnx.Rngs) -> Student:
                  decoder_heads=s.decoder_num_heads, rngs=rngs, remat=s.remat)
 
 
+def _cast(tree, dtype):
+  """Floating leaves of `tree` as `dtype`; the rest unchanged."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+      else x, tree)
+
+
+def make_step(config, student_def, teacher_def, opt):
+  """The update step `(state, batch, rng, teacher_state) -> (state, metrics)`.
+
+  `state` is `{'params', 'fixed', 'opt_state'}` (pure dicts of the student's
+  parameters, its other variables, the optimizer state); `batch['image']` is
+  (B, S, S, 3) float32; metrics are the loss and its two terms, scalars.
+  With `supernet.compute_dtype='bfloat16'` the forward and backward run in
+  bf16 on bf16 copies of the weights; gradients, updates and the losses are
+  float32.
+  """
+  s = config.supernet
+  space = config_lib.space_from_config(config)
+  dtype = jnp.dtype(s.compute_dtype)
+
+  def step_fn(state, batch, rng, teacher_state):
+    arch_key, mask_key = jax.random.split(rng)
+    arch = space.sample_encoded(arch_key)
+    images = batch['image']
+    ids_keep, mask, ids_restore = random_masking(
+        mask_key, images.shape[0], space.num_patches, s.mask_ratio)
+    teacher = nnx.merge(teacher_def, _cast(teacher_state, dtype))
+    z_teacher = jax.lax.stop_gradient(
+        teacher.encode(images.astype(dtype), ids_keep)[:, 1:])
+    target = patchify(images, space.patch_size)
+
+    def loss_fn(params):
+      student = nnx.merge(student_def, _cast(params, dtype),
+                          _cast(state['fixed'], dtype))
+      pixels, z_student = student(images.astype(dtype), arch, ids_keep,
+                                  ids_restore)
+      return losses.student_loss(
+          pixels.astype(jnp.float32), target, mask,
+          z_student.astype(jnp.float32), z_teacher.astype(jnp.float32),
+          s.beta, config.teacher.norm_pix_loss)
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state['params'])
+    updates, opt_state = opt.update(grads, state['opt_state'], state['params'])
+    if s.freeze_inactive:
+      # Weights outside the sampled subnet get exactly zero gradient.
+      updates = jax.tree.map(lambda u, g: jnp.where(g != 0, u, 0), updates,
+                             grads)
+    params = optax.apply_updates(state['params'], updates)
+    return {**state, 'params': params, 'opt_state': opt_state}, {
+        'loss': loss, **parts}
+
+  return step_fn
+
+
 def run(config, workdir: epath.Path, stop_at: int = 0):
   """Trains (or resumes) the supernet; returns the final train state, or
   None when `stop_at` ended the run early."""
   s = config.supernet
-  space = config_lib.space_from_config(config)
 
   # --- teacher (frozen: a constant of the step, not in the train state) ----
   teacher = teacher_lib.load_teacher(teacher_path(config, workdir), config)
@@ -76,32 +195,7 @@ def run(config, workdir: epath.Path, stop_at: int = 0):
             'opt_state': opt.init(params)}
 
   # --- update step ----------------------------------------------------------
-  def step_fn(state, batch, rng, teacher_state):
-    arch_key, mask_key = jax.random.split(rng)
-    arch = space.sample_encoded(arch_key)
-    images = batch['image']
-    ids_keep, mask, ids_restore = random_masking(
-        mask_key, images.shape[0], space.num_patches, s.mask_ratio)
-    teacher = nnx.merge(teacher_def, teacher_state)
-    z_teacher = jax.lax.stop_gradient(teacher.encode(images, ids_keep)[:, 1:])
-    target = patchify(images, space.patch_size)
-
-    def loss_fn(params):
-      student = nnx.merge(student_def, params, state['fixed'])
-      pixels, z_student = student(images, arch, ids_keep, ids_restore)
-      return losses.student_loss(pixels, target, mask, z_student, z_teacher,
-                                 s.beta, config.teacher.norm_pix_loss)
-
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state['params'])
-    updates, opt_state = opt.update(grads, state['opt_state'], state['params'])
-    if s.freeze_inactive:
-      # Weights outside the sampled subnet get exactly zero gradient.
-      updates = jax.tree.map(lambda u, g: jnp.where(g != 0, u, 0), updates,
-                             grads)
-    params = optax.apply_updates(state['params'], updates)
-    return {**state, 'params': params, 'opt_state': opt_state}, {
-        'loss': loss, **parts}
+  step_fn = make_step(config, student_def, teacher_def, opt)
 
   # --- loop -----------------------------------------------------------------
   state, reached = trainer.train(
@@ -111,9 +205,10 @@ def run(config, workdir: epath.Path, stop_at: int = 0):
       init_fn=init_fn, step_fn=step_fn, data_iter=data_iter, seed=config.seed,
       constants=nnx.to_pure_dict(teacher_state))
   if reached < steps:
-    print(f'supernet: stopped at step {reached} of {steps}; run again to '
-          'resume', flush=True)
+    parallel.log(f'supernet: stopped at step {reached} of {steps}; run '
+                 'again to resume')
     return None
-  print(f'supernet: trained {steps} steps; checkpoints in '
-        f'{workdir / "supernet" / "checkpoints"}', flush=True)
+  save_student(state, teacher_dim, config, model_path(workdir), overwrite=True)
+  parallel.log(f'supernet: trained {steps} steps; wrote '
+               f'{model_path(workdir)}')
   return state

@@ -10,7 +10,7 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, losses, supernet_train, teacher
+from masktas_jax import config_lib, losses, supernet_train, teacher, trainer
 from masktas_jax.models.mae import MAE
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -107,3 +107,50 @@ def test_missing_teacher_is_a_clear_error(tmp_path):
   config = _config('', **{'supernet.steps': 2})
   with pytest.raises(teacher.TeacherError, match='run --config.mode=teacher'):
     supernet_train.run(config, epath.Path(tmp_path))
+
+
+def _matmul_dtypes(jaxpr) -> set[tuple[str, str]]:
+  """Operand dtypes of every dot_general, sub-jaxprs (remat, switch) included."""
+  found = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      found.add(tuple(str(v.aval.dtype) for v in eqn.invars))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        inner = getattr(sub, 'jaxpr', None)
+        if inner is not None:
+          found |= _matmul_dtypes(getattr(inner, 'jaxpr', inner))
+  return found
+
+
+def test_bfloat16_compute_keeps_float32_weights_and_close_losses():
+  # One choice per gene: the dtypes are the point, not the branches.
+  small = {'space.embed_dims': (32,), 'space.depths': (2,),
+           'space.num_heads': (1,), 'space.mlp_ratios': (2.0,),
+           'teacher.embed_dim': 64, 'teacher.depth': 2, 'teacher.num_heads': 1,
+           'supernet.decoder_embed_dim': 32}
+  teacher_model = MAE(teacher.mae_config(_config('', **small)),
+                      rngs=nnx.Rngs(0))
+  teacher_def, teacher_state = nnx.split(teacher_model)
+  teacher_state = nnx.to_pure_dict(teacher_state)
+  batch = {'image': jax.random.normal(jax.random.key(0), (4, 32, 32, 3))}
+  results = {}
+  for dtype in ('float32', 'bfloat16'):
+    config = _config('', **small, **{'supernet.compute_dtype': dtype})
+    student_def, params, fixed = nnx.split(
+        supernet_train.build_student(config, 64, nnx.Rngs(1)), nnx.Param, ...)
+    params = nnx.to_pure_dict(params)
+    opt = trainer.adamw(1e-3, 10, 1, 0.05)
+    state = {'params': params, 'fixed': nnx.to_pure_dict(fixed),
+             'opt_state': opt.init(params)}
+    step = supernet_train.make_step(config, student_def, teacher_def, opt)
+    args = (state, batch, jax.random.key(3), teacher_state)
+    # Every matmul of teacher, student and backward runs in the compute dtype.
+    assert _matmul_dtypes(jax.make_jaxpr(step)(*args).jaxpr) == {(dtype,
+                                                                  dtype)}
+    new_state, metrics = jax.jit(step)(*args)
+    assert {x.dtype for x in jax.tree.leaves(new_state['params'])} == {
+        np.dtype('float32')}
+    results[dtype] = {k: float(v) for k, v in metrics.items()}
+  for key, value in results['float32'].items():
+    assert results['bfloat16'][key] == pytest.approx(value, rel=2e-2), key
