@@ -51,6 +51,7 @@ def get_config(arg=None):
   config.search.crossovers = 10
   # Score candidates on 512 training images.
   config.search.eval_images = 512
+  config.search.batch_size = 128
   # Fine-tuning in steps, batch 128.
   config.finetune.steps = 600
   config.finetune.warmup_epochs = 0

@@ -14,7 +14,8 @@ import ml_collections
 from masktas_jax.space import ArchError, SearchSpace
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
-MODES = ('pipeline', 'space', 'teacher', 'supernet', 'search', 'finetune')
+MODES = ('pipeline', 'space', 'teacher', 'supernet', 'search', 'rank',
+         'finetune')
 
 # ImageNet-1k training images, for turning epochs into steps.
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -28,7 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
   """Every field the stages read, with the paper's / AutoFormer's defaults."""
   c = ml_collections.ConfigDict()
   # Stage to run: 'pipeline' (teacher -> supernet -> search -> finetune),
-  # one stage alone, or 'space' (describe the search space and exit).
+  # one stage alone, 'space' (describe the search space and exit) or 'rank'
+  # (check the label-free fitness against a k-NN yardstick).
   c.mode = 'pipeline'
   # Base seed: model init, masking, Arch sampling and search derive from it.
   c.seed = 0
@@ -149,8 +151,28 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.max_gmacs = 0.0
   # Temperature of the teacher-student relation maps.
   c.search.tau = 1.0
-  # Images that score each candidate.
+  # Images that score each candidate, from `eval_split` ('' = the training
+  # split; never the test split), masked like supernet training.
   c.search.eval_images = 10_000
+  c.search.eval_split = ''
+  # Images per scoring call (global; must divide by the device count).
+  c.search.batch_size = 256
+  # How a call scores the population: 'vmap' (max-width masks, vmapped:
+  # accelerators), 'map' (each at its subnet's FLOPs, in sequence: CPUs) or
+  # 'auto' (by backend).
+  c.search.scoring = 'auto'
+  # Trained supernet to search ('' = the one mode=supernet wrote in the
+  # workdir; e.g. another run's `supernet/model` to search a new domain).
+  c.search.supernet = ''
+
+  c.rank = ml_collections.ConfigDict()
+  # mode=rank: random subnets of the search window scored by the label-free
+  # fitness and by k-NN top-1 of their inherited features (needs labels).
+  c.rank.num_archs = 50
+  c.rank.knn_k = 20
+  # Labelled support images (training split) and queries (data.eval_split).
+  c.rank.train_images = 10_000
+  c.rank.eval_images = 5_000
 
   c.finetune = ml_collections.ConfigDict()
   # Arch JSON to fine-tune; '' = the search's best_arch.json.
@@ -258,7 +280,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(t.embed_dim == t.num_heads * 64, 'teacher.num_heads',
          f'embed_dim {t.embed_dim} must equal num_heads * 64', t.num_heads)
   s = config.search
-  for field in ('population', 'generations', 'parents', 'eval_images'):
+  for field in ('population', 'generations', 'parents', 'eval_images',
+                'batch_size'):
     _check(s[field] > 0, f'search.{field}', 'must be positive', s[field])
   _check(s.parents <= s.population, 'search.parents',
          f'cannot exceed search.population ({s.population})', s.parents)
@@ -271,6 +294,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(s[hi] == 0 or s[hi] >= s[lo], f'search.{hi}',
            f'must be 0 (unbounded) or >= search.{lo} ({s[lo]})', s[hi])
   _check(s.tau > 0, 'search.tau', 'must be positive', s.tau)
+  _check(s.scoring in ('auto', 'vmap', 'map'), 'search.scoring',
+         "expected 'auto', 'vmap' or 'map'", s.scoring)
+  _check(not s.eval_split.startswith('test'), 'search.eval_split',
+         'the search never looks at the test split', s.eval_split)
+  for field in ('num_archs', 'knn_k', 'train_images', 'eval_images'):
+    _check(config.rank[field] > 0, f'rank.{field}', 'must be positive',
+           config.rank[field])
   _check(0 <= config.finetune.drop_path < 1, 'finetune.drop_path',
          'expected 0 <= rate < 1', config.finetune.drop_path)
   return config

@@ -85,3 +85,43 @@ def student_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
   reg = pixel_loss(pred, target, mask, norm_pix)
   pre = feature_prediction_loss(z_student, z_teacher)
   return reg + beta * pre, {'pixel_loss': reg, 'feature_loss': pre}
+
+
+def relation_consistency(z_teacher: jax.Array, z_student: jax.Array,
+                         tau: float) -> jax.Array:
+  """Per-image fitness from token-token relation maps (paper eq. 13-16).
+
+  For each image, the relation map of features Z (N, D) is
+  `h[j, k] = softmax_k(Z_j . Z_k / tau)`. The fitness is minus the
+  cross-entropy from the teacher's map to the student's, averaged over rows:
+  `(1/N) sum_j sum_k h_t[j, k] log h_s[j, k]`. The paper writes N_m in the
+  denominator and `-log` around h; both are typos (the tokens are the N_v
+  visible ones, and the quantity is a cross-entropy). Since it equals
+  `-KL(h_t || h_s) - H(h_t)` row by row, it is at most minus the teacher's
+  entropy, reached when the student's map equals the teacher's. Widths may
+  differ: only N x N maps are compared.
+
+  Args:
+    z_teacher: (B, N, D_t) teacher tokens of the visible patches (no CLS).
+    z_student: (B, N, D_s) student tokens of the same patches (no CLS).
+    tau: temperature of both softmaxes (> 0).
+
+  Returns:
+    (B,) float32 fitness, higher is more consistent.
+  """
+  if z_teacher.shape[:2] != z_student.shape[:2]:
+    raise ValueError(
+        f'relation_consistency: teacher tokens {z_teacher.shape} and student '
+        f'tokens {z_student.shape} differ in batch or token count')
+
+  def logits(z):
+    # float32 and full-precision products whatever the input dtype: the
+    # logits scale with |Z|^2 / tau and rank candidates that differ slightly.
+    z = z.astype(jnp.float32)
+    return jnp.einsum('bjd,bkd->bjk', z, z,
+                      precision=jax.lax.Precision.HIGHEST) / tau
+
+  h_t = jax.nn.softmax(logits(z_teacher), axis=-1)
+  # log_softmax keeps large logits finite where log(softmax) would give -inf.
+  log_h_s = jax.nn.log_softmax(logits(z_student), axis=-1)
+  return jnp.mean(jnp.sum(h_t * log_h_s, axis=-1), axis=-1)

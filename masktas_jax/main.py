@@ -16,7 +16,8 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from masktas_jax import config_lib, data, parallel, teacher, trainer
+from masktas_jax import config_lib, data, evolution, parallel, teacher, trainer
+from masktas_jax import supernet_train
 from masktas_jax.space import ArchError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -39,7 +40,8 @@ STAGES = {
     'space': 'masktas_jax.report:describe_space',
     'teacher': 'masktas_jax.teacher:run',
     'supernet': 'masktas_jax.supernet_train:run',
-    'search': None,
+    'search': 'masktas_jax.search:run',
+    'rank': 'masktas_jax.rank:run',
     'finetune': None,
 }
 PIPELINE = ('space', 'teacher', 'supernet', 'search', 'finetune')
@@ -61,13 +63,16 @@ def _require(mode: str) -> str:
 
 # Stages that read the training images, and whose global batch must split
 # over the devices.
-_DATA_STAGES = ('teacher', 'supernet', 'search', 'finetune')
-_BATCHED_STAGES = ('teacher', 'supernet', 'finetune')
+_DATA_STAGES = ('teacher', 'supernet', 'search', 'rank', 'finetune')
+_BATCHED_STAGES = ('teacher', 'supernet', 'search', 'finetune')
 
 
 def _check_inputs(config, modes) -> None:
   """Raises DataError / ConfigError for data and batches that cannot work,
   before anything is written."""
+  if 'search' in modes or 'rank' in modes:
+    evolution.check_window(config_lib.space_from_config(config),
+                           evolution.Window.from_config(config.search))
   if not any(m in _DATA_STAGES for m in modes):
     return
   data.get_source(config.data, config.data.train_split)
@@ -122,7 +127,8 @@ def main(argv: list[str]) -> None:
                                     _PROCESS_ID.value)
     run(config, _WORKDIR.value)
   except (config_lib.ConfigError, ArchError, StageUnavailable,
-          teacher.TeacherError, data.DataError, trainer.NonFiniteLoss) as e:
+          teacher.TeacherError, data.DataError, trainer.NonFiniteLoss,
+          evolution.SearchError, supernet_train.SupernetError) as e:
     _fail(str(e))
 
 

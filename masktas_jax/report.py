@@ -1,4 +1,6 @@
-"""Human-facing outputs: the search-space description (more to come)."""
+"""Human-facing outputs: the search-space description and the plots of the
+search (progress per generation, fitness against parameters with the Pareto
+front)."""
 
 from __future__ import annotations
 
@@ -43,10 +45,7 @@ def describe_space(config: ml_collections.ConfigDict,
   ax.set_ylabel('GMACs per image')
   ax.set_title(f'search space: {info["num_archs"]:.3g} Archs')
   ax.legend()
-  fig.tight_layout()
-  with (workdir / 'space.png').open('wb') as f:
-    fig.savefig(f, dpi=120)
-  plt.close(fig)
+  save_figure(fig, workdir / 'space.png')
 
   lo, hi = info['min_arch'], info['max_arch']
   print(f'search space: {info["num_archs"]:.3g} Archs, '
@@ -56,3 +55,62 @@ def describe_space(config: ml_collections.ConfigDict,
           f'{a["params"] / 1e6:.2f} M params, {a["macs"] / 1e9:.3f} GMACs')
   print(f'  wrote {workdir / "space.json"} and {workdir / "space.png"}')
   return info
+
+
+def save_figure(fig, path: epath.PathLike) -> None:
+  """Writes `fig` as a PNG (any epath, gs:// included) and closes it."""
+  fig.tight_layout()
+  with epath.Path(path).open('wb') as f:
+    fig.savefig(f, dpi=120)
+  plt.close(fig)
+
+
+def pareto_front(cost: np.ndarray, fitness: np.ndarray) -> np.ndarray:
+  """Indices of the points no other point beats on both: lower `cost` (N,)
+  and higher `fitness` (N,); sorted by cost."""
+  order = np.lexsort((-fitness, cost))
+  front, best = [], -np.inf
+  for i in order:
+    if fitness[i] > best:
+      front.append(i)
+      best = fitness[i]
+  return np.asarray(front, int)
+
+
+def plot_search_progress(ax, history: list[dict]) -> None:
+  """Best so far, generation best and generation mean fitness."""
+  gens = sorted({h['generation'] for h in history})
+  by_gen = [[h['fitness'] for h in history if h['generation'] == g]
+            for g in gens]
+  ax.plot(gens, np.maximum.accumulate([max(f) for f in by_gen]), 'o-',
+          label='best so far')
+  ax.plot(gens, [max(f) for f in by_gen], 's--', label='generation best')
+  ax.plot(gens, [np.mean(f) for f in by_gen], '^:', label='generation mean')
+  ax.set_xlabel('generation')
+  ax.set_ylabel('fitness (relation consistency)')
+  ax.set_title('search progress')
+  ax.legend()
+
+
+def plot_pareto(ax, history: list[dict]) -> None:
+  """Every scored candidate, fitness against parameters, and the front."""
+  params = np.array([h['params'] for h in history]) / 1e6
+  fitness = np.array([h['fitness'] for h in history])
+  gens = np.array([h['generation'] for h in history])
+  points = ax.scatter(params, fitness, c=gens, s=12, cmap='viridis')
+  front = pareto_front(params, fitness)
+  ax.plot(params[front], fitness[front], 'r.-', label='Pareto front')
+  ax.figure.colorbar(points, ax=ax, label='generation')
+  ax.set_xlabel('parameters (M)')
+  ax.set_ylabel('fitness (relation consistency)')
+  ax.set_title(f'{len(history)} scored candidates')
+  ax.legend()
+
+
+def search_plots(history: list[dict], out: epath.Path) -> None:
+  """out/fitness.png and out/pareto.png."""
+  for name, plot in (('fitness.png', plot_search_progress),
+                     ('pareto.png', plot_pareto)):
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    plot(ax, history)
+    save_figure(fig, out / name)

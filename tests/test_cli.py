@@ -44,20 +44,26 @@ def test_default_pipeline_runs_the_built_stages_then_stops(tmp_path):
   result = run('--config=configs/demo.py', f'--workdir={tmp_path}',
                '--config.teacher.steps=4', '--config.teacher.batch_size=16',
                '--config.supernet.steps=2', '--config.supernet.batch_size=16',
-               '--config.space.depths=(2,3)')
+               '--config.space.depths=(2,3)', '--config.search.population=4',
+               '--config.search.generations=1', '--config.search.parents=2',
+               '--config.search.eval_images=32',
+               '--config.search.batch_size=16')
   assert result.returncode == 2, result.stderr
   assert (tmp_path / 'space.json').exists()
   assert (tmp_path / 'teacher/model/teacher.json').exists()
   assert (tmp_path / 'supernet/checkpoints').exists()
+  assert (tmp_path / 'supernet/model/student.json').exists()
+  best = json.loads((tmp_path / 'search/best_arch.json').read_text())
+  assert best['arch']['depth'] in (2, 3)
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("masktas_jax: error: config.mode: the 'search' "
+  assert last.startswith("masktas_jax: error: config.mode: the 'finetune' "
                          'stage is not available yet')
 
 
 def test_a_stage_not_built_yet_writes_nothing(tmp_path):
   (tmp_path / 'config.json').write_text('{"old": true}')
   result = run('--config=configs/demo.py', f'--workdir={tmp_path}',
-               '--config.mode=search')
+               '--config.mode=finetune')
   assert result.returncode == 2
   assert (tmp_path / 'config.json').read_text() == '{"old": true}'
   assert [p.name for p in tmp_path.iterdir()] == ['config.json']

@@ -1,0 +1,282 @@
+"""mode=search: evolutionary search with the label-free fitness (paper §2.4).
+
+Each candidate subnet of the trained supernet is rated by how consistent its
+token relations are with the frozen teacher's on the same visible patches
+(eq. 13-16, `losses.relation_consistency`), averaged over a fixed set of
+masked evaluation images. The teacher's features of those images are
+computed once for the whole search; each generation's population is scored
+in one compiled call per evaluation batch over the stacked Arch encodings.
+
+Writes `search/state.json` (the evolution, after every generation: a killed
+search resumes there), `search/history.jsonl` (every scored candidate),
+`search/best_arch.json`, `search/fitness.png` and `search/pareto.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from masktas_jax import config_lib, data, losses, parallel, report, trainer
+from masktas_jax import supernet_train
+from masktas_jax import teacher as teacher_lib
+from masktas_jax.evolution import Evolution, SearchError, Window, check_window
+from masktas_jax.masking import random_masking
+from masktas_jax.space import Arch, SearchSpace
+
+STATE_FILE = 'state.json'
+HISTORY_FILE = 'history.jsonl'
+BEST_FILE = 'best_arch.json'
+
+
+class _Subset:
+  """`source` restricted to `indices` (a random-access source too)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, indices
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return self.source[int(self.indices[i])]
+
+
+def eval_batches(config, split: str, num_images: int, batch_size: int,
+                 seed: int) -> list[dict[str, np.ndarray]]:
+  """This process's share of `num_images` images of `split` (a seeded random
+  subset), centre-cropped, in global batches of `batch_size`.
+
+  Each dict has 'image' (b, S, S, 3), 'label' (b,) and 'valid' (b,), b the
+  per-process batch; the last batch is padded ('valid' False).
+  """
+  source = data.get_source(config.data, split)
+  n = min(num_images, len(source))
+  # Every process must see the same number of batches.
+  n -= n % jax.process_count()
+  indices = np.sort(np.random.default_rng(seed).permutation(len(source))[:n])
+  local = parallel.check_batch_size(batch_size, 'search.batch_size')
+  return list(data.eval_pipeline(_Subset(source, indices),
+                                 image_size=config.space.image_size,
+                                 batch_size=local))
+
+
+# How one compiled call covers a population: 'vmap' runs the supernet's
+# `mask` path (max width) vmapped over the candidates, large matmuls that
+# suit accelerators; 'map' loops over them inside the call on the `switch`
+# path, each at its own subnet's FLOPs, which suits CPUs.
+STRATEGIES = ('vmap', 'map')
+
+
+class PopulationScorer:
+  """Label-free fitness of many Archs at once on a fixed set of images.
+
+  The teacher's features and the masks of every evaluation batch are made
+  once, at construction. A call scores up to `capacity` Archs: their
+  encodings are stacked (padded to `capacity`, so one compiled function
+  serves every generation) and scored in one call per batch (`strategy`,
+  see STRATEGIES; 'auto': 'map' on CPU, else 'vmap'), the images split over
+  the mesh.
+  """
+
+  def __init__(self, encoder, teacher, space: SearchSpace,
+               batches: Sequence[dict[str, np.ndarray]], *, tau: float,
+               mask_ratio: float, seed: int, capacity: int,
+               strategy: str = 'auto', mesh=None):
+    if strategy == 'auto':
+      strategy = 'map' if jax.default_backend() == 'cpu' else 'vmap'
+    if strategy not in STRATEGIES:
+      raise ValueError(f'config.search.scoring: expected one of '
+                       f"{('auto',) + STRATEGIES}, got {strategy!r}")
+    self.space, self.capacity, self.tau = space, capacity, tau
+    self.strategy = strategy
+    self.mesh = mesh or parallel.make_mesh()
+    rep = parallel.replicated(self.mesh)
+    sharded = parallel.batch_sharded(self.mesh)
+    self.encoder_def, encoder_state = nnx.split(encoder)
+    self.encoder_state = jax.device_put(nnx.to_pure_dict(encoder_state), rep)
+    teacher_def, teacher_state = nnx.split(teacher)
+
+    def prepare(teacher_state, images, key):
+      ids_keep, _, _ = random_masking(key, images.shape[0], space.num_patches,
+                                      mask_ratio)
+      model = nnx.merge(teacher_def, teacher_state)
+      return ids_keep, model.encode(images, ids_keep)[:, 1:]
+
+    prepare = jax.jit(prepare, out_shardings=(sharded, sharded))
+    teacher_state = jax.device_put(nnx.to_pure_dict(teacher_state), rep)
+    root = jax.random.key(seed)
+    self.batches = []
+    for i, batch in enumerate(batches):
+      images = parallel.global_batch({'image': batch['image'],
+                                      'valid': batch['valid']}, self.mesh)
+      ids_keep, z_teacher = prepare(teacher_state, images['image'],
+                                    jax.random.fold_in(root, i))
+      self.batches.append((images['image'], images['valid'], ids_keep,
+                           z_teacher))
+    # Over every process's share.
+    self.num_images = int(sum(jax.device_get(
+        [jnp.sum(b[1]) for b in self.batches])))
+    self.traces = 0
+    self._score = jax.jit(self._score_batch, in_shardings=(
+        rep, rep, sharded, sharded, sharded, sharded), out_shardings=rep)
+    self._alone = jax.jit(self._alone_batch, in_shardings=(
+        rep, rep, sharded, sharded, sharded, sharded), out_shardings=rep)
+
+  def _score_batch(self, encoder_state, archs, images, valid, ids_keep,
+                   z_teacher):
+    """(P,) summed fitness of the stacked Archs over one batch's images."""
+    self.traces += 1
+    encoder = nnx.merge(self.encoder_def, encoder_state)
+    mode = 'mask' if self.strategy == 'vmap' else 'switch'
+
+    def one(arch):
+      z_student = encoder.encode(images, arch, ids_keep, mode=mode)[:, 1:]
+      fitness = losses.relation_consistency(z_teacher, z_student, self.tau)
+      return jnp.sum(jnp.where(valid, fitness, 0.0))
+
+    if self.strategy == 'vmap':
+      return jax.vmap(one)(archs)
+    return jax.lax.map(one, archs)
+
+  def _alone_batch(self, encoder_state, arch, images, valid, ids_keep,
+                   z_teacher):
+    """() summed fitness of one Arch, on its own subnet's FLOPs."""
+    encoder = nnx.merge(self.encoder_def, encoder_state)
+    z_student = encoder.encode(images, arch, ids_keep, mode='switch')[:, 1:]
+    fitness = losses.relation_consistency(z_teacher, z_student, self.tau)
+    return jnp.sum(jnp.where(valid, fitness, 0.0))
+
+  def __call__(self, archs: Sequence[Arch]) -> np.ndarray:
+    """(len(archs),) mean fitness per image; higher is better."""
+    out = []
+    for lo in range(0, len(archs), self.capacity):
+      chunk = list(archs[lo:lo + self.capacity])
+      padded = chunk + [chunk[-1]] * (self.capacity - len(chunk))
+      encoded = self.space.encode_batch(padded)
+      total = sum(self._score(self.encoder_state, encoded, *b)
+                  for b in self.batches)
+      out.append(np.asarray(jax.device_get(total))[:len(chunk)])
+    return np.concatenate(out) / self.num_images
+
+  def score_alone(self, arch: Arch) -> float:
+    """The same fitness for one Arch through the `switch` path (a check of
+    the vectorised scorer, and the per-candidate baseline)."""
+    encoded = self.space.encode(arch)
+    total = sum(self._alone(self.encoder_state, encoded, *b)
+                for b in self.batches)
+    return float(total) / self.num_images
+
+
+def load_models(config, workdir: epath.Path):
+  """(supernet encoder, teacher) for search and ranking."""
+  teacher = teacher_lib.load_teacher(
+      supernet_train.teacher_path(config, workdir), config)
+  path = epath.Path(config.search.supernet or
+                    supernet_train.model_path(workdir))
+  student = supernet_train.load_student(path, config)
+  return student.encoder, teacher
+
+
+def _write_json(path: epath.Path, value: Any) -> None:
+  """Atomically, from process 0: a kill never leaves half a file."""
+  if jax.process_index() == 0:
+    scratch = path.parent / f'.{path.name}.tmp'
+    scratch.write_text(json.dumps(value, indent=2))
+    scratch.replace(path)
+
+
+def _record(entry: dict[str, Any]) -> dict[str, Any]:
+  return {**entry, 'flops': 2 * entry['macs']}
+
+
+def write_outputs(out: epath.Path, evolution: Evolution) -> dict[str, Any]:
+  """history.jsonl, best_arch.json and the two plots; returns the best."""
+  arch, fitness = evolution.best
+  space = evolution.space
+  best = {'arch': arch.to_dict(), 'fitness': fitness,
+          'params': space.count_params(arch), 'macs': space.count_macs(arch),
+          'flops': space.count_flops(arch),
+          'generations': evolution.generation,
+          'window': evolution.window.describe()}
+  if jax.process_index() == 0:
+    lines = [json.dumps(_record(e)) for e in evolution.history]
+    (out / HISTORY_FILE).write_text('\n'.join(lines) + '\n')
+    report.search_plots(evolution.history, out)
+  _write_json(out / BEST_FILE, best)
+  return best
+
+
+def run(config, workdir: epath.Path) -> dict[str, Any]:
+  """Runs (or resumes) the search; returns best_arch.json's content."""
+  s = config.search
+  space = config_lib.space_from_config(config)
+  window = Window.from_config(s)
+  check_window(space, window)
+  out = workdir / 'search'
+  out.mkdir(parents=True, exist_ok=True)
+
+  # --- the evolution, fresh or where a killed search stopped ---------------
+  state_path = out / STATE_FILE
+  if state_path.exists():
+    evolution = Evolution.from_state_dict(
+        json.loads(state_path.read_text()), space)
+    if evolution.window != window:
+      raise SearchError(
+          f'config.search: the window ({window.describe()}) differs from the '
+          f'one of the search in {out} ({evolution.window.describe()}); use '
+          'another workdir for a new window')
+    # More generations continue a finished search; the rest stays as saved.
+    evolution.config = dataclasses.replace(evolution.config,
+                                           generations=s.generations)
+    parallel.log(f'search: resumed after generation {evolution.generation}')
+  else:
+    evolution = Evolution.from_config(space, s, config.seed)
+  if evolution.done:
+    parallel.log(f'search: {out / BEST_FILE} is complete; not searching again')
+    return write_outputs(out, evolution)
+
+  # --- scorer: teacher features of the evaluation images, once -------------
+  encoder, teacher = load_models(config, workdir)
+  split = s.eval_split or config.data.train_split
+  batches = eval_batches(config, split, s.eval_images, s.batch_size,
+                         config.seed + 2)
+  scorer = PopulationScorer(
+      encoder, teacher, space, batches, tau=s.tau,
+      mask_ratio=config.supernet.mask_ratio, seed=config.seed + 3,
+      capacity=max(s.population, s.mutations + s.crossovers),
+      strategy=s.scoring)
+  parallel.log(f'search: {scorer.num_images} images of {split!r}, '
+               f'window {window.describe()}')
+
+  # --- generations ----------------------------------------------------------
+  t0, first = time.perf_counter(), evolution.generation
+  while not evolution.done:
+    candidates = evolution.propose()
+    start = time.perf_counter()
+    evolution.tell(scorer(candidates))
+    took = time.perf_counter() - start
+    _write_json(state_path, evolution.state_dict())
+    best_arch, best_fitness = evolution.best
+    done = evolution.generation - first
+    eta = (time.perf_counter() - t0) / done * (
+        s.generations - evolution.generation)
+    parallel.log(
+        f'search generation {evolution.generation}/{s.generations}: '
+        f'{len(candidates)} candidates in {took:.1f}s '
+        f'({len(candidates) / max(took, 1e-9):.1f}/s), best fitness '
+        f'{best_fitness:.4f} ({space.count_params(best_arch) / 1e6:.2f}M '
+        f'params), ETA {trainer.format_eta(eta)}')
+  best = write_outputs(out, evolution)
+  parallel.log(f'search: best Arch {best["arch"]} fitness '
+               f'{best["fitness"]:.4f}; wrote {out / BEST_FILE}')
+  return best
+
