@@ -37,7 +37,9 @@ def _fmt_macs(n: int) -> str:
 
 
 def _span(lo: int, hi: int, fmt: Callable[[int], str]) -> str:
-  return f'{fmt(lo)}-{fmt(hi) if hi else "inf"}'
+  if not hi:
+    return f'>= {fmt(lo)}' if lo else 'any'
+  return f'{fmt(lo)}-{fmt(hi)}' if lo else f'<= {fmt(hi)}'
 
 
 @dataclasses.dataclass(frozen=True)
