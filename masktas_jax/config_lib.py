@@ -190,6 +190,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.weight_decay = 0.05
   # Drop-path rate (paper: 0.1).
   c.finetune.drop_path = 0.1
+  # Layer-wise lr decay: layer l of L gets lr * layer_decay ** (L + 1 - l)
+  # (1.0: none).
+  c.finetune.layer_decay = 0.75
+  # Label smoothing, and mixup / cutmix alphas (0: off; DeiT: 0.8 / 1.0).
+  c.finetune.label_smoothing = 0.1
+  c.finetune.mixup = 0.8
+  c.finetune.cutmix = 1.0
+  # Training crops: random resized crop of at least this area, and flips.
+  c.finetune.crop_min_scale = 0.08
+  c.finetune.flip = True
+  # Split for top-1 / top-5 ('' = data.eval_split).
+  c.finetune.eval_split = ''
+  # Train the same Arch from random weights instead (what inheriting buys).
+  c.finetune.from_scratch = False
   return c
 
 
@@ -301,6 +315,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for field in ('num_archs', 'knn_k', 'train_images', 'eval_images'):
     _check(config.rank[field] > 0, f'rank.{field}', 'must be positive',
            config.rank[field])
-  _check(0 <= config.finetune.drop_path < 1, 'finetune.drop_path',
-         'expected 0 <= rate < 1', config.finetune.drop_path)
+  f = config.finetune
+  _check(0 <= f.drop_path < 1, 'finetune.drop_path', 'expected 0 <= rate < 1',
+         f.drop_path)
+  _check(0 < f.layer_decay <= 1, 'finetune.layer_decay',
+         'expected 0 < decay <= 1', f.layer_decay)
+  _check(0 <= f.label_smoothing < 1, 'finetune.label_smoothing',
+         'expected 0 <= value < 1', f.label_smoothing)
+  for field in ('mixup', 'cutmix'):
+    _check(f[field] >= 0, f'finetune.{field}', 'must be >= 0 (0: off)',
+           f[field])
+  _check(0 < f.crop_min_scale <= 1, 'finetune.crop_min_scale',
+         'expected 0 < scale <= 1', f.crop_min_scale)
   return config

@@ -227,7 +227,8 @@ def training_input(config, stage: str, seed: int):
   """(batch iterator, steps, warm-up steps) of a training stage.
 
   Reads `config.<stage>`: batch_size (global), steps, or epochs over the
-  training split, and warmup_epochs.
+  training split, warmup_epochs, and crop_min_scale and flip where the
+  stage has them (else MAE's 0.2 and flips).
   """
   section = config[stage]
   source = get_source(config.data, config.data.train_split)
@@ -237,5 +238,7 @@ def training_input(config, stage: str, seed: int):
   steps = section.steps or math.ceil(section.epochs * steps_per_epoch)
   warmup = min(round(section.warmup_epochs * steps_per_epoch), steps - 1)
   batches = train_pipeline(source, image_size=config.space.image_size,
-                           batch_size=local_batch, seed=seed)
+                           batch_size=local_batch, seed=seed,
+                           min_scale=section.get('crop_min_scale', 0.2),
+                           flip=section.get('flip', True))
   return iter(batches), steps, warmup

@@ -17,7 +17,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from masktas_jax import config_lib, data, evolution, parallel, teacher, trainer
-from masktas_jax import supernet_train
+from masktas_jax import finetune, supernet_train
 from masktas_jax.space import ArchError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,7 +42,7 @@ STAGES = {
     'supernet': 'masktas_jax.supernet_train:run',
     'search': 'masktas_jax.search:run',
     'rank': 'masktas_jax.rank:run',
-    'finetune': None,
+    'finetune': 'masktas_jax.finetune:run',
 }
 PIPELINE = ('space', 'teacher', 'supernet', 'search', 'finetune')
 
@@ -67,9 +67,11 @@ _DATA_STAGES = ('teacher', 'supernet', 'search', 'rank', 'finetune')
 _BATCHED_STAGES = ('teacher', 'supernet', 'search', 'finetune')
 
 
-def _check_inputs(config, modes) -> None:
-  """Raises DataError / ConfigError for data and batches that cannot work,
+def _check_inputs(config, modes, workdir: epath.Path) -> None:
+  """Raises DataError / ConfigError / ... for inputs that cannot work,
   before anything is written."""
+  if modes == ('finetune',):
+    finetune.resolve_arch(config, workdir, config_lib.space_from_config(config))
   if 'search' in modes or 'rank' in modes:
     evolution.check_window(config_lib.space_from_config(config),
                            evolution.Window.from_config(config.search))
@@ -84,15 +86,15 @@ def _check_inputs(config, modes) -> None:
 def run(config, workdir: str) -> None:
   """Validates `config`, then runs `config.mode` (a stage or the pipeline).
 
-  Nothing is written before the config and the requested stage check out;
-  the pipeline runs its stages in order and stops at the first one not
-  available yet, keeping what the earlier ones wrote.
+  Nothing is written before the config and the inputs of the requested
+  stage check out; the pipeline runs its stages in order, and a stage that
+  fails keeps what the earlier ones wrote.
   """
   config_lib.validate(config)
   modes = PIPELINE if config.mode == 'pipeline' else (config.mode,)
   _require(modes[0])
-  _check_inputs(config, modes)
   workdir = epath.Path(workdir)
+  _check_inputs(config, modes, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (workdir / 'config.json').write_text(
@@ -128,7 +130,8 @@ def main(argv: list[str]) -> None:
     run(config, _WORKDIR.value)
   except (config_lib.ConfigError, ArchError, StageUnavailable,
           teacher.TeacherError, data.DataError, trainer.NonFiniteLoss,
-          evolution.SearchError, supernet_train.SupernetError) as e:
+          evolution.SearchError, supernet_train.SupernetError,
+          finetune.FinetuneError) as e:
     _fail(str(e))
 
 

@@ -48,10 +48,16 @@ def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
   original = losses.student_loss
   monkeypatch.setattr(losses, 'student_loss',
                       lambda *a, **k: traces.append(1) or original(*a, **k))
-  config = _config(teacher_dir, **{'supernet.steps': 48,
+  config = _config(teacher_dir, **{'supernet.steps': 50,
                                    'supernet.base_lr': 2e-3})
   state = supernet_train.run(config, epath.Path(tmp_path))
-  assert len(traces) == 1  # 48 steps, a fresh subnet each, one compile.
+  assert len(traces) == 1  # 50 steps, a fresh subnet each, one compile.
+  # The subnets the steps drew (re-derived as the trainer keys them) differ.
+  step_key = jax.random.split(jax.random.key(config.seed))[1]
+  space = config_lib.space_from_config(config)
+  drawn = {space.decode(space.sample_encoded(jax.random.split(
+      jax.random.fold_in(step_key, i))[0])) for i in range(50)}
+  assert len(drawn) >= 10, len(drawn)
   records = [json.loads(l) for l in
              (tmp_path / 'supernet/metrics.jsonl').read_text().splitlines()]
   loss = [r['loss'] for r in records]

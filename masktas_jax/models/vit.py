@@ -126,20 +126,35 @@ class Mlp(nnx.Module):
     return self.fc2(gelu(self.fc1(rows))).reshape(*x.shape[:-1], -1)
 
 
+def drop_path(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  """Stochastic depth on a residual branch (B, ...): each example's branch is
+  dropped with probability `rate` and the kept ones scaled by 1 / (1 - rate).
+  Identity without `rng` (evaluation) or at rate 0."""
+  if rng is None or rate == 0:
+    return x
+  keep = jax.random.bernoulli(rng, 1 - rate, (x.shape[0],) + (1,) *
+                              (x.ndim - 1))
+  return jnp.where(keep, x / (1 - rate), 0).astype(x.dtype)
+
+
 class Block(nnx.Module):
-  """Pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+  """Pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x)), each
+  branch under drop path at `drop_rate` when called with an `rng`."""
 
   def __init__(self, embed_dim: int, num_heads: int, mlp_dim: int, *,
-               rngs: nnx.Rngs, head_dim: int = HEAD_DIM):
+               rngs: nnx.Rngs, head_dim: int = HEAD_DIM,
+               drop_rate: float = 0.0):
     self.norm1 = layer_norm(embed_dim, rngs)
     self.attn = Attention(embed_dim, num_heads, rngs=rngs, head_dim=head_dim)
     self.norm2 = layer_norm(embed_dim, rngs)
     self.mlp = Mlp(embed_dim, mlp_dim, rngs=rngs)
+    self.drop_rate = drop_rate
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """(B, N, D) -> (B, N, D)."""
-    x = x + self.attn(self.norm1(x))
-    return x + self.mlp(self.norm2(x))
+  def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+    """(B, N, D) -> (B, N, D); `rng` turns drop path on (training)."""
+    keys = (None, None) if rng is None else jax.random.split(rng)
+    x = x + drop_path(self.attn(self.norm1(x)), self.drop_rate, keys[0])
+    return x + drop_path(self.mlp(self.norm2(x)), self.drop_rate, keys[1])
 
 
 class VisionTransformer(nnx.Module):
@@ -155,7 +170,8 @@ class VisionTransformer(nnx.Module):
                mlp_dims: Sequence[int], image_size: int, patch_size: int,
                num_classes: int = 0, in_chans: int = 3, rngs: nnx.Rngs,
                head_dim: int = HEAD_DIM,
-               pos_embed: Literal['learned', 'sincos'] = 'learned'):
+               pos_embed: Literal['learned', 'sincos'] = 'learned',
+               drop_path_rate: float = 0.0):
     if len(num_heads) != len(mlp_dims):
       raise ValueError('num_heads and mlp_dims need one value per layer, got '
                        f'{len(num_heads)} and {len(mlp_dims)}')
@@ -174,9 +190,13 @@ class VisionTransformer(nnx.Module):
     else:
       raise ValueError(f"pos_embed: expected 'learned' or 'sincos', got "
                        f'{pos_embed!r}')
+    # Stochastic depth rising linearly to `drop_path_rate` at the last block.
+    rates = np.linspace(0, drop_path_rate, len(num_heads)) if len(
+        num_heads) > 1 else [drop_path_rate] * len(num_heads)
     self.blocks = nnx.List([
-        Block(embed_dim, h, m, rngs=rngs, head_dim=head_dim)
-        for h, m in zip(num_heads, mlp_dims)
+        Block(embed_dim, h, m, rngs=rngs, head_dim=head_dim,
+              drop_rate=float(r))
+        for h, m, r in zip(num_heads, mlp_dims, rates)
     ])
     self.norm = layer_norm(embed_dim, rngs)
     self.head = (nnx.Linear(embed_dim, num_classes, kernel_init=_dense_init,
@@ -203,20 +223,27 @@ class VisionTransformer(nnx.Module):
                            (tokens.shape[0], 1, self.embed_dim))
     return jnp.concatenate([cls.astype(tokens.dtype), tokens], axis=1)
 
-  def encode(self, images: jax.Array,
-             ids_keep: jax.Array | None = None) -> jax.Array:
-    """(B, H, W, C) -> final-normed tokens (B, 1 + K, D), CLS first."""
+  def encode(self, images: jax.Array, ids_keep: jax.Array | None = None,
+             rng: jax.Array | None = None) -> jax.Array:
+    """(B, H, W, C) -> final-normed tokens (B, 1 + K, D), CLS first.
+
+    `rng` turns drop path on (training); without it the pass is
+    deterministic.
+    """
     x = self.embed(images, ids_keep)
-    for block in self.blocks:
-      x = block(x)
+    keys = ([None] * self.depth if rng is None else
+            jax.random.split(rng, self.depth))
+    for block, key in zip(self.blocks, keys):
+      x = block(x, key)
     return self.norm(x)
 
-  def __call__(self, images: jax.Array) -> jax.Array:
+  def __call__(self, images: jax.Array,
+               rng: jax.Array | None = None) -> jax.Array:
     """(B, H, W, C) -> logits (B, num_classes) from the CLS token."""
     if self.head is None:
       raise ValueError('this VisionTransformer has no classification head '
                        '(num_classes=0)')
-    return self.head(self.encode(images)[:, 0])
+    return self.head(self.encode(images, rng=rng)[:, 0])
 
 
 def count_params(module: nnx.Module) -> int:

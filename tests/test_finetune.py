@@ -1,0 +1,136 @@
+"""mode=finetune: inherited classifier, training, top-1/top-5, export."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from etils import epath
+from flax import nnx
+
+from masktas_jax import config_lib, data, finetune, supernet_train
+from masktas_jax.space import Arch
+from test_search import workdir, _search_config  # noqa: F401  pylint: disable=unused-import
+
+
+def test_topk_against_a_hand_checked_example():
+  logits = jnp.array([
+      [0.1, 0.9, 0.0, 0.0, 0.0, 0.0, 0.2],  # label 1: top-1.
+      [0.5, 0.4, 0.3, 0.2, 0.1, 0.0, 0.6],  # label 4: 6th of 7: neither.
+      [0.5, 0.4, 0.3, 0.2, 0.1, 0.0, 0.6],  # label 3: 5th: top-5 only.
+      [0.9, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0],  # label 0, but padding.
+  ])
+  top1, top5 = finetune.topk_correct(logits, jnp.array([1, 4, 3, 0]),
+                                     jnp.array([True, True, True, False]))
+  assert (int(top1), int(top5)) == (1, 2)
+
+
+def test_mixup_and_cutmix_keep_targets_consistent_with_pixels():
+  images = jnp.stack([jnp.full((8, 8, 3), float(i)) for i in range(4)])
+  targets = jax.nn.one_hot(jnp.arange(4), 4)
+  for mixup, cutmix in ((0.8, 0.0), (0.0, 1.0)):
+    mixed, soft = finetune.mix(jax.random.key(0), images, targets, mixup,
+                               cutmix)
+    np.testing.assert_allclose(soft.sum(-1), 1, atol=1e-6)
+    # Image i mixes itself with image i - 1 in the proportions of its
+    # target: its mean pixel is the target-weighted mean of the two.
+    want = soft @ jnp.arange(4.0)
+    np.testing.assert_allclose(mixed.mean((1, 2, 3)), want, atol=1e-5)
+  assert finetune.mix(jax.random.key(0), images, targets, 0, 0)[0] is images
+
+
+def test_inherited_classifier_equals_the_supernet_subnet(workdir):  # noqa: F811
+  config = _search_config()
+  space = config_lib.space_from_config(config)
+  student = supernet_train.load_student(
+      supernet_train.model_path(epath.Path(workdir)), config)
+  images = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
+  rng = np.random.default_rng(0)
+  for arch in (space.max_arch(), space.sample(rng)):
+    inherited = nnx.to_pure_dict(nnx.state(student.encoder.extract(arch)))
+    model = finetune.build_classifier(space, arch, 10, 0.1, nnx.Rngs(5))
+    params, fixed = finetune.initial_weights(model, inherited)
+    graphdef = nnx.split(model, nnx.Param, ...)[0]
+    classifier = nnx.merge(graphdef, params, fixed)
+    want = student.encoder.encode(images, space.encode(arch), mode='mask')
+    np.testing.assert_allclose(classifier.encode(images),
+                               want[..., :arch.embed_dim], atol=1e-5)
+    # Drop path is on only with an rng.
+    assert not np.allclose(classifier.encode(images, rng=jax.random.key(1)),
+                           want[..., :arch.embed_dim], atol=1e-3)
+
+
+def test_layer_decay_scales_the_learning_rate_per_layer():
+  params = {'patch_embed': {'w': jnp.ones(2)}, 'blocks': {
+      0: {'w': jnp.ones(2)}, 1: {'w': jnp.ones(2)}}, 'head': {'w': jnp.ones(2)}}
+  ids = finetune.layer_ids(params, depth=2)
+  assert ids == {'patch_embed': {'w': 0}, 'blocks': {0: {'w': 1}, 1: {'w': 2}},
+                 'head': {'w': 3}}
+  opt = finetune.optimizer(params, 2, lr=1.0, steps=10, warmup=0,
+                           weight_decay=0.0, layer_decay=0.5)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = opt.update(grads, opt.init(params), params)
+  # Adam's first step moves every weight by lr; the decay scales it.
+  step = {k: float(-jax.tree.leaves(v)[0][0]) for k, v in updates.items()}
+  assert step['head'] == pytest.approx(1.0, rel=1e-3)
+  assert step['patch_embed'] == pytest.approx(0.125, rel=1e-3)
+  assert float(-updates['blocks'][1]['w'][0]) == pytest.approx(0.5, rel=1e-3)
+
+
+def _train_loss(model, config, num_images=128):
+  """Cross-entropy of `model` on fixed centre-cropped training images."""
+  batch = next(iter(data.eval_pipeline(
+      data.get_source(config.data, 'train'), image_size=32,
+      batch_size=num_images)))
+  logits = model(jnp.asarray(batch['image']))
+  return float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.asarray(batch['label']))))
+
+
+def test_finetune_lowers_the_loss_evaluates_and_exports(workdir, tmp_path):  # noqa: F811
+  space = config_lib.space_from_config(_search_config())
+  arch = space.sample(np.random.default_rng(3))
+  config = _search_config(**{
+      'finetune.steps': 40, 'finetune.batch_size': 32, 'finetune.lr': 2e-3,
+      'finetune.warmup_epochs': 0, 'finetune.mixup': 0.0,
+      'finetune.cutmix': 0.0, 'finetune.eval_split': 'validation',
+      'log_every': 5, 'checkpoint_every': 20})
+  config.finetune.arch = json.dumps({'arch': arch.to_dict()})
+  config.search.supernet = str(supernet_train.model_path(epath.Path(workdir)))
+  result = finetune.run(config, epath.Path(tmp_path))
+  assert result == json.loads((tmp_path / 'finetune/metrics.json').read_text())
+  assert result['images'] == 180 and result['arch'] == arch.to_dict()
+  assert 0 <= result['top1'] <= result['top5'] <= 1
+
+  # The classifier it started from (the trainer's init key, the inherited
+  # weights) against the one it exported: lower loss on the same images.
+  student = supernet_train.load_student(config.search.supernet, config)
+  inherited = nnx.to_pure_dict(nnx.state(student.encoder.extract(arch)))
+  init_key = jax.random.split(jax.random.key(config.seed + 8))[0]
+  start = finetune.build_classifier(space, arch, 10, config.finetune.drop_path,
+                                    nnx.Rngs(init_key))
+  params, fixed = finetune.initial_weights(start, inherited)
+  start = nnx.merge(nnx.split(start, nnx.Param, ...)[0], params, fixed)
+  model = finetune.load_classifier(tmp_path / 'finetune/model')
+  before, after = _train_loss(start, config), _train_loss(model, config)
+  assert after < before - 0.05, (before, after)
+
+  # The export alone gives the same accuracy, without the supernet.
+  again = finetune.evaluate(model, data.eval_pipeline(
+      data.get_source(config.data, 'validation'), image_size=32,
+      batch_size=32))
+  assert again['top1'] == result['top1'] and again['top5'] == result['top5']
+  # Done: a rerun reads the result.
+  assert finetune.run(config, epath.Path(tmp_path)) == result
+
+
+def test_a_missing_or_foreign_arch_is_a_clear_error(tmp_path):
+  config = _search_config()
+  space = config_lib.space_from_config(config)
+  with pytest.raises(finetune.FinetuneError, match='run --config.mode=search'):
+    finetune.resolve_arch(config, epath.Path(tmp_path), space)
+  config.finetune.arch = json.dumps(Arch(40, 2, (1, 1), (2.0, 2.0)).to_dict())
+  with pytest.raises(finetune.FinetuneError, match='embed_dim'):
+    finetune.resolve_arch(config, epath.Path(tmp_path), space)
