@@ -101,8 +101,8 @@ def test_supernet_gradients_are_the_subnet_gradients_zero_elsewhere():
           lambda s, a, gd=gd, mode=mode: loss(nnx.merge(gd, s).encode(
               images, a, ids_keep, mode=mode))))
   rng = np.random.default_rng(5)
-  for arch in [SMALL.max_arch(), SMALL.min_arch()] + [SMALL.sample(rng)
-                                                      for _ in range(3)]:
+  # The extremes and one sample: each dense reference gradient runs eagerly.
+  for arch in [SMALL.max_arch(), SMALL.min_arch(), SMALL.sample(rng)]:
     dense = model.extract(arch)
     dg, ds = nnx.split(dense)
     want = jax.grad(lambda s: loss(nnx.merge(dg, s).encode(images, ids_keep))
