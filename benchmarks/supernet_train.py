@@ -54,16 +54,14 @@ import shlex
 import statistics
 import sys
 import time
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from masktas_jax import config_lib, losses, supernet_train, trainer
-from masktas_jax.masking import num_visible, patchify, random_masking
+from masktas_jax import config_lib, supernet_train, trainer
+from masktas_jax.masking import num_visible
 from masktas_jax.models import vit
 from masktas_jax.models.mae import MAE, MAEConfig, PixelDecoder
 from masktas_jax.space import HEAD_DIM, Arch, SearchSpace
@@ -194,62 +192,24 @@ def extract_student(student, arch: Arch, config) -> DenseStudent:
                       nnx.clone(student.proj2))
 
 
-def _cast(tree, dtype):
-  return jax.tree.map(
-      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
-      else x, tree)
-
-
 def make_dense_step(config, dense_def, teacher_def, opt):
   """`make_step`'s step for a `DenseStudent`: same RNG split (so the same
   masks for the same RNG), teacher, casts, loss and AdamW; no freeze mask."""
-  s = config.supernet
-  space = config_lib.space_from_config(config)
-  dtype = jnp.dtype(s.compute_dtype)
-
-  def step_fn(state, batch, rng, teacher_state):
-    _, mask_key = jax.random.split(rng)
-    images = batch['image']
-    ids_keep, mask, ids_restore = random_masking(
-        mask_key, images.shape[0], space.num_patches, s.mask_ratio)
-    teacher = nnx.merge(teacher_def, _cast(teacher_state, dtype))
-    z_teacher = jax.lax.stop_gradient(
-        teacher.encode(images.astype(dtype), ids_keep)[:, 1:])
-    target = patchify(images, space.patch_size)
-
-    def loss_fn(params):
-      student = nnx.merge(dense_def, _cast(params, dtype),
-                          _cast(state['fixed'], dtype))
-      pixels, z_student = student(images.astype(dtype), ids_keep, ids_restore)
-      return losses.student_loss(
-          pixels.astype(jnp.float32), target, mask,
-          z_student.astype(jnp.float32), z_teacher.astype(jnp.float32),
-          s.beta, config.teacher.norm_pix_loss)
-
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state['params'])
-    updates, opt_state = opt.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
-    return {**state, 'params': params, 'opt_state': opt_state}, {
-        'loss': loss, **parts}
-
-  return step_fn
+  return supernet_train.make_step(
+      config, dense_def, teacher_def, opt, draw_arch=lambda _: None,
+      forward=lambda student, images, _, *masks: student(images, *masks),
+      freeze=False)
 
 
-def with_forced_arch(step_fn):
-  """`step_fn` with one more argument, the encoded Arch, used in place of the
-  one the step would draw.
-
-  `make_step` draws the subnet inside the step (`space.sample_encoded`); to
-  time the very same step for a chosen Arch without copying it, the draw is
-  replaced while the step is traced, so the encoded Arch becomes an argument
-  of the compiled function and one compile serves every Arch, as in training.
-  """
+def make_forced_step(config, student_def, teacher_def, opt):
+  """`make_step`'s step with one more argument, the encoded Arch, used in
+  place of the one it would draw: an argument of the compiled function, so
+  one compile serves every Arch, as in training."""
 
   def step(state, batch, rng, teacher_state, encoded):
-    with mock.patch.object(SearchSpace, 'sample_encoded',
-                           lambda self, key: encoded):
-      return step_fn(state, batch, rng, teacher_state)
+    return supernet_train.make_step(
+        config, student_def, teacher_def, opt,
+        draw_arch=lambda _: encoded)(state, batch, rng, teacher_state)
 
   return step
 
@@ -397,7 +357,9 @@ def main():
 
   step_fn = supernet_train.make_step(config, student_def, teacher_def, opt)
   drawn_step = jax.jit(step_fn, donate_argnums=0)
-  forced_step = jax.jit(with_forced_arch(step_fn), donate_argnums=0)
+  forced_step = jax.jit(
+      make_forced_step(config, student_def, teacher_def, opt),
+      donate_argnums=0)
   batch = {'image': jax.random.normal(
       jax.random.key(args.seed + 2),
       (args.batch, space.image_size, space.image_size, space.in_chans))}

@@ -223,15 +223,17 @@ def eval_pipeline(source, *, image_size: int, batch_size: int,
   return grain.MapDataset.range(padded).map(view).batch(batch_size)
 
 
-def training_input(config, stage: str, seed: int):
+def training_input(config, stage: str, seed: int, source=None):
   """(batch iterator, steps, warm-up steps) of a training stage.
 
   Reads `config.<stage>`: batch_size (global), steps, or epochs over the
   training split, warmup_epochs, and crop_min_scale and flip where the
-  stage has them (else MAE's 0.2 and flips).
+  stage has them (else MAE's 0.2 and flips). `source`: the training split's
+  source, when the caller has it open already.
   """
   section = config[stage]
-  source = get_source(config.data, config.data.train_split)
+  if source is None:
+    source = get_source(config.data, config.data.train_split)
   local_batch = parallel.check_batch_size(section.batch_size,
                                           f'{stage}.batch_size')
   steps_per_epoch = len(source) / section.batch_size

@@ -229,15 +229,13 @@ def run(config, workdir: epath.Path) -> dict[str, Any] | None:
                       supernet_train.model_path(workdir))
     extracted = supernet_train.load_student(path, config).encoder.extract(arch)
     inherited = nnx.to_pure_dict(nnx.state(extracted))
-  graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build_classifier(
-      space, arch, num_classes, f.drop_path, nnx.Rngs(0))), nnx.Param, ...)
-
-  data_iter, steps, warmup = data.training_input(config, 'finetune',
-                                                 config.seed + 7)
-  abstract_params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
+  graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(
       lambda: build_classifier(space, arch, num_classes, f.drop_path,
-                               nnx.Rngs(0))), nnx.Param))
-  opt = optimizer(abstract_params, arch.depth, lr=f.lr,
+                               nnx.Rngs(0))), nnx.Param, ...)
+
+  data_iter, steps, warmup = data.training_input(
+      config, 'finetune', config.seed + 7, source=train_source)
+  opt = optimizer(nnx.to_pure_dict(abstract_params), arch.depth, lr=f.lr,
                   steps=steps, warmup=warmup, weight_decay=f.weight_decay,
                   layer_decay=f.layer_decay)
 

@@ -108,14 +108,15 @@ def build_student(config, teacher_dim: int, rngs: nnx.Rngs) -> Student:
                  decoder_heads=s.decoder_num_heads, rngs=rngs, remat=s.remat)
 
 
-def _cast(tree, dtype):
+def cast(tree, dtype):
   """Floating leaves of `tree` as `dtype`; the rest unchanged."""
   return jax.tree.map(
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
       else x, tree)
 
 
-def make_step(config, student_def, teacher_def, opt):
+def make_step(config, student_def, teacher_def, opt, *, draw_arch=None,
+              forward=None, freeze=None):
   """The update step `(state, batch, rng, teacher_state) -> (state, metrics)`.
 
   `state` is `{'params', 'fixed', 'opt_state'}` (pure dicts of the student's
@@ -124,27 +125,36 @@ def make_step(config, student_def, teacher_def, opt):
   With `supernet.compute_dtype='bfloat16'` the forward and backward run in
   bf16 on bf16 copies of the weights; gradients, updates and the losses are
   float32.
+
+  Hooks, for measuring the same step on other students (benchmarks):
+  `draw_arch(key)` replaces `space.sample_encoded` (e.g. a fixed encoded
+  Arch), `forward(student, images, arch, ids_keep, ids_restore)` replaces
+  the student call (e.g. a dense student ignoring `arch`), and `freeze`
+  overrides `supernet.freeze_inactive`.
   """
   s = config.supernet
   space = config_lib.space_from_config(config)
   dtype = jnp.dtype(s.compute_dtype)
+  draw_arch = draw_arch or space.sample_encoded
+  forward = forward or (lambda student, *args: student(*args))
+  freeze = s.freeze_inactive if freeze is None else freeze
 
   def step_fn(state, batch, rng, teacher_state):
     arch_key, mask_key = jax.random.split(rng)
-    arch = space.sample_encoded(arch_key)
+    arch = draw_arch(arch_key)
     images = batch['image']
     ids_keep, mask, ids_restore = random_masking(
         mask_key, images.shape[0], space.num_patches, s.mask_ratio)
-    teacher = nnx.merge(teacher_def, _cast(teacher_state, dtype))
+    teacher = nnx.merge(teacher_def, cast(teacher_state, dtype))
     z_teacher = jax.lax.stop_gradient(
         teacher.encode(images.astype(dtype), ids_keep)[:, 1:])
     target = patchify(images, space.patch_size)
 
     def loss_fn(params):
-      student = nnx.merge(student_def, _cast(params, dtype),
-                          _cast(state['fixed'], dtype))
-      pixels, z_student = student(images.astype(dtype), arch, ids_keep,
-                                  ids_restore)
+      student = nnx.merge(student_def, cast(params, dtype),
+                          cast(state['fixed'], dtype))
+      pixels, z_student = forward(student, images.astype(dtype), arch,
+                                  ids_keep, ids_restore)
       return losses.student_loss(
           pixels.astype(jnp.float32), target, mask,
           z_student.astype(jnp.float32), z_teacher.astype(jnp.float32),
@@ -153,7 +163,7 @@ def make_step(config, student_def, teacher_def, opt):
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state['params'])
     updates, opt_state = opt.update(grads, state['opt_state'], state['params'])
-    if s.freeze_inactive:
+    if freeze:
       # Weights outside the sampled subnet get exactly zero gradient.
       updates = jax.tree.map(lambda u, g: jnp.where(g != 0, u, 0), updates,
                              grads)
