@@ -35,7 +35,7 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', -1, "This process's index in a multi-host run.")
 
-# mode -> 'module:function(config, workdir)'; None: not available yet.
+# mode -> 'module:function(config, workdir)'.
 STAGES = {
     'space': 'masktas_jax.report:describe_space',
     'teacher': 'masktas_jax.teacher:run',
@@ -43,22 +43,11 @@ STAGES = {
     'search': 'masktas_jax.search:run',
     'rank': 'masktas_jax.rank:run',
     'finetune': 'masktas_jax.finetune:run',
+    'summary': 'masktas_jax.report:summarize',
 }
-PIPELINE = ('space', 'teacher', 'supernet', 'search', 'finetune')
-
-
-class StageUnavailable(RuntimeError):
-  """The requested stage is not part of this version."""
-
-
-def _require(mode: str) -> str:
-  """The stage's 'module:function', or StageUnavailable."""
-  target = STAGES[mode]
-  if target is None:
-    raise StageUnavailable(
-        f'config.mode: the {mode!r} stage is not available yet in this '
-        'version; built so far: ' + ', '.join(m for m, t in STAGES.items() if t))
-  return target
+# Each stage returns at once when its output exists, so a rerun of an
+# interrupted pipeline resumes where it stopped.
+PIPELINE = ('space', 'teacher', 'supernet', 'search', 'finetune', 'summary')
 
 
 # Stages that read the training images, and whose global batch must split
@@ -72,6 +61,21 @@ def _check_inputs(config, modes, workdir: epath.Path) -> None:
   before anything is written."""
   if modes == ('finetune',):
     finetune.resolve_arch(config, workdir, config_lib.space_from_config(config))
+  # Existing models the stages would read: before anything is written.
+  uses = set(modes)
+  for field, readers, check, error in (
+      ('teacher.checkpoint', {'teacher', 'supernet', 'search', 'rank'},
+       teacher.read_config, teacher.TeacherError),
+      ('search.supernet', {'supernet', 'search', 'rank', 'finetune'},
+       supernet_train.read_meta, supernet_train.SupernetError)):
+    path = config[field]
+    if path and uses & readers:
+      try:
+        check(path, config)
+      except error as e:
+        message = str(e)
+        raise error(message if message.startswith('config.') else
+                    f'config.{field}: {message}') from e
   if 'search' in modes or 'rank' in modes:
     evolution.check_window(config_lib.space_from_config(config),
                            evolution.Window.from_config(config.search))
@@ -92,7 +96,6 @@ def run(config, workdir: str) -> None:
   """
   config_lib.validate(config)
   modes = PIPELINE if config.mode == 'pipeline' else (config.mode,)
-  _require(modes[0])
   workdir = epath.Path(workdir)
   _check_inputs(config, modes, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +103,7 @@ def run(config, workdir: str) -> None:
     (workdir / 'config.json').write_text(
         config.to_json_best_effort(indent=2))
   for mode in modes:
-    module, function = _require(mode).split(':')
+    module, function = STAGES[mode].split(':')
     getattr(importlib.import_module(module), function)(config, workdir)
 
 
@@ -128,7 +131,7 @@ def main(argv: list[str]) -> None:
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                     _PROCESS_ID.value)
     run(config, _WORKDIR.value)
-  except (config_lib.ConfigError, ArchError, StageUnavailable,
+  except (config_lib.ConfigError, ArchError,
           teacher.TeacherError, data.DataError, trainer.NonFiniteLoss,
           evolution.SearchError, supernet_train.SupernetError,
           finetune.FinetuneError) as e:

@@ -1,10 +1,11 @@
-"""Human-facing outputs: the search-space description and the plots of the
-search (progress per generation, fitness against parameters with the Pareto
-front)."""
+"""Human-facing outputs: the search-space description, the loss and search
+plots, and the pipeline's `summary.json` + one-page `report.png`."""
 
 from __future__ import annotations
 
 import json
+
+import jax
 
 import matplotlib
 import ml_collections
@@ -14,7 +15,11 @@ from etils import epath
 matplotlib.use('Agg')  # Headless: plots are written as files.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from masktas_jax import config_lib
+from masktas_jax import config_lib, parallel
+from masktas_jax.space import Arch
+
+SUMMARY_FILE = 'summary.json'
+REPORT_FILE = 'report.png'
 
 
 def describe_space(config: ml_collections.ConfigDict,
@@ -86,6 +91,7 @@ def plot_search_progress(ax, history: list[dict]) -> None:
           label='best so far')
   ax.plot(gens, [max(f) for f in by_gen], 's--', label='generation best')
   ax.plot(gens, [np.mean(f) for f in by_gen], '^:', label='generation mean')
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel('generation')
   ax.set_ylabel('fitness (relation consistency)')
   ax.set_title('search progress')
@@ -114,3 +120,128 @@ def search_plots(history: list[dict], out: epath.Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     plot(ax, history)
     save_figure(fig, out / name)
+
+
+def read_metrics(path: epath.Path) -> dict[int, dict]:
+  """step -> record of a trainer metrics.jsonl; the last record of a step
+  wins (a resumed run logs its steps again). Empty when there is no file."""
+  if not path.exists():
+    return {}
+  records = (json.loads(line) for line in path.read_text().splitlines()
+             if line.strip())
+  return {r['step']: r for r in records}
+
+
+def plot_losses(ax, metrics_path: epath.Path, title: str) -> bool:
+  """Every '*loss*' series of a metrics.jsonl against the step; False (and
+  nothing drawn) when there is none."""
+  by_step = read_metrics(metrics_path)
+  if not by_step:
+    return False
+  steps = sorted(by_step)
+  for key in (k for k in by_step[steps[-1]] if 'loss' in k):
+    ax.plot(steps, [by_step[s].get(key, np.nan) for s in steps], label=key)
+  ax.set_xlabel('step')
+  ax.set_ylabel('loss')
+  ax.set_title(title)
+  ax.legend()
+  return True
+
+
+def loss_figure(metrics_path: epath.Path, out: epath.Path, title: str) -> None:
+  """`out` (a PNG) with the losses of `metrics_path`, if it has any."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  if plot_losses(ax, metrics_path, title):
+    save_figure(fig, out)
+  else:
+    plt.close(fig)
+
+
+def _read_json(path: epath.Path) -> dict | None:
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def summary(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
+  """The pipeline's results as `summary.json` holds them.
+
+  `search` (best Arch and fitness) and `finetune` (top-1 / top-5 and the
+  split) appear when their stage has finished; `params` (a standalone
+  classifier with `config.space.num_classes` classes), `flops` and `macs`
+  (per image) describe the fine-tuned Arch, or the search's best before
+  fine-tuning.
+  """
+  space = config_lib.space_from_config(config)
+  best = _read_json(workdir / 'search' / 'best_arch.json')
+  tuned = _read_json(workdir / 'finetune' / 'metrics.json')
+  result = {}
+  if best:
+    result['search'] = {'best_arch': best['arch'],
+                        'best_fitness': best['fitness'],
+                        'generations': best['generations'],
+                        'window': best['window']}
+  if tuned:
+    result['finetune'] = {k: tuned[k] for k in (
+        'top1', 'top5', 'images', 'split', 'steps', 'inherited', 'arch')}
+  final = (tuned or best or {}).get('arch')
+  if final:
+    arch = Arch.from_dict(final)
+    result.update(arch=final, params=space.count_params(arch),
+                  flops=space.count_flops(arch), macs=space.count_macs(arch))
+  return result
+
+
+def _plot_accuracy(ax, result: dict) -> None:
+  """Top-1 / top-5 bars with the final Arch's size, or a note."""
+  tuned = result.get('finetune')
+  if not tuned:
+    ax.text(0.5, 0.5, 'not fine-tuned yet', ha='center', va='center')
+    ax.set_axis_off()
+    return
+  values = [100 * tuned['top1'], 100 * tuned['top5']]
+  bars = ax.bar(['top-1', 'top-5'], values, color=['tab:blue', 'tab:orange'])
+  for bar, value in zip(bars, values):
+    ax.text(bar.get_x() + bar.get_width() / 2, value, f'{value:.2f}%',
+            ha='center', va='bottom')
+  ax.set_ylim(0, 110)
+  ax.set_ylabel(f'accuracy on {tuned["split"]!r} (%)')
+  arch = tuned['arch']
+  ax.set_title(
+      f'fine-tuned: embed {arch["embed_dim"]}, depth {arch["depth"]}\n'
+      f'{result["params"] / 1e6:.2f} M params, '
+      f'{result["flops"] / 1e9:.3f} GFLOPs/image')
+
+
+def summarize(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
+  """Writes `summary.json` and `report.png` (teacher, supernet and
+  fine-tuning losses, search progress, Pareto front, final accuracy) from
+  what the stages left in `workdir`; returns the summary."""
+  result = summary(config, workdir)
+  if jax.process_index() != 0:
+    return result
+  (workdir / SUMMARY_FILE).write_text(json.dumps(result, indent=2))
+  history_path = workdir / 'search' / 'history.jsonl'
+  history = ([json.loads(l) for l in history_path.read_text().splitlines()
+              if l.strip()] if history_path.exists() else [])
+  fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+  losses = (('teacher', 'teacher (MAE pre-training)'),
+            ('supernet', 'supernet (masked distillation)'),
+            ('finetune', 'fine-tuning'))
+  for ax, (stage, title) in zip(axes[0], losses):
+    if not plot_losses(ax, workdir / stage / 'metrics.jsonl', title):
+      ax.text(0.5, 0.5, f'{title}:\nnot trained in this workdir',
+              ha='center', va='center')
+      ax.set_axis_off()
+  for ax, plot in ((axes[1, 0], plot_search_progress),
+                   (axes[1, 1], plot_pareto)):
+    if history:
+      plot(ax, history)
+    else:
+      ax.text(0.5, 0.5, 'no search in this workdir', ha='center',
+              va='center')
+      ax.set_axis_off()
+  _plot_accuracy(axes[1, 2], result)
+  fig.suptitle(f'masktas_jax on {config.data.name!r}: {workdir}')
+  save_figure(fig, workdir / REPORT_FILE)
+  parallel.log(f'summary: wrote {workdir / SUMMARY_FILE} and '
+               f'{workdir / REPORT_FILE}')
+  return result

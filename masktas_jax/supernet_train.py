@@ -67,8 +67,8 @@ def save_student(state, teacher_dim: int, config, path: epath.PathLike,
                                                 'fixed': state['fixed']})
 
 
-def load_student(path: epath.PathLike, config) -> Student:
-  """The student `save_student` wrote; its space must be `config.space`.
+def read_meta(path: epath.PathLike, config) -> dict:
+  """student.json of the supernet at `path`, checked against `config.space`.
 
   Raises:
     SupernetError: no trained supernet at `path`, or one of another space.
@@ -78,15 +78,30 @@ def load_student(path: epath.PathLike, config) -> Student:
     raise SupernetError(f'{path}: no trained supernet there (no '
                         f'{STUDENT_FILE}); run --config.mode=supernet first')
   meta = json.loads((path / STUDENT_FILE).read_text())
+  # The student has no classifier: a supernet serves any number of classes
+  # (transfer searches an ImageNet supernet on CIFAR).
   space = config_lib.space_from_config(config).to_dict()
+  space.pop('num_classes')
   saved = {k: tuple(v) if isinstance(v, list) else v
-           for k, v in meta['space'].items()}
+           for k, v in meta['space'].items() if k != 'num_classes'}
   if saved != space:
     diff = sorted(k for k in space if saved.get(k) != space[k])
     raise SupernetError(
         f'{path}: the supernet was trained on another search space '
         f'(config.space.{diff[0]} is {space[diff[0]]}, it has '
         f'{saved.get(diff[0])})')
+  return meta
+
+
+def load_student(path: epath.PathLike, config) -> Student:
+  """The student `save_student` wrote; its space must be `config.space`
+  (the number of classes aside).
+
+  Raises:
+    SupernetError: no trained supernet at `path`, or one of another space.
+  """
+  path = epath.Path(path)
+  meta = read_meta(path, config)
   c = config.copy_and_resolve_references()
   with c.unlocked():
     for k in ('decoder_embed_dim', 'decoder_depth', 'decoder_num_heads'):
@@ -176,8 +191,21 @@ def make_step(config, student_def, teacher_def, opt, *, draw_arch=None,
 
 def run(config, workdir: epath.Path, stop_at: int = 0):
   """Trains (or resumes) the supernet; returns the final train state, or
-  None when `stop_at` ended the run early."""
+  None when `stop_at` ended the run early or there is nothing to train.
+
+  Nothing is trained when `config.search.supernet` names an existing
+  supernet (later stages read that one) or when `supernet/model` exists: a
+  restarted pipeline goes on from the search.
+  """
   s = config.supernet
+  for existing in (config.search.supernet, model_path(workdir)):
+    if existing and (epath.Path(existing) / STUDENT_FILE).exists():
+      read_meta(existing, config)  # A space mismatch fails here, early.
+      parallel.log(f'supernet: {existing} exists; not training again')
+      return None
+  if config.search.supernet:
+    raise SupernetError(f'config.search.supernet: no trained supernet at '
+                        f'{config.search.supernet} (no {STUDENT_FILE})')
 
   # --- teacher (frozen: a constant of the step, not in the train state) ----
   teacher = teacher_lib.load_teacher(teacher_path(config, workdir), config)

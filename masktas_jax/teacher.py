@@ -39,8 +39,9 @@ def save_teacher(model: MAE, path: epath.PathLike,
   return epath.Path(path)
 
 
-def load_teacher(path: epath.PathLike, config=None) -> MAE:
-  """Reads a teacher directory; with a run `config`, checks it fits.
+def read_config(path: epath.PathLike, config=None) -> MAEConfig:
+  """The MAEConfig of a teacher directory; with a run `config`, checked to
+  fit it.
 
   Raises:
     TeacherError: not a teacher directory, or its patch size or image size
@@ -61,6 +62,17 @@ def load_teacher(path: epath.PathLike, config=None) -> MAE:
         raise TeacherError(
             f'config.teacher.checkpoint: teacher {path} has {field} {theirs} '
             f'but config.space.{field} is {ours}')
+  return mae_config
+
+
+def load_teacher(path: epath.PathLike, config=None) -> MAE:
+  """Reads a teacher directory; with a run `config`, checks it fits.
+
+  Raises:
+    TeacherError: see `read_config`; or parameters that do not match.
+  """
+  path = epath.Path(path)
+  mae_config = read_config(path, config)
   abstract = nnx.eval_shape(lambda: MAE(mae_config, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   try:

@@ -15,16 +15,11 @@ import time
 from typing import Any, Callable
 
 import jax
-import matplotlib
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from masktas_jax import parallel
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from masktas_jax import parallel, report
 
 METRICS_FILE = 'metrics.jsonl'
 _DECAYED = {'wq', 'wk', 'wv', 'wo', 'w1', 'w2'}
@@ -77,30 +72,6 @@ def adamw(peak_lr: float, steps: int, warmup_steps: int, weight_decay: float,
 def format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
-
-
-def _plot_metrics(directory: epath.Path, title: str) -> None:
-  """loss.png from metrics.jsonl (the last record of each step wins)."""
-  path = directory / METRICS_FILE
-  if not path.exists():
-    return
-  by_step = {}
-  for line in path.read_text().splitlines():
-    record = json.loads(line)
-    by_step[record['step']] = record
-  steps = sorted(by_step)
-  keys = [k for k in by_step[steps[-1]] if 'loss' in k]
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for key in keys:
-    ax.plot(steps, [by_step[s].get(key, np.nan) for s in steps], label=key)
-  ax.set_xlabel('step')
-  ax.set_ylabel('loss')
-  ax.set_title(title)
-  ax.legend()
-  fig.tight_layout()
-  with (directory / 'loss.png').open('wb') as f:
-    fig.savefig(f, dpi=120)
-  plt.close(fig)
 
 
 def train(loop: LoopConfig, *, init_fn: Callable[[jax.Array], Any],
@@ -214,6 +185,7 @@ def train(loop: LoopConfig, *, init_fn: Callable[[jax.Array], Any],
   manager.wait_until_finished()
   manager.close()
   if is_main:
-    _plot_metrics(loop.directory, loop.name)
+    report.loss_figure(loop.directory / METRICS_FILE,
+                       loop.directory / 'loss.png', loop.name)
   return state, max(start, end)
 

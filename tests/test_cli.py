@@ -40,27 +40,6 @@ def test_space_stage_writes_description_and_plot(tmp_path):
   assert config['space']['depths'] == [3, 4]
 
 
-def test_default_pipeline_runs_every_stage(tmp_path):
-  result = run('--config=configs/demo.py', f'--workdir={tmp_path}',
-               '--config.teacher.steps=4', '--config.teacher.batch_size=16',
-               '--config.supernet.steps=2', '--config.supernet.batch_size=16',
-               '--config.space.depths=(2,3)', '--config.search.population=4',
-               '--config.search.generations=1', '--config.search.parents=2',
-               '--config.search.eval_images=32',
-               '--config.search.batch_size=16', '--config.finetune.steps=2',
-               '--config.finetune.batch_size=16')
-  assert result.returncode == 0, result.stderr
-  assert (tmp_path / 'space.json').exists()
-  assert (tmp_path / 'teacher/model/teacher.json').exists()
-  assert (tmp_path / 'supernet/checkpoints').exists()
-  assert (tmp_path / 'supernet/model/student.json').exists()
-  best = json.loads((tmp_path / 'search/best_arch.json').read_text())
-  assert best['arch']['depth'] in (2, 3)
-  metrics = json.loads((tmp_path / 'finetune/metrics.json').read_text())
-  assert metrics['arch'] == best['arch'] and metrics['images'] == 360
-  assert (tmp_path / 'finetune/model/classifier.json').exists()
-
-
 def test_a_stage_without_its_input_writes_nothing(tmp_path):
   (tmp_path / 'config.json').write_text('{"old": true}')
   result = run('--config=configs/demo.py', f'--workdir={tmp_path}',
