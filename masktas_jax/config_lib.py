@@ -15,7 +15,7 @@ from masktas_jax.space import ArchError, SearchSpace
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 MODES = ('pipeline', 'space', 'teacher', 'supernet', 'search', 'rank',
-         'finetune')
+         'finetune', 'summary')
 
 # ImageNet-1k training images, for turning epochs into steps.
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -28,9 +28,11 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
   """Every field the stages read, with the paper's / AutoFormer's defaults."""
   c = ml_collections.ConfigDict()
-  # Stage to run: 'pipeline' (teacher -> supernet -> search -> finetune),
-  # one stage alone, 'space' (describe the search space and exit) or 'rank'
-  # (check the label-free fitness against a k-NN yardstick).
+  # Stage to run: 'pipeline' (teacher -> supernet -> search -> finetune ->
+  # summary, each skipped when its output exists), one stage alone, 'space'
+  # (describe the search space and exit), 'rank' (check the label-free
+  # fitness against a k-NN yardstick) or 'summary' (summary.json and
+  # report.png from what the workdir holds).
   c.mode = 'pipeline'
   # Base seed: model init, masking, Arch sampling and search derive from it.
   c.seed = 0
@@ -207,14 +209,28 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def paper_config(space: dict[str, Any], params_window_m: tuple[float, float]
-                 ) -> ml_collections.ConfigDict:
-  """The paper's ImageNet recipe on an AutoFormer search space.
+# AutoFormer's supernets: (space, default parameter window in millions).
+AUTOFORMER_SPACES = {
+    # Supernet-T: 5.3 M .. 10.4 M parameters; the window is around
+    # AutoFormer-T / MaskTAS-tiny (5.8 M).
+    'tiny': (dict(embed_dims=(192, 216, 240), depths=(12, 13, 14),
+                  num_heads=(3, 4), mlp_ratios=(3.5, 4.0)), (5.3, 6.0)),
+    # Supernet-S: 13.0 M .. 34.7 M; AutoFormer's default window for S.
+    'small': (dict(embed_dims=(320, 384, 448), depths=(12, 13, 14),
+                   num_heads=(5, 6, 7), mlp_ratios=(3.0, 3.5, 4.0)),
+              (18.0, 23.0)),
+    # Supernet-B: 41.6 M .. 76.8 M; AutoFormer's default window for B.
+    'base': (dict(embed_dims=(528, 576, 624), depths=(14, 15, 16),
+                  num_heads=(9, 10), mlp_ratios=(3.0, 3.5, 4.0)),
+             (52.0, 54.0)),
+}
 
-  Args:
-    space: embed_dims, depths, num_heads, mlp_ratios of the space.
-    params_window_m: (min, max) parameters in millions for the search.
-  """
+
+def paper_config(name: str) -> ml_collections.ConfigDict:
+  """The paper's ImageNet recipe on AutoFormer's `name` search space
+  ('tiny', 'small' or 'base'), with its default parameter window (our
+  count: no relative-position tables)."""
+  space, params_window_m = AUTOFORMER_SPACES[name]
   config = base_config()
   # Unlabelled ImageNet-1k via tfds (prepared once with TensorFlow).
   config.data.name = 'imagenet2012'
@@ -234,7 +250,6 @@ def paper_config(space: dict[str, Any], params_window_m: tuple[float, float]
   # Paper: population 50, 20 generations.
   config.search.population = 50
   config.search.generations = 20
-  # Search window on parameters (our count: no relative-position tables).
   config.search.min_params_m, config.search.max_params_m = params_window_m
   return config
 
@@ -262,8 +277,27 @@ def _check(ok: bool, field: str, message: str, value: Any) -> None:
     raise ConfigError(f'config.{field}: {message}, got {value!r}')
 
 
+def _unset(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  """Dotted names of the fields left None (`config_dict.placeholder`)."""
+  names = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      names += _unset(value, f'{prefix}{key}.')
+    elif value is None:
+      names.append(prefix + key)
+  return names
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Raises ConfigError naming the first field that cannot work."""
+  unset = _unset(config)
+  if unset:
+    # A config marks what it cannot guess (a path to an existing model)
+    # with a placeholder.
+    raise ConfigError(
+        ', '.join(f'config.{u}' for u in unset) + ': this config needs '
+        + ('them; set ' if len(unset) > 1 else 'it; set ')
+        + ' '.join(f'--config.{u}=...' for u in unset))
   _check(config.mode in MODES, 'mode', f'expected one of {MODES}',
          config.mode)
   _check(bool(config.data.name), 'data.name', 'must not be empty',

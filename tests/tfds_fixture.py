@@ -78,7 +78,8 @@ def prepare(data_dir: str | os.PathLike, name: str, version: str,
 
 def _fill(features: tfds.features.FeaturesDict, split: str, i: int,
           image_size, num_classes: int) -> dict[str, Any]:
-  """One example for a real dataset's features: Text, Image, ClassLabel."""
+  """One example for a real dataset's features: Text, Image, ClassLabel,
+  BBox."""
   base = example(split, i, image_size, num_classes)
   out = {}
   for key, feature in features.items():
@@ -91,6 +92,8 @@ def _fill(features: tfds.features.FeaturesDict, split: str, i: int,
                   i % feature.num_classes)
     elif isinstance(feature, tfds.features.Text):
       out[key] = f'{split}_{i}.png'
+    elif isinstance(feature, tfds.features.BBoxFeature):
+      out[key] = tfds.features.BBox(0.1, 0.2, 0.8, 0.9)
     else:
       raise NotImplementedError(f'fixture: feature {key!r} ({feature}) of '
                                 'this dataset cannot be faked')
@@ -100,8 +103,10 @@ def _fill(features: tfds.features.FeaturesDict, split: str, i: int,
 def make_tfds_dataset(data_dir: str | os.PathLike, name: str = 'cifar10',
                       num_train: int = 12, num_test: int = 5,
                       image_size: int = 32, num_classes: int = 10,
-                      test_split: str = 'test') -> str:
-  """A fake tfds dataset `name` with splits 'train' and `test_split`.
+                      test_split: str = 'test',
+                      num_validation: int = 0) -> str:
+  """A fake tfds dataset `name` with splits 'train' and `test_split`, and
+  'validation' when `num_validation` > 0.
 
   For a tfds catalogue name ('cifar10', 'cifar100', 'imagenet2012', ...) the
   files follow the real dataset's layout, version and features, so the real
@@ -130,5 +135,6 @@ def make_tfds_dataset(data_dir: str | os.PathLike, name: str = 'cifar10',
                        f'{features["image"].shape}, not {image_size} px')
   splits = {s: [_fill(features, s, i, image_size, num_classes)
                 for i in range(n)]
-            for s, n in (('train', num_train), (test_split, num_test))}
+            for s, n in (('train', num_train), (test_split, num_test),
+                         ('validation', num_validation)) if n}
   return prepare(data_dir, name, version, features, splits)
