@@ -43,7 +43,10 @@ def get_config(arg=None):
   config.supernet.batch_size = 64
   config.supernet.decoder_embed_dim = 128
   config.supernet.decoder_num_heads = 2
-  # A small search: 20 candidates, 5 generations, 5 parents.
+  # A small search: 20 candidates, 5 generations, 5 parents, in a budget of
+  # 0.4-0.7 M parameters (the space spans 0.14-1.21 M).
+  config.search.min_params_m = 0.4
+  config.search.max_params_m = 0.7
   config.search.population = 20
   config.search.generations = 5
   config.search.parents = 5

@@ -35,7 +35,9 @@ def _config(teacher_checkpoint, **overrides):
       'space.num_heads': (1, 2), 'space.mlp_ratios': (2.0, 4.0),
       'teacher.checkpoint': teacher_checkpoint, 'supernet.batch_size': 16,
       'supernet.decoder_depth': 1, 'supernet.warmup_epochs': 0,
-      'checkpoint_every': 4, 'log_every': 4, **overrides}
+      'checkpoint_every': 4, 'log_every': 4,
+      # The demo's parameter window does not fit this space.
+      'search.min_params_m': 0.0, 'search.max_params_m': 0.0, **overrides}
   for key, value in settings.items():
     section, _, name = key.rpartition('.')
     (config[section] if section else config)[name] = value
