@@ -154,7 +154,13 @@ def parse_flags(argv: list[str]) -> list[str]:
       _fail(f'--config: no field {key!r} in the config{hint}')
     _fail(f'--config: the config file raised AttributeError: {e}')
   except (flags.Error, KeyError, TypeError, ValueError) as e:
-    _fail(str(e))
+    message = str(e)
+    if 'Error whilst parsing config file' in message:
+      # get_config raised (e.g. a bad `:ARG`): its traceback ends with the
+      # exception, the one line worth showing.
+      last = message.strip().splitlines()[-1].strip()
+      _fail(f'--config: the config file raised {last}')
+    _fail(message)
   except Exception as e:  # pylint: disable=broad-except
     # Anything else comes from executing the user's config file.
     _fail(f'--config: the config file raised {type(e).__name__}: {e}')

@@ -12,7 +12,7 @@ from etils import epath
 from flax import nnx
 
 from masktas_jax import config_lib, data, finetune, main, supernet_train
-from test_cli import ROOT
+from test_cli import ROOT, run
 from test_search import SMALL, workdir  # noqa: F401  pylint: disable=unused-import
 from tfds_fixture import example, make_tfds_dataset
 
@@ -109,3 +109,20 @@ def test_transfer_pipeline_searches_the_given_supernet_and_fine_tunes(
   assert summary['params'] == sum(
       int(np.prod(x.shape))
       for x in jax.tree.leaves(nnx.state(classifier, nnx.Param)))
+
+
+@pytest.mark.parametrize('arg, expected', [
+    ('cifar11', "--config: the config file raised ValueError: "
+     "configs/transfer.py:DATASET: expected one of cifar10, cifar100, "
+     "oxford_iiit_pet, oxford_flowers102, got 'cifar11'"),
+    ('cifar10', 'config.search.supernet, config.teacher.checkpoint: this '
+     'config needs them'),
+])
+def test_transfer_command_line_errors_are_one_line(tmp_path, arg, expected):
+  result = run(f'--config=configs/transfer.py:{arg}',
+               f'--workdir={tmp_path}/wd')
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f'masktas_jax: error: {expected}'), result.stderr
+  assert not (tmp_path / 'wd').exists()
