@@ -198,14 +198,11 @@ def run(config, workdir: epath.Path, stop_at: int = 0):
   restarted pipeline goes on from the search.
   """
   s = config.supernet
-  for existing in (config.search.supernet, model_path(workdir)):
-    if existing and (epath.Path(existing) / STUDENT_FILE).exists():
-      read_meta(existing, config)  # A space mismatch fails here, early.
-      parallel.log(f'supernet: {existing} exists; not training again')
-      return None
-  if config.search.supernet:
-    raise SupernetError(f'config.search.supernet: no trained supernet at '
-                        f'{config.search.supernet} (no {STUDENT_FILE})')
+  existing = epath.Path(config.search.supernet or model_path(workdir))
+  if config.search.supernet or (existing / STUDENT_FILE).exists():
+    read_meta(existing, config)  # Missing or of another space: fails here.
+    parallel.log(f'supernet: {existing} exists; not training again')
+    return None
 
   # --- teacher (frozen: a constant of the step, not in the train state) ----
   teacher = teacher_lib.load_teacher(teacher_path(config, workdir), config)
