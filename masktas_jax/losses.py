@@ -1,9 +1,13 @@
-"""Losses: masked pixel regression (more come with the supernet and search)."""
+"""Losses: masked pixel regression, feature prediction (supernet training) and
+the teacher-student relation consistency (search fitness)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NORM_PIX_EPS = 1e-6
 
@@ -87,13 +91,84 @@ def student_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
   return reg + beta * pre, {'pixel_loss': reg, 'feature_loss': pre}
 
 
+# How a token-token relation map is formed (eq. 16's `Z_j . Z_k`), before
+# the temperature:
+# 'dot': the raw dot product, as the paper writes it. Final-norm tokens have
+#   |z|^2 ~ width, so at any fixed tau the maps turn one-hot as width grows.
+# 'scaled_dot': the dot product over the image's mean squared token norm, so
+#   the self-relation is ~1 at every width.
+# 'cosine': the cosine similarity of the two tokens, in [-1, 1].
+# 'centered_cosine': the cosine after subtracting the image's mean token,
+#   which removes the direction every token shares (it would make all
+#   relations alike).
+RELATION_FORMS = ('dot', 'scaled_dot', 'cosine', 'centered_cosine')
+
+
+def _check_relation(form: str, tau: float, exclude_self: bool,
+                    num_tokens: int) -> None:
+  if form not in RELATION_FORMS:
+    raise ValueError(f'relation form: expected one of {RELATION_FORMS}, got '
+                     f'{form!r}')
+  # A traced temperature (a swept one) is the caller's to check.
+  if isinstance(tau, (int, float)) and not tau > 0:
+    raise ValueError(f'relation temperature must be positive, got {tau!r}')
+  if exclude_self and num_tokens < 2:
+    raise ValueError('relations without the self-relation need at least 2 '
+                     f'tokens, got {num_tokens}')
+
+
+def relation_logits(z: jax.Array, tau: float, form: str = 'centered_cosine',
+                    exclude_self: bool = True) -> jax.Array:
+  """(B, N, D) tokens -> (B, N, N) relation logits `r(Z_j, Z_k) / tau`.
+
+  `r` is given by `form` (RELATION_FORMS). With `exclude_self`, the diagonal
+  is -inf: a token's relation to itself is the largest under every form and
+  says nothing of the image, and left in it dominates the map. Channels that
+  are zero in every token (a subnet's padding) change nothing.
+  """
+  _check_relation(form, tau, exclude_self, z.shape[1])
+  # float32 and full-precision products whatever the input dtype: the
+  # logits rank candidates that differ slightly.
+  z = z.astype(jnp.float32)
+  if form == 'centered_cosine':
+    z = z - z.mean(1, keepdims=True)
+  if form in ('cosine', 'centered_cosine'):
+    z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True),
+                                      1e-12))
+  gram = jnp.einsum('bjd,bkd->bjk', z, z, precision=jax.lax.Precision.HIGHEST)
+  if form == 'scaled_dot':
+    mean_sq = jnp.mean(jnp.diagonal(gram, axis1=1, axis2=2), -1)
+    gram = gram / jnp.maximum(mean_sq, 1e-12)[:, None, None]
+  logits = gram / tau
+  if exclude_self:
+    logits = jnp.where(jnp.eye(z.shape[1], dtype=bool), -jnp.inf, logits)
+  return logits
+
+
+def relation_entropy(z: jax.Array, tau: float, form: str = 'centered_cosine',
+                     exclude_self: bool = True) -> jax.Array:
+  """(B, N, D) -> (B,) mean row entropy of the relation maps, as a fraction
+  of its maximum log(K) (K = N, or N - 1 without the self-relation): 0 for
+  one-hot rows, 1 for uniform ones. Near 0 or 1 the maps carry little of
+  the image's structure."""
+  logits = relation_logits(z, tau, form, exclude_self)
+  log_h = jax.nn.log_softmax(logits, axis=-1)
+  terms = jnp.where(jnp.isneginf(logits), 0.0, jnp.exp(log_h) * log_h)
+  k = z.shape[1] - int(exclude_self)
+  return -jnp.mean(jnp.sum(terms, axis=-1), axis=-1) / np.log(k)
+
+
 def relation_consistency(z_teacher: jax.Array, z_student: jax.Array,
-                         tau: float) -> jax.Array:
+                         tau: float, *, form: str = 'centered_cosine',
+                         student_tau: float | None = None,
+                         exclude_self: bool = True) -> jax.Array:
   """Per-image fitness from token-token relation maps (paper eq. 13-16).
 
   For each image, the relation map of features Z (N, D) is
-  `h[j, k] = softmax_k(Z_j . Z_k / tau)`. The fitness is minus the
-  cross-entropy from the teacher's map to the student's, averaged over rows:
+  `h[j, k] = softmax_k(r(Z_j, Z_k) / tau)` (`relation_logits`; the paper's
+  `r` is the raw dot product, `form='dot'`, which is calibrated at no
+  width, see RELATION_FORMS). The fitness is minus the cross-entropy from
+  the teacher's map to the student's, averaged over rows:
   `(1/N) sum_j sum_k h_t[j, k] log h_s[j, k]`. The paper writes N_m in the
   denominator and `-log` around h; both are typos (the tokens are the N_v
   visible ones, and the quantity is a cross-entropy). Since it equals
@@ -104,7 +179,10 @@ def relation_consistency(z_teacher: jax.Array, z_student: jax.Array,
   Args:
     z_teacher: (B, N, D_t) teacher tokens of the visible patches (no CLS).
     z_student: (B, N, D_s) student tokens of the same patches (no CLS).
-    tau: temperature of both softmaxes (> 0).
+    tau: temperature of the teacher's softmax (> 0).
+    form: how relations are measured (RELATION_FORMS).
+    student_tau: temperature of the student's softmax; None: `tau`.
+    exclude_self: leave out each token's relation to itself (k = j).
 
   Returns:
     (B,) float32 fitness, higher is more consistent.
@@ -113,15 +191,44 @@ def relation_consistency(z_teacher: jax.Array, z_student: jax.Array,
     raise ValueError(
         f'relation_consistency: teacher tokens {z_teacher.shape} and student '
         f'tokens {z_student.shape} differ in batch or token count')
-
-  def logits(z):
-    # float32 and full-precision products whatever the input dtype: the
-    # logits scale with |Z|^2 / tau and rank candidates that differ slightly.
-    z = z.astype(jnp.float32)
-    return jnp.einsum('bjd,bkd->bjk', z, z,
-                      precision=jax.lax.Precision.HIGHEST) / tau
-
-  h_t = jax.nn.softmax(logits(z_teacher), axis=-1)
+  student_tau = tau if student_tau is None else student_tau
+  logits_t = relation_logits(z_teacher, tau, form, exclude_self)
+  h_t = jax.nn.softmax(logits_t, axis=-1)
   # log_softmax keeps large logits finite where log(softmax) would give -inf.
-  log_h_s = jax.nn.log_softmax(logits(z_student), axis=-1)
-  return jnp.mean(jnp.sum(h_t * log_h_s, axis=-1), axis=-1)
+  log_h_s = jax.nn.log_softmax(
+      relation_logits(z_student, student_tau, form, exclude_self), axis=-1)
+  # 0 * -inf on an excluded diagonal is 0, not NaN.
+  terms = jnp.where(jnp.isneginf(logits_t), 0.0, h_t * log_h_s)
+  return jnp.mean(jnp.sum(terms, axis=-1), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Relation:
+  """One choice of relation map for the search's fitness (eq. 13-16):
+  `form` (RELATION_FORMS), the teacher's temperature `tau`, the student's
+  `student_tau` (None: `tau`) and whether the self-relation is left out."""
+
+  form: str = 'centered_cosine'
+  tau: float = 0.1
+  student_tau: float | None = None
+  exclude_self: bool = True
+
+  def __post_init__(self):
+    if self.student_tau is None:
+      object.__setattr__(self, 'student_tau', self.tau)
+
+  def fitness(self, z_teacher: jax.Array, z_student: jax.Array) -> jax.Array:
+    """(B, N, D_t), (B, N, D_s) -> (B,) `relation_consistency`."""
+    return relation_consistency(z_teacher, z_student, self.tau,
+                                form=self.form, student_tau=self.student_tau,
+                                exclude_self=self.exclude_self)
+
+  def teacher_entropy(self, z_teacher: jax.Array) -> jax.Array:
+    """(B, N, D) -> (B,) `relation_entropy` at the teacher's temperature."""
+    return relation_entropy(z_teacher, self.tau, self.form, self.exclude_self)
+
+  def student_entropy(self, z_student: jax.Array) -> jax.Array:
+    """(B, N, D) -> (B,) `relation_entropy` at the student's temperature:
+    the teacher-free control of the fitness."""
+    return relation_entropy(z_student, self.student_tau, self.form,
+                            self.exclude_self)
