@@ -35,7 +35,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from masktas_jax import config_lib, data, losses, search, supernet_train
+from masktas_jax import config_lib, data, search, supernet_train
 from masktas_jax import teacher as teacher_lib
 from masktas_jax.models.mae import MAE
 
@@ -80,15 +80,18 @@ def main() -> None:
   batches = _random_batches(config, args.images, args.batch, 0)
   rng = np.random.default_rng(0)
   archs = [space.sample(rng) for _ in range(args.population)]
-  mask_ratio, tau = config.supernet.mask_ratio, config.search.tau
+  mask_ratio = config.supernet.mask_ratio
+  relation = search.relation_from_config(config.search)
 
   t = time.perf_counter()
-  scorer = search.PopulationScorer(encoder, teacher, space, batches, tau=tau,
+  scorer = search.PopulationScorer(encoder, teacher, space, batches,
+                                   relation=relation,
                                    mask_ratio=mask_ratio, seed=0,
                                    capacity=args.population, strategy='vmap')
   teacher_once = time.perf_counter() - t
   # The same teacher features and masks, the other strategy.
-  mapped = search.PopulationScorer(encoder, teacher, space, batches, tau=tau,
+  mapped = search.PopulationScorer(encoder, teacher, space, batches,
+                                   relation=relation,
                                    mask_ratio=mask_ratio, seed=0,
                                    capacity=args.population, strategy='map')
 
@@ -102,7 +105,7 @@ def main() -> None:
         images, ids_keep)[:, 1:]
     z_student = nnx.merge(scorer.encoder_def, encoder_state).encode(
         images, arch, ids_keep, mode='switch')[:, 1:]
-    fitness = losses.relation_consistency(z_teacher, z_student, tau)
+    fitness = relation.fitness(z_teacher, z_student)
     return jax.numpy.sum(jax.numpy.where(valid, fitness, 0.0))
 
   def run_port():

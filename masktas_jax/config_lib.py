@@ -11,9 +11,12 @@ from typing import Any
 
 import ml_collections
 
+from masktas_jax.losses import RELATION_FORMS
 from masktas_jax.space import ArchError, SearchSpace
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+# mode=rank's supervised yardsticks (masktas_jax.rank).
+YARDSTICKS = ('knn', 'linear', 'finetune')
 MODES = ('pipeline', 'space', 'teacher', 'supernet', 'search', 'rank',
          'finetune', 'summary')
 
@@ -151,8 +154,17 @@ def base_config() -> ml_collections.ConfigDict:
   # MAC window in billions (the papers' "FLOPs"); 0 = unbounded.
   c.search.min_gmacs = 0.0
   c.search.max_gmacs = 0.0
-  # Temperature of the teacher-student relation maps.
-  c.search.tau = 1.0
+  # Relation maps of the fitness (eq. 13-16): how two tokens' relation is
+  # measured (losses.RELATION_FORMS), the temperature of the teacher's and
+  # of the student's softmax, and whether each token's relation to itself
+  # is left out. Chosen by benchmarks/fitness_quality.py on two seeds of
+  # configs/demo.py:wide, as the best of 120 settings against fine-tuned
+  # top-1 among those whose ranking depends on the teacher (BENCHMARKS.md).
+  c.search.relation = 'centered_cosine'
+  c.search.tau = 0.1
+  # The student's temperature is search.tau times this.
+  c.search.student_tau_ratio = 1.0
+  c.search.exclude_self = True
   # Images that score each candidate, from `eval_split` ('' = the training
   # split; never the test split), masked like supernet training.
   c.search.eval_images = 10_000
@@ -169,9 +181,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.rank = ml_collections.ConfigDict()
   # mode=rank: random subnets of the search window scored by the label-free
-  # fitness and by k-NN top-1 of their inherited features (needs labels).
+  # fitness and by a supervised yardstick on their inherited weights (needs
+  # labels): 'knn' (k-NN top-1 of frozen features), 'linear' (a linear
+  # probe on them) or 'finetune' (top-1 after `finetune_steps` steps of the
+  # fine-tuning recipe, one subnet after another: the costly one).
   c.rank.num_archs = 50
+  c.rank.yardstick = 'knn'
   c.rank.knn_k = 20
+  c.rank.finetune_steps = 500
   # Labelled support images (training split) and queries (data.eval_split).
   c.rank.train_images = 10_000
   c.rank.eval_images = 5_000
@@ -252,6 +269,25 @@ def paper_config(name: str) -> ml_collections.ConfigDict:
   config.search.generations = 20
   config.search.min_params_m, config.search.max_params_m = params_window_m
   return config
+
+
+def load_config(spec: str, **overrides: Any) -> ml_collections.ConfigDict:
+  """The validated config of `spec` ('configs/demo.py' or
+  'configs/demo.py:wide', as --config takes it) with `overrides` given as
+  {'search.tau': 0.2, ...} (dotted keys as in --config.KEY=VALUE)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('config_file', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for key, value in overrides.items():
+    section, _, name = key.rpartition('.')
+    target = config
+    for part in section.split('.') if section else ():
+      target = target[part]
+    target[name] = value
+  return validate(config)
 
 
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -341,12 +377,18 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(s[lo] >= 0, f'search.{lo}', 'must be >= 0', s[lo])
     _check(s[hi] == 0 or s[hi] >= s[lo], f'search.{hi}',
            f'must be 0 (unbounded) or >= search.{lo} ({s[lo]})', s[hi])
-  _check(s.tau > 0, 'search.tau', 'must be positive', s.tau)
+  for field in ('tau', 'student_tau_ratio'):
+    _check(s[field] > 0, f'search.{field}', 'must be positive', s[field])
+  _check(s.relation in RELATION_FORMS, 'search.relation',
+         f'expected one of {RELATION_FORMS}', s.relation)
   _check(s.scoring in ('auto', 'vmap', 'map'), 'search.scoring',
          "expected 'auto', 'vmap' or 'map'", s.scoring)
   _check(not s.eval_split.startswith('test'), 'search.eval_split',
          'the search never looks at the test split', s.eval_split)
-  for field in ('num_archs', 'knn_k', 'train_images', 'eval_images'):
+  _check(config.rank.yardstick in YARDSTICKS, 'rank.yardstick',
+         f'expected one of {YARDSTICKS}', config.rank.yardstick)
+  for field in ('num_archs', 'knn_k', 'finetune_steps', 'train_images',
+                'eval_images'):
     _check(config.rank[field] > 0, f'rank.{field}', 'must be positive',
            config.rank[field])
   f = config.finetune

@@ -17,7 +17,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from masktas_jax import config_lib, data, evolution, parallel, teacher, trainer
-from masktas_jax import finetune, supernet_train
+from masktas_jax import finetune, rank, supernet_train
 from masktas_jax.space import ArchError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -79,6 +79,8 @@ def _check_inputs(config, modes, workdir: epath.Path) -> None:
   if 'search' in modes or 'rank' in modes:
     evolution.check_window(config_lib.space_from_config(config),
                            evolution.Window.from_config(config.search))
+  if 'rank' in modes:
+    rank.check_labels(config)
   if not any(m in _DATA_STAGES for m in modes):
     return
   data.get_source(config.data, config.data.train_split)
@@ -134,7 +136,7 @@ def main(argv: list[str]) -> None:
   except (config_lib.ConfigError, ArchError,
           teacher.TeacherError, data.DataError, trainer.NonFiniteLoss,
           evolution.SearchError, supernet_train.SupernetError,
-          finetune.FinetuneError) as e:
+          finetune.FinetuneError, rank.RankError) as e:
     _fail(str(e))
 
 

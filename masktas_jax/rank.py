@@ -1,29 +1,55 @@
 """mode=rank: how far to trust the label-free fitness on your data.
 
 Samples N subnets inside the search window, scores each with the search's
-label-free fitness and with a supervised yardstick (k-NN top-1 accuracy of
-the subnet's features with its inherited weights, on labelled images), and
-reports the rank correlations (Kendall tau, Spearman rho) with a scatter
-plot: `rank/rank.json`, `rank/scatter.png`.
+label-free fitness and with a supervised yardstick (`config.rank.yardstick`)
+on labelled images, and reports rank correlations (Kendall tau, Spearman
+rho, each with a bootstrap 95% interval over the subnets) with a scatter
+plot: `rank/rank.json`, `rank/scatter.png`. The same correlations for three
+controls that cost nothing, parameter count, MACs and the student's own
+relation-map entropy (no teacher), say whether the fitness is worth its
+cost: it must beat them.
+
+Yardsticks, all on the subnets' inherited weights:
+* 'knn': top-1 of a weighted k-NN vote on frozen mean-pooled features;
+* 'linear': top-1 of a linear probe on the same features, trained for the
+  whole population in one compiled call;
+* 'finetune': top-1 after each subnet is fine-tuned with the fine-tuning
+  recipe for `rank.finetune_steps` steps (`rank/finetune/`, resumable).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import warnings
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from etils import epath
 from flax import nnx
 from scipy import stats
 
-from masktas_jax import config_lib, data, parallel, report, search
+from masktas_jax import config_lib, data, finetune, parallel, report, search
+from masktas_jax import supernet_train
+from masktas_jax.config_lib import YARDSTICKS
 from masktas_jax.evolution import Window, check_window, random_candidate
 from masktas_jax.space import Arch
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+RANK_FILE = 'rank.json'
+# Bootstrap resamples of the subnets for the 95% intervals.
+BOOTSTRAP_RESAMPLES = 1000
+# Linear probe: full-batch Adam on standardised features.
+PROBE_STEPS, PROBE_LR, PROBE_WEIGHT_DECAY = 300, 0.01, 1e-4
+
+
+class RankError(ValueError):
+  """mode=rank cannot run as configured."""
 
 
 def knn_top1(train_features: np.ndarray, train_labels: np.ndarray,
@@ -51,11 +77,65 @@ def knn_top1(train_features: np.ndarray, train_labels: np.ndarray,
   return float(np.mean(votes.argmax(1) == np.asarray(query_labels)))
 
 
+def linear_probe_top1(train_features: np.ndarray, train_labels: np.ndarray,
+                      query_features: np.ndarray, query_labels: np.ndarray,
+                      num_classes: int, steps: int = PROBE_STEPS,
+                      lr: float = PROBE_LR,
+                      weight_decay: float = PROBE_WEIGHT_DECAY) -> np.ndarray:
+  """Top-1 of a softmax-regression probe per subnet, all in one call.
+
+  Each subnet's features are standardised with its support set's channel
+  statistics (channels that are zero throughout, a narrower subnet's
+  padding, stay zero), then a linear classifier is trained by full-batch
+  Adam with L2 decay for `steps` steps, vmapped over the subnets.
+
+  Args:
+    train_features: (P, N, D) support features of P subnets; train_labels
+      (N,) ints.
+    query_features: (P, M, D); query_labels (M,) ints.
+
+  Returns:
+    (P,) top-1 accuracy on the queries.
+  """
+  opt = optax.adamw(lr, weight_decay=weight_decay)
+  targets = jax.nn.one_hot(jnp.asarray(train_labels), num_classes)
+
+  def one(train, query):
+    mean = train.mean(0)
+    std = train.std(0)
+    scale = jnp.where(std > 1e-6, 1 / jnp.maximum(std, 1e-6), 0.0)
+    train, query = (train - mean) * scale, (query - mean) * scale
+    params = {'w': jnp.zeros((train.shape[1], num_classes)),
+              'b': jnp.zeros((num_classes,))}
+
+    def loss(p):
+      logits = train @ p['w'] + p['b']
+      return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+    def step(carry, _):
+      p, state = carry
+      updates, state = opt.update(jax.grad(loss)(p), state, p)
+      return (optax.apply_updates(p, updates), state), None
+
+    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None,
+                                  length=steps)
+    predicted = jnp.argmax(query @ params['w'] + params['b'], -1)
+    return jnp.mean(predicted == jnp.asarray(query_labels))
+
+  return np.asarray(jax.jit(jax.vmap(one))(
+      jnp.asarray(train_features, jnp.float32),
+      jnp.asarray(query_features, jnp.float32)))
+
+
 class FeatureExtractor:
   """Mean-pooled patch features (P, B, max_embed) of many Archs at once, on
-  whole images (no masking), through the vmapped `mask` path."""
+  whole images (no masking), in one compiled call per batch; `strategy` as
+  the search's scorer (search.STRATEGIES; 'auto': 'map' on CPU)."""
 
-  def __init__(self, encoder, space, capacity: int, mesh=None):
+  def __init__(self, encoder, space, capacity: int, strategy: str = 'auto',
+               mesh=None):
+    if strategy == 'auto':
+      strategy = 'map' if jax.default_backend() == 'cpu' else 'vmap'
     self.space, self.capacity = space, capacity
     self.mesh = mesh or parallel.make_mesh()
     rep = parallel.replicated(self.mesh)
@@ -64,11 +144,16 @@ class FeatureExtractor:
 
     def features(state, archs, images, valid, labels):
       encoder = nnx.merge(self.graphdef, state)
-      feats = jax.vmap(lambda arch: jnp.mean(
-          encoder.encode(images, arch, mode='mask')[:, 1:], axis=1))(archs)
-      return feats, valid, labels
+      mode = 'mask' if strategy == 'vmap' else 'switch'
 
-    # Gathered to every process: the k-NN runs on the host.
+      def one(arch):
+        return jnp.mean(encoder.encode(images, arch, mode=mode)[:, 1:], 1)
+
+      mapped = jax.vmap if strategy == 'vmap' else (
+          lambda f: lambda xs: jax.lax.map(f, xs))
+      return mapped(one)(archs), valid, labels
+
+    # Gathered to every process: the probes run on the host.
     sharded = parallel.batch_sharded(self.mesh)
     self._features = jax.jit(features, in_shardings=(
         rep, rep, sharded, sharded, sharded), out_shardings=rep)
@@ -101,64 +186,169 @@ def sample_archs(space, window: Window, count: int, seed: int) -> list[Arch]:
   return archs
 
 
-def run(config, workdir: epath.Path) -> dict[str, Any]:
-  """Scores `config.rank.num_archs` subnets both ways; returns rank.json."""
+def correlation(x: Sequence[float], y: Sequence[float],
+                seed: int = 0) -> dict[str, Any]:
+  """Kendall tau-b and Spearman rho of x and y (n,), each with a percentile
+  bootstrap 95% interval over resampled (x, y) pairs.
+
+  A statistic that is undefined (a constant input) is NaN; resamples where
+  it is undefined are left out of the interval.
+  """
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  resamples = np.random.default_rng(seed).integers(
+      0, len(x), (BOOTSTRAP_RESAMPLES, len(x)))
+  result = {}
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', stats.ConstantInputWarning)
+    for name, fn in (('kendall', stats.kendalltau),
+                     ('spearman', stats.spearmanr)):
+      key = 'kendall_tau' if name == 'kendall' else 'spearman_rho'
+      result[key] = float(fn(x, y).statistic)
+      boot = np.array([fn(x[i], y[i]).statistic for i in resamples])
+      boot = boot[np.isfinite(boot)]
+      result[f'{name}_ci'] = ([float(v) for v in np.percentile(boot,
+                                                              [2.5, 97.5])]
+                              if len(boot) else [float('nan')] * 2)
+  return result
+
+
+def check_labels(config) -> None:
+  """Raises RankError unless both splits the yardstick reads have labels."""
+  for field in ('train_split', 'eval_split'):
+    source = data.get_source(config.data, config.data[field])
+    if not source.num_classes:
+      raise RankError(
+          f'config.rank.yardstick: {config.rank.yardstick!r} needs labelled '
+          f'images, and {config.data.name!r} split '
+          f'{config.data[field]!r} (config.data.{field}) has none')
+
+
+def _arch_key(arch: Arch) -> str:
+  return hashlib.sha1(arch.to_json().encode()).hexdigest()[:12]
+
+
+def finetune_top1(config, workdir: epath.Path, archs: Sequence[Arch],
+                  supernet: str) -> np.ndarray:
+  """(P,) top-1 on data.eval_split of each Arch fine-tuned from `supernet`
+  for `rank.finetune_steps` steps with config.finetune's recipe; each run
+  lives in `workdir/rank/finetune/<steps>steps/<arch hash>/` and is read
+  back when finished."""
+  r = config.rank
+  root = workdir / 'rank' / 'finetune' / f'{r.finetune_steps}steps'
+  accuracy = []
+  for i, arch in enumerate(archs):
+    c = config.copy_and_resolve_references()
+    c.finetune.arch = arch.to_json()
+    c.finetune.steps = r.finetune_steps
+    c.finetune.eval_split = config.data.eval_split
+    c.finetune.from_scratch = False
+    c.search.supernet = supernet
+    parallel.log(f'rank: fine-tuning subnet {i + 1}/{len(archs)} '
+                 f'({r.finetune_steps} steps)')
+    accuracy.append(finetune.run(c, root / _arch_key(arch))['top1'])
+  return np.asarray(accuracy)
+
+
+def yardstick_top1(config, workdir: epath.Path, encoder, space,
+               archs: Sequence[Arch]) -> np.ndarray:
+  """(P,) the supervised accuracy `config.rank.yardstick` of each Arch."""
   r, s = config.rank, config.search
-  space = config_lib.space_from_config(config)
-  window = Window.from_config(s)
-  check_window(space, window)
-  archs = sample_archs(space, window, r.num_archs, config.seed + 4)
-  encoder, teacher = search.load_models(config, workdir)
-
-  # --- label-free: exactly the search's fitness ----------------------------
-  split = s.eval_split or config.data.train_split
-  scorer = search.PopulationScorer(
-      encoder, teacher, space,
-      search.eval_batches(config, split, s.eval_images, s.batch_size,
-                          config.seed + 2),
-      tau=s.tau, mask_ratio=config.supernet.mask_ratio, seed=config.seed + 3,
-      capacity=len(archs), strategy=s.scoring)
-  fitness = scorer(archs)
-
-  # --- supervised yardstick: k-NN on the inherited features ----------------
-  extract = FeatureExtractor(encoder, space, capacity=len(archs))
+  if r.yardstick == 'finetune':
+    supernet = s.supernet or str(supernet_train.model_path(workdir))
+    return finetune_top1(config, workdir, archs, supernet)
+  extract = FeatureExtractor(encoder, space, capacity=len(archs),
+                             strategy=s.scoring)
   support = search.eval_batches(config, config.data.train_split,
                                 r.train_images, s.batch_size, config.seed + 5)
   query = search.eval_batches(config, config.data.eval_split, r.eval_images,
                               s.batch_size, config.seed + 6)
   train_feats, train_labels = extract(archs, support)
   query_feats, query_labels = extract(archs, query)
-  if min(train_labels.min(), query_labels.min()) < 0:
-    raise data.DataError(
-        f'config.data.name: mode=rank needs labelled images, and '
-        f'{config.data.name!r} has unlabelled ones')
   num_classes = int(max(train_labels.max(), query_labels.max())) + 1
-  accuracy = np.array([knn_top1(train_feats[i], train_labels, query_feats[i],
-                                query_labels, r.knn_k, num_classes)
-                       for i in range(len(archs))])
+  if r.yardstick == 'linear':
+    return linear_probe_top1(train_feats, train_labels, query_feats,
+                             query_labels, num_classes)
+  return np.array([knn_top1(train_feats[i], train_labels, query_feats[i],
+                            query_labels, r.knn_k, num_classes)
+                   for i in range(len(archs))])
 
-  tau = stats.kendalltau(fitness, accuracy).statistic
-  rho = stats.spearmanr(fitness, accuracy).statistic
+
+YARDSTICK_LABELS = {'knn': 'k-NN top-1 (%)', 'linear': 'linear probe top-1 (%)',
+                    'finetune': 'fine-tuned top-1 (%)'}
+
+
+def scatter_plot(result: dict[str, Any], path: epath.PathLike) -> None:
+  """The yardstick against the fitness and against each control."""
+  archs = result['archs']
+  accuracy = 100 * np.array([a['yardstick'] for a in archs])
+  panels = [('fitness', 'label-free fitness (relation consistency)',
+             result['fitness'])] + [
+                 (name, label, result['controls'][name]) for name, label in (
+                     ('params', 'control: parameters'),
+                     ('macs', 'control: MACs'),
+                     ('student_entropy',
+                      'control: student map entropy (no teacher)'))]
+  fig, axes = plt.subplots(2, 2, figsize=(10, 8))
+  for ax, (key, label, corr) in zip(axes.ravel(), panels):
+    ax.scatter([a[key] for a in archs], accuracy, s=18,
+               color='C0' if key == 'fitness' else 'C7')
+    ax.set_xlabel(label)
+    ax.set_ylabel(YARDSTICK_LABELS[result['yardstick']])
+    lo, hi = corr['kendall_ci']
+    ax.set_title(f'Kendall {corr["kendall_tau"]:.2f} [{lo:.2f}, {hi:.2f}], '
+                 f'Spearman {corr["spearman_rho"]:.2f}', fontsize=10)
+  fig.suptitle(f'{len(archs)} subnets of {result["window"]}')
+  report.save_figure(fig, path)
+
+
+def run(config, workdir: epath.Path) -> dict[str, Any]:
+  """Scores `config.rank.num_archs` subnets both ways; returns rank.json."""
+  r, s = config.rank, config.search
+  space = config_lib.space_from_config(config)
+  window = Window.from_config(s)
+  check_window(space, window)
+  check_labels(config)
+  archs = sample_archs(space, window, r.num_archs, config.seed + 4)
+
+  # --- label-free: exactly the search's fitness ----------------------------
+  scorer = search.scorer_from_config(config, workdir, capacity=len(archs))
+  warning = search.check_teacher_entropy(scorer.teacher_entropy)
+  if warning:
+    parallel.log(warning)
+  fitness, student_entropy = scorer.evaluate(archs)
+
+  # --- supervised yardstick and the free controls --------------------------
+  accuracy = yardstick_top1(config, workdir, scorer.encoder, space, archs)
+  params = [space.count_params(a) for a in archs]
+  macs = [space.count_macs(a) for a in archs]
   result = {
-      'num_archs': len(archs), 'kendall_tau': float(tau),
-      'spearman_rho': float(rho), 'knn_k': r.knn_k,
-      'fitness_images': scorer.num_images, 'support_images': len(train_labels),
-      'query_images': len(query_labels), 'window': window.describe(),
-      'archs': [{'arch': a.to_dict(), 'params': space.count_params(a),
-                 'fitness': float(f), 'knn_top1': float(acc)}
-                for a, f, acc in zip(archs, fitness, accuracy)]}
+      'num_archs': len(archs), 'yardstick': r.yardstick,
+      'window': window.describe(),
+      'relation': dataclasses.asdict(scorer.relation),
+      'teacher_entropy': scorer.teacher_entropy,
+      'fitness_images': scorer.num_images,
+      'fitness': correlation(fitness, accuracy, config.seed),
+      'controls': {name: correlation(values, accuracy, config.seed)
+                   for name, values in (('params', params), ('macs', macs),
+                                        ('student_entropy', student_entropy))},
+      'archs': [{'arch': a.to_dict(), 'params': p, 'macs': m,
+                 'fitness': float(f), 'student_entropy': float(h),
+                 'yardstick': float(acc)}
+                for a, p, m, f, h, acc in zip(archs, params, macs, fitness,
+                                              student_entropy, accuracy)]}
+  if r.yardstick == 'knn':
+    result['knn_k'] = r.knn_k
   out = workdir / 'rank'
   if jax.process_index() == 0:
     out.mkdir(parents=True, exist_ok=True)
-    (out / 'rank.json').write_text(json.dumps(result, indent=2))
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter(fitness, 100 * accuracy, s=18)
-    ax.set_xlabel('label-free fitness (relation consistency)')
-    ax.set_ylabel(f'{r.knn_k}-NN top-1 (%)')
-    ax.set_title(f'{len(archs)} subnets: Kendall tau {tau:.2f}, '
-                 f'Spearman rho {rho:.2f}')
-    report.save_figure(fig, out / 'scatter.png')
-  parallel.log(f'rank: {len(archs)} subnets, Kendall tau {tau:.3f}, '
-               f'Spearman rho {rho:.3f} between the label-free fitness and '
-               f'{r.knn_k}-NN top-1; wrote {out / "rank.json"}')
+    (out / RANK_FILE).write_text(json.dumps(result, indent=2))
+    scatter_plot(result, out / 'scatter.png')
+  f = result['fitness']
+  lo, hi = f['kendall_ci']
+  controls = ', '.join(f'{k} {v["kendall_tau"]:.3f}'
+                       for k, v in result['controls'].items())
+  parallel.log(f'rank: {len(archs)} subnets, Kendall tau {f["kendall_tau"]:.3f}'
+               f' [{lo:.3f}, {hi:.3f}], Spearman rho {f["spearman_rho"]:.3f} '
+               f'between the label-free fitness and {r.yardstick} top-1 '
+               f'(controls: {controls}); wrote {out / RANK_FILE}')
   return result

@@ -84,20 +84,20 @@ class PopulationScorer:
   encodings are stacked (padded to `capacity`, so one compiled function
   serves every generation) and scored in one call per batch (`strategy`,
   see STRATEGIES; 'auto': 'map' on CPU, else 'vmap'), the images split over
-  the mesh.
+  the mesh. `relation` says how relation maps are formed (losses.Relation).
   """
 
   def __init__(self, encoder, teacher, space: SearchSpace,
-               batches: Sequence[dict[str, np.ndarray]], *, tau: float,
-               mask_ratio: float, seed: int, capacity: int,
-               strategy: str = 'auto', mesh=None):
+               batches: Sequence[dict[str, np.ndarray]], *,
+               relation: losses.Relation, mask_ratio: float, seed: int,
+               capacity: int, strategy: str = 'auto', mesh=None):
     if strategy == 'auto':
       strategy = 'map' if jax.default_backend() == 'cpu' else 'vmap'
     if strategy not in STRATEGIES:
       raise ValueError(f'config.search.scoring: expected one of '
                        f"{('auto',) + STRATEGIES}, got {strategy!r}")
-    self.space, self.capacity, self.tau = space, capacity, tau
-    self.strategy = strategy
+    self.space, self.capacity, self.relation = space, capacity, relation
+    self.strategy, self.encoder = strategy, encoder
     self.mesh = mesh or parallel.make_mesh()
     rep = parallel.replicated(self.mesh)
     sharded = parallel.batch_sharded(self.mesh)
@@ -105,43 +105,58 @@ class PopulationScorer:
     self.encoder_state = jax.device_put(nnx.to_pure_dict(encoder_state), rep)
     teacher_def, teacher_state = nnx.split(teacher)
 
-    def prepare(teacher_state, images, key):
+    def prepare(teacher_state, images, valid, key):
       ids_keep, _, _ = random_masking(key, images.shape[0], space.num_patches,
                                       mask_ratio)
       model = nnx.merge(teacher_def, teacher_state)
-      return ids_keep, model.encode(images, ids_keep)[:, 1:]
+      z_teacher = model.encode(images, ids_keep)[:, 1:]
+      entropy = jnp.sum(jnp.where(valid, relation.teacher_entropy(z_teacher),
+                                  0.0))
+      return ids_keep, z_teacher, entropy
 
-    prepare = jax.jit(prepare, out_shardings=(sharded, sharded))
+    prepare = jax.jit(prepare, out_shardings=(sharded, sharded, rep))
     teacher_state = jax.device_put(nnx.to_pure_dict(teacher_state), rep)
     root = jax.random.key(seed)
-    self.batches = []
+    self.batches, entropy = [], []
     for i, batch in enumerate(batches):
       images = parallel.global_batch({'image': batch['image'],
                                       'valid': batch['valid']}, self.mesh)
-      ids_keep, z_teacher = prepare(teacher_state, images['image'],
-                                    jax.random.fold_in(root, i))
+      ids_keep, z_teacher, h = prepare(teacher_state, images['image'],
+                                       images['valid'],
+                                       jax.random.fold_in(root, i))
       self.batches.append((images['image'], images['valid'], ids_keep,
                            z_teacher))
+      entropy.append(h)
     # Over every process's share.
     self.num_images = int(sum(jax.device_get(
         [jnp.sum(b[1]) for b in self.batches])))
+    # Mean row entropy of the teacher's maps as a fraction of its maximum.
+    self.teacher_entropy = float(sum(jax.device_get(entropy))) / max(
+        self.num_images, 1)
     self.traces = 0
     self._score = jax.jit(self._score_batch, in_shardings=(
         rep, rep, sharded, sharded, sharded, sharded), out_shardings=rep)
     self._alone = jax.jit(self._alone_batch, in_shardings=(
         rep, rep, sharded, sharded, sharded, sharded), out_shardings=rep)
 
+  def _one(self, encoder, arch, images, valid, ids_keep, z_teacher, mode):
+    """(2,): summed fitness and student entropy of one Arch over a batch."""
+    z_student = encoder.encode(images, arch, ids_keep, mode=mode)[:, 1:]
+    per_image = jnp.stack([self.relation.fitness(z_teacher, z_student),
+                           self.relation.student_entropy(z_student)], -1)
+    return jnp.sum(jnp.where(valid[:, None], per_image, 0.0), axis=0)
+
   def _score_batch(self, encoder_state, archs, images, valid, ids_keep,
                    z_teacher):
-    """(P,) summed fitness of the stacked Archs over one batch's images."""
+    """(P, 2) summed fitness and student entropy of the stacked Archs over
+    one batch's images."""
     self.traces += 1
     encoder = nnx.merge(self.encoder_def, encoder_state)
     mode = 'mask' if self.strategy == 'vmap' else 'switch'
 
     def one(arch):
-      z_student = encoder.encode(images, arch, ids_keep, mode=mode)[:, 1:]
-      fitness = losses.relation_consistency(z_teacher, z_student, self.tau)
-      return jnp.sum(jnp.where(valid, fitness, 0.0))
+      return self._one(encoder, arch, images, valid, ids_keep, z_teacher,
+                       mode)
 
     if self.strategy == 'vmap':
       return jax.vmap(one)(archs)
@@ -149,14 +164,15 @@ class PopulationScorer:
 
   def _alone_batch(self, encoder_state, arch, images, valid, ids_keep,
                    z_teacher):
-    """() summed fitness of one Arch, on its own subnet's FLOPs."""
+    """(2,) for one Arch, on its own subnet's FLOPs."""
     encoder = nnx.merge(self.encoder_def, encoder_state)
-    z_student = encoder.encode(images, arch, ids_keep, mode='switch')[:, 1:]
-    fitness = losses.relation_consistency(z_teacher, z_student, self.tau)
-    return jnp.sum(jnp.where(valid, fitness, 0.0))
+    return self._one(encoder, arch, images, valid, ids_keep, z_teacher,
+                     'switch')
 
-  def __call__(self, archs: Sequence[Arch]) -> np.ndarray:
-    """(len(archs),) mean fitness per image; higher is better."""
+  def evaluate(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
+    """((P,) fitness, (P,) student map entropy), each a mean per image; the
+    entropy (a fraction of its maximum) needs no teacher: the control that
+    the fitness must beat."""
     out = []
     for lo in range(0, len(archs), self.capacity):
       chunk = list(archs[lo:lo + self.capacity])
@@ -165,7 +181,12 @@ class PopulationScorer:
       total = sum(self._score(self.encoder_state, encoded, *b)
                   for b in self.batches)
       out.append(np.asarray(jax.device_get(total))[:len(chunk)])
-    return np.concatenate(out) / self.num_images
+    per_image = np.concatenate(out) / self.num_images
+    return per_image[:, 0], per_image[:, 1]
+
+  def __call__(self, archs: Sequence[Arch]) -> np.ndarray:
+    """(len(archs),) mean fitness per image; higher is better."""
+    return self.evaluate(archs)[0]
 
   def score_alone(self, arch: Arch) -> float:
     """The same fitness for one Arch through the `switch` path (a check of
@@ -173,7 +194,69 @@ class PopulationScorer:
     encoded = self.space.encode(arch)
     total = sum(self._alone(self.encoder_state, encoded, *b)
                 for b in self.batches)
-    return float(total) / self.num_images
+    return float(jax.device_get(total)[0]) / self.num_images
+
+  def tokens(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
+    """((n, K, D_t) teacher tokens, (P, n, K, max_embed) student tokens) of
+    the n evaluation images' K visible patches, gathered to the host: what
+    the fitness compares, for studies of other relation maps."""
+    encoder_def = self.encoder_def
+
+    @jax.jit
+    def student(encoder_state, arch, images, ids_keep):
+      encoder = nnx.merge(encoder_def, encoder_state)
+      return encoder.encode(images, arch, ids_keep, mode='switch')[:, 1:]
+
+    def valid_rows(x, valid):
+      return np.asarray(jax.device_get(x))[np.asarray(jax.device_get(valid))]
+
+    teacher = np.concatenate([valid_rows(b[3], b[1]) for b in self.batches])
+    students = np.stack([np.concatenate([
+        valid_rows(student(self.encoder_state, self.space.encode(a), b[0],
+                           b[2]), b[1]) for b in self.batches])
+                         for a in archs])
+    return teacher, students
+
+
+def relation_from_config(search_config) -> losses.Relation:
+  """The `losses.Relation` of `config.search`."""
+  s = search_config
+  return losses.Relation(form=s.relation, tau=s.tau,
+                         student_tau=s.tau * s.student_tau_ratio,
+                         exclude_self=s.exclude_self)
+
+
+def scorer_from_config(config, workdir: epath.Path, capacity: int,
+                       relation: losses.Relation | None = None
+                       ) -> PopulationScorer:
+  """The search's scorer: the workdir's (or config.search.supernet's)
+  supernet and the teacher, on `search.eval_images` masked images of the
+  search split; `relation` overrides the config's."""
+  s = config.search
+  encoder, teacher = load_models(config, workdir)
+  split = s.eval_split or config.data.train_split
+  batches = eval_batches(config, split, s.eval_images, s.batch_size,
+                         config.seed + 2)
+  return PopulationScorer(
+      encoder, teacher, config_lib.space_from_config(config), batches,
+      relation=relation or relation_from_config(s),
+      mask_ratio=config.supernet.mask_ratio, seed=config.seed + 3,
+      capacity=capacity, strategy=s.scoring)
+
+
+def check_teacher_entropy(entropy: float) -> str | None:
+  """A one-line warning when the teacher's relation maps are nearly one-hot
+  or nearly uniform (mean row entropy below 0.1 or above 0.95 of log K),
+  where they say little of the image; else None."""
+  if entropy < 0.1:
+    return (f'search: warning: the teacher\'s relation maps are nearly '
+            f'one-hot (entropy {entropy:.3f} of its maximum); raise '
+            'config.search.tau')
+  if entropy > 0.95:
+    return (f'search: warning: the teacher\'s relation maps are nearly '
+            f'uniform (entropy {entropy:.3f} of its maximum); lower '
+            'config.search.tau')
+  return None
 
 
 def load_models(config, workdir: epath.Path):
@@ -198,15 +281,19 @@ def _record(entry: dict[str, Any]) -> dict[str, Any]:
   return {**entry, 'flops': 2 * entry['macs']}
 
 
-def write_outputs(out: epath.Path, evolution: Evolution) -> dict[str, Any]:
-  """history.jsonl, best_arch.json and the two plots; returns the best."""
+def write_outputs(out: epath.Path, evolution: Evolution,
+                  scoring: dict[str, Any]) -> dict[str, Any]:
+  """history.jsonl, best_arch.json and the two plots; returns the best.
+
+  `scoring` ('relation', 'teacher_entropy') goes into best_arch.json.
+  """
   arch, fitness = evolution.best
   space = evolution.space
   best = {'arch': arch.to_dict(), 'fitness': fitness,
           'params': space.count_params(arch), 'macs': space.count_macs(arch),
           'flops': space.count_flops(arch),
           'generations': evolution.generation,
-          'window': evolution.window.describe()}
+          'window': evolution.window.describe(), **scoring}
   if jax.process_index() == 0:
     lines = [json.dumps(_record(e)) for e in evolution.history]
     (out / HISTORY_FILE).write_text('\n'.join(lines) + '\n')
@@ -215,47 +302,61 @@ def write_outputs(out: epath.Path, evolution: Evolution) -> dict[str, Any]:
   return best
 
 
+def _relation_dict(relation: losses.Relation) -> dict[str, Any]:
+  return dataclasses.asdict(relation)
+
+
 def run(config, workdir: epath.Path) -> dict[str, Any]:
   """Runs (or resumes) the search; returns best_arch.json's content."""
   s = config.search
   space = config_lib.space_from_config(config)
   window = Window.from_config(s)
   check_window(space, window)
+  relation = relation_from_config(s)
   out = workdir / 'search'
   out.mkdir(parents=True, exist_ok=True)
 
   # --- the evolution, fresh or where a killed search stopped ---------------
   state_path = out / STATE_FILE
+  teacher_entropy = None
   if state_path.exists():
-    evolution = Evolution.from_state_dict(
-        json.loads(state_path.read_text()), space)
+    state = json.loads(state_path.read_text())
+    evolution = Evolution.from_state_dict(state, space)
     if evolution.window != window:
       raise SearchError(
           f'config.search: the window ({window.describe()}) differs from the '
           f'one of the search in {out} ({evolution.window.describe()}); use '
           'another workdir for a new window')
+    saved = state.get('relation')
+    if saved is not None and saved != _relation_dict(relation):
+      raise SearchError(
+          f'config.search: the relation maps ({_relation_dict(relation)}) '
+          f'differ from those of the search in {out} ({saved}): fitness '
+          'values would not compare; use another workdir')
+    teacher_entropy = state.get('teacher_entropy')
     # More generations continue a finished search; the rest stays as saved.
     evolution.config = dataclasses.replace(evolution.config,
                                            generations=s.generations)
     parallel.log(f'search: resumed after generation {evolution.generation}')
   else:
     evolution = Evolution.from_config(space, s, config.seed)
+  scoring = {'relation': _relation_dict(relation),
+             'teacher_entropy': teacher_entropy}
   if evolution.done:
     parallel.log(f'search: {out / BEST_FILE} is complete; not searching again')
-    return write_outputs(out, evolution)
+    return write_outputs(out, evolution, scoring)
 
   # --- scorer: teacher features of the evaluation images, once -------------
-  encoder, teacher = load_models(config, workdir)
+  scorer = scorer_from_config(
+      config, workdir, capacity=max(s.population, s.mutations + s.crossovers))
+  scoring['teacher_entropy'] = scorer.teacher_entropy
   split = s.eval_split or config.data.train_split
-  batches = eval_batches(config, split, s.eval_images, s.batch_size,
-                         config.seed + 2)
-  scorer = PopulationScorer(
-      encoder, teacher, space, batches, tau=s.tau,
-      mask_ratio=config.supernet.mask_ratio, seed=config.seed + 3,
-      capacity=max(s.population, s.mutations + s.crossovers),
-      strategy=s.scoring)
   parallel.log(f'search: {scorer.num_images} images of {split!r}, '
-               f'window {window.describe()}')
+               f'window {window.describe()}; teacher relation-map entropy '
+               f'{scorer.teacher_entropy:.3f} of its maximum ({relation})')
+  warning = check_teacher_entropy(scorer.teacher_entropy)
+  if warning:
+    parallel.log(warning)
 
   # --- generations ----------------------------------------------------------
   t0, first = time.perf_counter(), evolution.generation
@@ -264,7 +365,7 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
     start = time.perf_counter()
     evolution.tell(scorer(candidates))
     took = time.perf_counter() - start
-    _write_json(state_path, evolution.state_dict())
+    _write_json(state_path, {**evolution.state_dict(), **scoring})
     best_arch, best_fitness = evolution.best
     done = evolution.generation - first
     eta = (time.perf_counter() - t0) / done * (
@@ -275,8 +376,7 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
         f'({len(candidates) / max(took, 1e-9):.1f}/s), best fitness '
         f'{best_fitness:.4f} ({space.count_params(best_arch) / 1e6:.2f}M '
         f'params), ETA {trainer.format_eta(eta)}')
-  best = write_outputs(out, evolution)
+  best = write_outputs(out, evolution, scoring)
   parallel.log(f'search: best Arch {best["arch"]} fitness '
                f'{best["fitness"]:.4f}; wrote {out / BEST_FILE}')
   return best
-

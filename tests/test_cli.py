@@ -57,6 +57,13 @@ def test_a_stage_without_its_input_writes_nothing(tmp_path):
     (['--config.seed=abc'], '--config.seed=abc'),
     (['--config.space.patch_size=5'], 'config.space.image_size'),
     (['--config.mode=serch'], 'config.mode'),
+    (['--config.mode=rank', '--config.rank.yardstick=knnn'],
+     "config.rank.yardstick: expected one of ('knn', 'linear', 'finetune'), "
+     "got 'knnn'"),
+    (['--config.search.tau=0'], 'config.search.tau: must be positive'),
+    (['--config.search.student_tau_ratio=-1'],
+     'config.search.student_tau_ratio: must be positive'),
+    (['--config.search.relation=cosin'], 'config.search.relation'),
 ])
 def test_bad_input_is_one_line_and_leaves_the_workdir_alone(
     tmp_path, args, expected):
@@ -70,6 +77,26 @@ def test_bad_input_is_one_line_and_leaves_the_workdir_alone(
   assert expected in lines[0]
   assert keep.read_text() == 'precious'
   assert sorted(p.name for p in tmp_path.iterdir()) == ['supernet']
+
+
+def test_rank_on_unlabelled_images_is_one_line_before_any_work(tmp_path):
+  images = tmp_path / 'images'
+  images.mkdir()
+  for i in range(3):
+    Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(
+        images / f'{i}.png')
+  workdir = tmp_path / 'wd'
+  for yardstick in ('knn', 'linear', 'finetune'):
+    result = run('--config=configs/demo.py', f'--workdir={workdir}',
+                 '--config.mode=rank', '--config.data.name=folder',
+                 f'--config.data.data_dir={images}',
+                 f'--config.rank.yardstick={yardstick}')
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"masktas_jax: error: config.rank.yardstick: '{yardstick}' needs "
+        "labelled images, and 'folder' split 'train' (config.data.train_split)"
+        ' has none']
+    assert not workdir.exists()
 
 
 def test_missing_config_file_is_one_line(tmp_path):

@@ -71,6 +71,29 @@ def test_demo_is_small_enough_for_a_cpu():
   assert space.num_patches <= 64
 
 
+def test_demo_wide_is_the_search_signal_setting():
+  demo, wide = load('demo').get_config(), load('demo').get_config('wide')
+  space = config_lib.space_from_config(wide)
+  assert min(space.embed_dims) == 32 and min(space.depths) == 1
+  assert len(space.mlp_ratios) > len(demo.space.mlp_ratios)
+  assert wide.supernet.steps > demo.supernet.steps
+  assert wide.rank.yardstick == 'finetune'
+  assert wide.rank.finetune_steps < demo.finetune.steps
+  # Loaded by path and argument, with overrides, as --config takes it.
+  same = config_lib.load_config(f'{CONFIGS}/demo.py:wide',
+                                **{'search.tau': 0.5, 'seed': 3})
+  assert (same.search.tau, same.seed) == (0.5, 3)
+  assert same.space.embed_dims == wide.space.embed_dims
+  with pytest.raises(ValueError, match="takes no argument or 'wide'"):
+    load('demo').get_config('wid')
+
+
+def test_the_default_relation_is_the_losses_default():
+  from masktas_jax import losses, search
+  config = config_lib.base_config()
+  assert search.relation_from_config(config.search) == losses.Relation()
+
+
 def test_every_field_has_a_comment_above_it():
   """Each assignment in base_config sits under a comment (maybe shared)."""
   source = pathlib.Path(config_lib.__file__).read_text().splitlines()
@@ -98,6 +121,12 @@ def test_every_field_has_a_comment_above_it():
     (('search.layer_mutation_prob', 1.5), 'search.layer_mutation_prob'),
     (('search.max_params_m', 1.0), 'search.max_params_m'),
     (('finetune.drop_path', 1.0), 'finetune.drop_path'),
+    (('search.tau', 0.0), 'search.tau'),
+    (('search.tau', -0.1), 'search.tau'),
+    (('search.student_tau_ratio', 0.0), 'search.student_tau_ratio'),
+    (('search.relation', 'dots'), 'search.relation'),
+    (('rank.yardstick', 'probe'), 'rank.yardstick'),
+    (('rank.finetune_steps', 0), 'rank.finetune_steps'),
 ])
 def test_invalid_config_errors_name_the_field(override, field):
   config = load('small').get_config()

@@ -8,7 +8,8 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, rank, search, supernet_train, teacher
+from masktas_jax import config_lib, losses, rank, search, supernet_train
+from masktas_jax import teacher
 from masktas_jax.evolution import SearchError, Window
 from masktas_jax.models.mae import MAE
 from test_supernet_train import _config
@@ -50,18 +51,32 @@ def test_population_scorer_equals_scoring_each_alone_and_compiles_once(
   encoder, teacher_model = search.load_models(config, epath.Path(workdir))
   batches = search.eval_batches(config, 'train', 40, 16, seed=0)
   assert len(batches) == 3 and int(sum(b['valid'].sum() for b in batches)) == 40
+  relation = losses.Relation('cosine', 0.2, 0.1, exclude_self=True)
   scorer = search.PopulationScorer(encoder, teacher_model, space, batches,
-                                   tau=0.5, mask_ratio=0.75, seed=0,
+                                   relation=relation, mask_ratio=0.75, seed=0,
                                    capacity=5, strategy=strategy)
   rng = np.random.default_rng(0)
   for _ in range(2):  # Two "generations" of different Archs, one compile.
     archs = [space.sample(rng) for _ in range(7)]  # Two chunks, one padded.
-    together = scorer(archs)
+    together, entropy = scorer.evaluate(archs)
+    np.testing.assert_array_equal(together, scorer(archs))
     alone = np.array([scorer.score_alone(a) for a in archs])
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
   assert scorer.traces == 1
   # The fitness tells Archs apart.
   assert np.ptp(together) > 1e-4
+  # Both are the losses' definitions on the tokens the scorer compares.
+  z_teacher, z_students = scorer.tokens(archs)
+  assert z_teacher.shape == (40, 16, 64) and z_students.shape[:3] == (7, 40,
+                                                                      16)
+  np.testing.assert_allclose(
+      together, [relation.fitness(z_teacher, z).mean() for z in z_students],
+      rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      entropy, [relation.student_entropy(z).mean() for z in z_students],
+      rtol=1e-5, atol=1e-6)
+  assert scorer.teacher_entropy == pytest.approx(
+      float(relation.teacher_entropy(z_teacher).mean()), rel=1e-5)
 
 
 def test_search_stays_in_the_window_and_resumes_to_the_same_result(
@@ -112,6 +127,25 @@ def test_search_stays_in_the_window_and_resumes_to_the_same_result(
       out / 'history.jsonl').read_text()
   # Finished: a rerun reads the result instead of searching again.
   assert search.run(config, epath.Path(tmp_path / 'b')) == straight
+  # It says which relation maps it used and how sharp the teacher's were.
+  assert straight['relation'] == {
+      'form': config.search.relation, 'tau': config.search.tau,
+      'student_tau': config.search.tau * config.search.student_tau_ratio,
+      'exclude_self': config.search.exclude_self}
+  assert 0 < straight['teacher_entropy'] < 1
+  # Fitness under other relation maps does not compare: no resume with them.
+  config.search.tau *= 2
+  with pytest.raises(SearchError, match='config.search: the relation maps'):
+    search.run(config, epath.Path(tmp_path / 'b'))
+
+
+def test_the_teacher_entropy_warning_band():
+  assert search.check_teacher_entropy(0.5) is None
+  low, high = search.check_teacher_entropy(0.05), search.check_teacher_entropy(
+      0.97)
+  assert 'nearly one-hot (entropy 0.050' in low and 'raise' in low
+  assert 'nearly uniform (entropy 0.970' in high and 'lower' in high
+  assert '\n' not in low + high
 
 
 def test_an_empty_window_is_refused_before_any_work(tmp_path):
@@ -142,26 +176,112 @@ def test_knn_top1_against_a_hand_checked_example():
                        num_classes=2) == 1.0
 
 
-def test_rank_mode_scores_both_ways_and_correlates(workdir, tmp_path):
-  config = _search_config(**{'rank.num_archs': 6, 'rank.knn_k': 5,
-                             'rank.train_images': 64, 'rank.eval_images': 32})
+@pytest.mark.parametrize('strategy', ['vmap', 'map'])
+def test_features_are_the_extracted_subnets_mean_pooled_tokens(workdir,
+                                                               strategy):
+  config = _search_config()
+  space = config_lib.space_from_config(config)
+  encoder, _ = search.load_models(config, epath.Path(workdir))
+  batches = search.eval_batches(config, 'validation', 20, 16, seed=0)
+  rng = np.random.default_rng(2)
+  archs = [space.sample(rng) for _ in range(3)]
+  extract = rank.FeatureExtractor(encoder, space, capacity=4,
+                                  strategy=strategy)
+  features, labels = extract(archs, batches)
+  assert features.shape == (3, 20, space.max_embed)
+  images = np.concatenate([b['image'] for b in batches])[:20]
+  np.testing.assert_array_equal(
+      labels, np.concatenate([b['label'] for b in batches])[:20])
+  for arch, got in zip(archs, features):
+    dense = encoder.extract(arch)
+    want = np.asarray(dense.encode(images)[:, 1:]).mean(1)
+    np.testing.assert_allclose(got[:, :arch.embed_dim], want, rtol=1e-4,
+                               atol=1e-5)
+    assert not got[:, arch.embed_dim:].any()
+
+
+def test_linear_probe_agrees_with_scikit_learn_for_a_whole_population():
+  from sklearn.linear_model import LogisticRegression
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(4, 12))
+  labels = rng.integers(0, 4, 400)
+  # Three "subnets": well separated, overlapping, and uninformative features;
+  # the second zero-padded past 8 channels like a narrower subnet.
+  features = np.stack([centres[labels] * s + rng.normal(size=(400, 12))
+                       for s in (3.0, 0.7, 0.0)])
+  features[1, :, 8:] = 0
+  train, query = features[:, :300], features[:, 300:]
+  got = rank.linear_probe_top1(train, labels[:300], query, labels[300:], 4)
+  assert got.shape == (3,)
+  for i in range(3):
+    f = train[i][:, :8] if i == 1 else train[i]
+    q = query[i][:, :8] if i == 1 else query[i]
+    mean, std = f.mean(0), f.std(0)
+    reference = LogisticRegression(C=10.0, max_iter=2000).fit(
+        (f - mean) / std, labels[:300]).score((q - mean) / std, labels[300:])
+    assert abs(got[i] - reference) <= 0.04, (i, got[i], reference)
+  assert got[0] > 0.95 and got[1] < got[0] and got[2] < 0.4
+
+
+def test_correlation_with_bootstrap_intervals():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=30)
+  close, loose = x + 0.3 * rng.normal(size=30), x + 3 * rng.normal(size=30)
+  a, b = rank.correlation(x, close), rank.correlation(x, loose)
+  for c, y in ((a, close), (b, loose)):
+    # Kendall's tau-b by its definition (no ties in continuous data).
+    pairs = [(i, j) for i in range(30) for j in range(i + 1, 30)]
+    concordance = [np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
+                   for i, j in pairs]
+    assert c['kendall_tau'] == pytest.approx(np.mean(concordance))
+    for name, interval in (('kendall_tau', 'kendall_ci'),
+                           ('spearman_rho', 'spearman_ci')):
+      lo, hi = c[interval]
+      assert lo <= c[name] <= hi
+  assert a['kendall_ci'][0] > b['kendall_ci'][1] - 0.3
+  assert np.diff(a['kendall_ci']) < np.diff(b['kendall_ci'])
+  assert rank.correlation(x, close, seed=3) != a  # Resampled anew.
+
+
+@pytest.mark.parametrize('yardstick', ['knn', 'linear', 'finetune'])
+def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
+  num_archs = 3 if yardstick == 'finetune' else 6
+  config = _search_config(**{'rank.num_archs': num_archs, 'rank.knn_k': 5,
+                             'rank.train_images': 64, 'rank.eval_images': 32,
+                             'rank.yardstick': yardstick,
+                             'rank.finetune_steps': 2,
+                             'finetune.batch_size': 16})
   config.search.supernet = str(supernet_train.model_path(epath.Path(workdir)))
   config.teacher.checkpoint = str(epath.Path(workdir) / 'teacher' / 'model')
   result = rank.run(config, epath.Path(tmp_path))
   assert result == json.loads((tmp_path / 'rank/rank.json').read_text())
   assert (tmp_path / 'rank/scatter.png').read_bytes()[:4] == b'\x89PNG'
-  assert result['support_images'] == 64 and result['query_images'] == 32
-  fitness = [a['fitness'] for a in result['archs']]
-  accuracy = [a['knn_top1'] for a in result['archs']]
-  assert len({json.dumps(a['arch']) for a in result['archs']}) == 6
+  assert result['yardstick'] == yardstick
+  archs = result['archs']
+  assert len({json.dumps(a['arch']) for a in archs}) == num_archs
+  accuracy = [a['yardstick'] for a in archs]
   assert all(0 <= a <= 1 for a in accuracy)
-  # Kendall's tau-b by its definition: (concordant - discordant) pairs over
-  # the geometric mean of the pairs untied in each ranking.
-  pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
-  df = [np.sign(fitness[i] - fitness[j]) for i, j in pairs]
-  da = [np.sign(accuracy[i] - accuracy[j]) for i, j in pairs]
-  untied = np.sqrt(np.count_nonzero(df) * np.count_nonzero(da))
-  if untied:
-    assert result['kendall_tau'] == pytest.approx(
-        np.dot(df, da) / untied)
-  assert -1 <= result['spearman_rho'] <= 1
+  space = config_lib.space_from_config(config)
+  for a in archs:
+    arch = search.Arch.from_dict(a['arch'])
+    assert a['params'] == space.count_params(arch)
+    assert a['macs'] == space.count_macs(arch)
+    assert 0 < a['student_entropy'] < 1
+  # Each correlation is the one of its columns; ties (equal accuracies of
+  # near-random subnets) are allowed for by tau-b.
+  for key, column in (('fitness', 'fitness'),
+                      ('params', 'params'), ('macs', 'macs'),
+                      ('student_entropy', 'student_entropy')):
+    c = result[key] if key == 'fitness' else result['controls'][key]
+    want = rank.correlation([a[column] for a in archs], accuracy,
+                            config.seed)
+    assert json.dumps(c) == json.dumps(want)  # NaN-safe equality.
+  assert 0 < result['teacher_entropy'] < 1
+  if yardstick == 'finetune':
+    # Each subnet was fine-tuned (and is read back on a rerun).
+    runs = list((tmp_path / 'rank/finetune/2steps').iterdir())
+    assert len(runs) == num_archs
+    for run in runs:
+      metrics = json.loads((run / 'finetune/metrics.json').read_text())
+      assert metrics['steps'] == 2 and metrics['inherited']
+      assert metrics['top1'] in accuracy
