@@ -281,16 +281,17 @@ def scatter_plot(result: dict[str, Any], path: epath.PathLike) -> None:
   """The yardstick against the fitness and against each control."""
   archs = result['archs']
   accuracy = 100 * np.array([a['yardstick'] for a in archs])
-  panels = [('fitness', 'label-free fitness (relation consistency)',
+  panels = [('fitness', 'label-free fitness (relation consistency)', 1.0,
              result['fitness'])] + [
-                 (name, label, result['controls'][name]) for name, label in (
-                     ('params', 'control: parameters'),
-                     ('macs', 'control: MACs'),
+                 (name, label, scale, result['controls'][name])
+                 for name, label, scale in (
+                     ('params', 'control: parameters (M)', 1e-6),
+                     ('macs', 'control: GMACs per image', 1e-9),
                      ('student_entropy',
-                      'control: student map entropy (no teacher)'))]
+                      'control: student map entropy (no teacher)', 1.0))]
   fig, axes = plt.subplots(2, 2, figsize=(10, 8))
-  for ax, (key, label, corr) in zip(axes.ravel(), panels):
-    ax.scatter([a[key] for a in archs], accuracy, s=18,
+  for ax, (key, label, scale, corr) in zip(axes.ravel(), panels):
+    ax.scatter([a[key] * scale for a in archs], accuracy, s=18,
                color='C0' if key == 'fitness' else 'C7')
     ax.set_xlabel(label)
     ax.set_ylabel(YARDSTICK_LABELS[result['yardstick']])
