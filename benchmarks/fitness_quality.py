@@ -125,9 +125,7 @@ def test_top1(config, model_dir: epath.Path) -> float:
 
 
 def finetuned_dir(config, workdir: epath.Path, arch: Arch) -> epath.Path:
-  return (workdir / 'rank' / 'finetune' /
-          f'{config.rank.finetune_steps}steps' / rank._arch_key(arch) /  # pylint: disable=protected-access
-          'finetune' / 'model')
+  return rank.finetune_dir(config, workdir, arch) / 'finetune' / 'model'
 
 
 # --- per seed: yardsticks and the sweep ------------------------------------

@@ -223,8 +223,12 @@ def check_labels(config) -> None:
           f'{config.data[field]!r} (config.data.{field}) has none')
 
 
-def _arch_key(arch: Arch) -> str:
-  return hashlib.sha1(arch.to_json().encode()).hexdigest()[:12]
+def finetune_dir(config, workdir: epath.Path, arch: Arch) -> epath.Path:
+  """Where the 'finetune' yardstick fine-tunes `arch`: a workdir of its own
+  (`finetune.run` writes `finetune/` in it), keyed by steps and Arch."""
+  key = hashlib.sha1(arch.to_json().encode()).hexdigest()[:12]
+  return (workdir / 'rank' / 'finetune' /
+          f'{config.rank.finetune_steps}steps' / key)
 
 
 def finetune_top1(config, workdir: epath.Path, archs: Sequence[Arch],
@@ -234,7 +238,6 @@ def finetune_top1(config, workdir: epath.Path, archs: Sequence[Arch],
   lives in `workdir/rank/finetune/<steps>steps/<arch hash>/` and is read
   back when finished."""
   r = config.rank
-  root = workdir / 'rank' / 'finetune' / f'{r.finetune_steps}steps'
   accuracy = []
   for i, arch in enumerate(archs):
     c = config.copy_and_resolve_references()
@@ -245,12 +248,13 @@ def finetune_top1(config, workdir: epath.Path, archs: Sequence[Arch],
     c.search.supernet = supernet
     parallel.log(f'rank: fine-tuning subnet {i + 1}/{len(archs)} '
                  f'({r.finetune_steps} steps)')
-    accuracy.append(finetune.run(c, root / _arch_key(arch))['top1'])
+    accuracy.append(finetune.run(c, finetune_dir(config, workdir,
+                                                  arch))['top1'])
   return np.asarray(accuracy)
 
 
 def yardstick_top1(config, workdir: epath.Path, encoder, space,
-               archs: Sequence[Arch]) -> np.ndarray:
+                   archs: Sequence[Arch]) -> np.ndarray:
   """(P,) the supervised accuracy `config.rank.yardstick` of each Arch."""
   r, s = config.rank, config.search
   if r.yardstick == 'finetune':
