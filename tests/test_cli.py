@@ -79,12 +79,18 @@ def test_bad_input_is_one_line_and_leaves_the_workdir_alone(
   assert sorted(p.name for p in tmp_path.iterdir()) == ['supernet']
 
 
-def test_rank_on_unlabelled_images_is_one_line_before_any_work(tmp_path):
-  images = tmp_path / 'images'
+def _unlabelled_folder(root, count):
+  """`root/images` holding `count` small PNGs and no class folders."""
+  images = root / 'images'
   images.mkdir()
-  for i in range(3):
+  for i in range(count):
     Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(
         images / f'{i}.png')
+  return images
+
+
+def test_rank_on_unlabelled_images_is_one_line_before_any_work(tmp_path):
+  images = _unlabelled_folder(tmp_path, 3)
   workdir = tmp_path / 'wd'
   for yardstick in ('knn', 'linear', 'finetune'):
     result = run('--config=configs/demo.py', f'--workdir={workdir}',
@@ -151,11 +157,7 @@ def test_bad_data_is_one_line_before_any_training(tmp_path, case):
 
 
 def test_unreadable_image_is_one_line_naming_the_file(tmp_path):
-  images = tmp_path / 'images'
-  images.mkdir()
-  for i in range(2):
-    Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(
-        images / f'{i}.png')
+  images = _unlabelled_folder(tmp_path, 2)
   (images / 'junk.png').write_bytes(b'not a png at all')
   # A tiny teacher: the error comes with the first batch, after its init.
   result = run(*TEACHER, f'--workdir={tmp_path}/wd',
