@@ -11,6 +11,7 @@ from typing import Any
 
 import ml_collections
 
+from masktas_jax.errors import ConfigError
 from masktas_jax.losses import RELATION_FORMS
 from masktas_jax.space import ArchError, SearchSpace
 
@@ -22,10 +23,6 @@ MODES = ('pipeline', 'space', 'teacher', 'supernet', 'search', 'rank',
 
 # ImageNet-1k training images, for turning epochs into steps.
 IMAGENET_TRAIN_IMAGES = 1_281_167
-
-
-class ConfigError(ValueError):
-  """A config field holds a value the run cannot use."""
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -26,6 +26,7 @@ from etils import epath
 from flax import nnx
 
 from masktas_jax import teacher as teacher_lib
+from masktas_jax.errors import MaskTASError
 from masktas_jax.models.mae import MAE, MAEConfig
 
 # Widths whose heads are not width / 64 (ViT-H/14: 16 heads of 80).
@@ -34,7 +35,7 @@ _HEADS_BY_WIDTH = {1280: 16}
 DEFAULT_DECODER_HEADS = 16
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MaskTASError, ValueError):
   """A file that is not a usable MAE checkpoint."""
 
 

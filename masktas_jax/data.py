@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from masktas_jax import parallel
+from masktas_jax.errors import DataError
 
 if TYPE_CHECKING:  # Imported at run time only when a tfds name is used.
   from masktas_jax import tfds_source
@@ -36,10 +37,6 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 # 360 test, from one seeded permutation.
 _DIGITS_SPLITS = {'train': (0, 1257), 'validation': (1257, 1437),
                   'test': (1437, 1797)}
-
-
-class DataError(ValueError):
-  """A data source that cannot be read as configured."""
 
 
 @functools.lru_cache(maxsize=None)

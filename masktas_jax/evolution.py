@@ -14,6 +14,7 @@ from typing import Any, Callable, Container, Mapping, Sequence
 
 import numpy as np
 
+from masktas_jax.errors import MaskTASError
 from masktas_jax.space import Arch, SearchSpace
 
 STATE_VERSION = 1
@@ -24,7 +25,7 @@ TRIES_PER_CHILD = 10
 _MAX_REACHABLE = 200_000
 
 
-class SearchError(ValueError):
+class SearchError(MaskTASError, ValueError):
   """The search cannot run as configured (window, state or scores)."""
 
 

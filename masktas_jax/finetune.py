@@ -26,6 +26,7 @@ from flax import nnx
 
 from masktas_jax import checkpoint, config_lib, data, parallel, search
 from masktas_jax import supernet_train, trainer
+from masktas_jax.errors import MaskTASError
 from masktas_jax.models import vit
 from masktas_jax.space import Arch, SearchSpace
 
@@ -33,7 +34,7 @@ CLASSIFIER_FILE = 'classifier.json'
 METRICS_FILE = 'metrics.json'
 
 
-class FinetuneError(ValueError):
+class FinetuneError(MaskTASError, ValueError):
   """An Arch or dataset that cannot be fine-tuned as configured."""
 
 

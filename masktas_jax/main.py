@@ -16,9 +16,9 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from masktas_jax import config_lib, data, evolution, parallel, teacher, trainer
-from masktas_jax import finetune, rank, supernet_train
-from masktas_jax.space import ArchError
+from masktas_jax import config_lib, data, evolution, finetune, parallel, rank
+from masktas_jax import supernet_train, teacher
+from masktas_jax.errors import MaskTASError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A configs/*.py file; override fields with '
@@ -133,10 +133,7 @@ def main(argv: list[str]) -> None:
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                     _PROCESS_ID.value)
     run(config, _WORKDIR.value)
-  except (config_lib.ConfigError, ArchError,
-          teacher.TeacherError, data.DataError, trainer.NonFiniteLoss,
-          evolution.SearchError, supernet_train.SupernetError,
-          finetune.FinetuneError, rank.RankError) as e:
+  except MaskTASError as e:
     _fail(str(e))
 
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from masktas_jax.config_lib import ConfigError
+from masktas_jax.errors import ConfigError
 
 DATA = 'data'
 

@@ -36,6 +36,7 @@ from scipy import stats
 from masktas_jax import config_lib, data, finetune, parallel, report, search
 from masktas_jax import supernet_train
 from masktas_jax.config_lib import YARDSTICKS
+from masktas_jax.errors import MaskTASError
 from masktas_jax.evolution import Window, check_window, random_candidate
 from masktas_jax.space import Arch
 
@@ -48,7 +49,7 @@ BOOTSTRAP_RESAMPLES = 1000
 PROBE_STEPS, PROBE_LR, PROBE_WEIGHT_DECAY = 300, 0.01, 1e-4
 
 
-class RankError(ValueError):
+class RankError(MaskTASError, ValueError):
   """mode=rank cannot run as configured."""
 
 

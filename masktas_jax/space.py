@@ -22,10 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from masktas_jax.errors import MaskTASError
+
 HEAD_DIM = 64
 
 
-class ArchError(ValueError):
+class ArchError(MaskTASError, ValueError):
   """An Arch that is malformed or does not fit its search space."""
 
 

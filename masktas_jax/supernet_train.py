@@ -25,6 +25,7 @@ from flax import nnx
 
 from masktas_jax import checkpoint, config_lib, data, losses, parallel, trainer
 from masktas_jax import teacher as teacher_lib
+from masktas_jax.errors import MaskTASError
 from masktas_jax.masking import patchify, random_masking
 from masktas_jax.models.student import Student
 
@@ -32,7 +33,7 @@ from masktas_jax.models.student import Student
 STUDENT_FILE = 'student.json'
 
 
-class SupernetError(ValueError):
+class SupernetError(MaskTASError, ValueError):
   """A trained-supernet directory that cannot be used with this config."""
 
 

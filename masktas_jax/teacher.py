@@ -16,13 +16,14 @@ from etils import epath
 from flax import nnx
 
 from masktas_jax import checkpoint, data, parallel, trainer
+from masktas_jax.errors import MaskTASError
 from masktas_jax.models.mae import MAE, MAEConfig
 
 CONFIG_FILE = 'teacher.json'
 PARAMS_DIR = 'params'
 
 
-class TeacherError(ValueError):
+class TeacherError(MaskTASError, ValueError):
   """A teacher directory that cannot be used with this config."""
 
 

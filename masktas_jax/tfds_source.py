@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from masktas_jax.data import DataError
+from masktas_jax.errors import DataError
 
 
 def _first_line(e: BaseException) -> str:

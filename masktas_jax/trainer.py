@@ -20,12 +20,13 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from masktas_jax import parallel, report
+from masktas_jax.errors import MaskTASError
 
 METRICS_FILE = 'metrics.jsonl'
 _DECAYED = {'wq', 'wk', 'wv', 'wo', 'w1', 'w2'}
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(MaskTASError, RuntimeError):
   """Training produced a non-finite loss; the last good checkpoint stays."""
 
 

@@ -1,0 +1,22 @@
+"""The error every stage raises for input it cannot use.
+
+`main` catches `MaskTASError` alone, prints its message as one line and
+exits with code 2; whatever the workdir held stays intact. Each stage's
+error subclasses it (and ValueError, or RuntimeError for a diverged run), so
+a new stage needs no change to `main`.
+"""
+
+from __future__ import annotations
+
+
+class MaskTASError(Exception):
+  """Bad input or a run that cannot go on, with a one-line message naming
+  the field or file."""
+
+
+class ConfigError(MaskTASError, ValueError):
+  """A config field holds a value the run cannot use."""
+
+
+class DataError(MaskTASError, ValueError):
+  """A data source that cannot be read as configured."""

@@ -1,0 +1,63 @@
+"""The package's shape: one error base class, no import cycles."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pathlib
+
+import pytest
+
+from masktas_jax import errors
+
+PACKAGE = pathlib.Path(__file__).parent.parent / 'masktas_jax'
+MODULES = sorted('masktas_jax.' + '.'.join(p.relative_to(PACKAGE).with_suffix(
+    '').parts) for p in PACKAGE.rglob('*.py') if p.name != '__init__.py')
+
+
+def _imports(module: str) -> set[str]:
+  """The package modules `module` imports, at any depth of its code."""
+  path = PACKAGE.joinpath(*module.split('.')[1:]).with_suffix('.py')
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module and (
+        node.module.startswith('masktas_jax')):
+      for alias in node.names:
+        name = f'{node.module}.{alias.name}'
+        found.add(name if name in MODULES else node.module)
+    elif isinstance(node, ast.Import):
+      found.update(a.name for a in node.names if a.name in MODULES)
+  return found & set(MODULES)
+
+
+def test_no_import_cycles():
+  graph = {m: _imports(m) for m in MODULES}
+  # A module that imports one of its importers is a cycle; search depth-first.
+  state = {}
+
+  def visit(m, path):
+    state[m] = 'open'
+    for n in graph[m]:
+      if state.get(n) == 'open':
+        pytest.fail('import cycle: ' + ' -> '.join(path[path.index(n):] + [n]))
+      if n not in state:
+        visit(n, path + [n])
+    state[m] = 'done'
+
+  for m in MODULES:
+    if m not in state:
+      visit(m, [m])
+  # The walk must see real edges, or it would pass on anything.
+  assert 'masktas_jax.losses' in graph['masktas_jax.search']
+
+
+@pytest.mark.parametrize('module', MODULES)
+def test_every_error_is_a_masktas_error(module):
+  """main catches MaskTASError alone: an error class outside it would end a
+  run with a traceback instead of one line."""
+  mod = importlib.import_module(module)
+  for name, obj in vars(mod).items():
+    if (inspect.isclass(obj) and issubclass(obj, Exception)
+        and obj.__module__ == module):
+      assert issubclass(obj, errors.MaskTASError), f'{module}.{name}'
