@@ -29,7 +29,7 @@ import statistics
 import numpy as np
 from etils import epath
 
-from masktas_jax import config_lib, finetune, search, supernet_train
+from masktas_jax import artifacts, config_lib, finetune
 from masktas_jax.evolution import Window, random_candidate
 from masktas_jax.space import Arch
 
@@ -49,7 +49,7 @@ def _variant(config, workdir: epath.Path, arch: Arch, from_scratch: bool):
   c = config.copy_and_resolve_references()
   c.finetune.arch = json.dumps(arch.to_dict())
   c.finetune.from_scratch = from_scratch
-  c.search.supernet = str(supernet_train.model_path(workdir))
+  c.search.supernet = str(artifacts.model_dir(workdir, 'supernet'))
   return c
 
 
@@ -68,7 +68,7 @@ def main() -> None:
   workdir = epath.Path(args.workdir)
   config = config_lib.validate(_load_config(pathlib.Path(args.config)))
   space = config_lib.space_from_config(config)
-  best = json.loads((workdir / 'search' / search.BEST_FILE).read_text())
+  best = json.loads(artifacts.best_arch(workdir).read_text())
   found = Arch.from_dict(best['arch'])
   searched = finetune.run(config, workdir)
 

@@ -20,3 +20,11 @@ class ConfigError(MaskTASError, ValueError):
 
 class DataError(MaskTASError, ValueError):
   """A data source that cannot be read as configured."""
+
+
+class TeacherError(MaskTASError, ValueError):
+  """A teacher directory that cannot be used with this config."""
+
+
+class SupernetError(MaskTASError, ValueError):
+  """A trained-supernet directory that cannot be used with this config."""

@@ -24,14 +24,12 @@ import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import checkpoint, config_lib, data, parallel, search
-from masktas_jax import supernet_train, trainer
+from masktas_jax import artifacts, config_lib, data, parallel, supernet_train
+from masktas_jax import trainer
 from masktas_jax.errors import MaskTASError
 from masktas_jax.models import vit
 from masktas_jax.space import Arch, SearchSpace
 
-CLASSIFIER_FILE = 'classifier.json'
-METRICS_FILE = 'metrics.json'
 
 
 class FinetuneError(MaskTASError, ValueError):
@@ -45,8 +43,7 @@ def resolve_arch(config, workdir: epath.Path, space: SearchSpace) -> Arch:
   if spec.startswith('{'):
     text, where = spec, 'config.finetune.arch'
   else:
-    path = epath.Path(spec) if spec else (workdir / 'search' /
-                                          search.BEST_FILE)
+    path = epath.Path(spec) if spec else artifacts.best_arch(workdir)
     if not path.exists():
       raise FinetuneError(
           f'config.finetune.arch: {path} does not exist' if spec else
@@ -180,11 +177,9 @@ def save_classifier(model: vit.VisionTransformer, space: SearchSpace,
   meta = {'arch': arch.to_dict(), 'image_size': space.image_size,
           'patch_size': space.patch_size, 'in_chans': space.in_chans,
           'num_classes': model.head.out_features}
-  with checkpoint.atomic_directory(path, overwrite=True) as scratch:
-    if jax.process_index() == 0:
-      (scratch / CLASSIFIER_FILE).write_text(json.dumps(meta, indent=2))
-    checkpoint.save_pytree(scratch / 'params',
-                           nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  artifacts.save_model(path, 'classifier', meta,
+                       nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                       overwrite=True)
 
 
 def load_classifier(path: epath.PathLike) -> vit.VisionTransformer:
@@ -192,10 +187,7 @@ def load_classifier(path: epath.PathLike) -> vit.VisionTransformer:
   `load_classifier(p)(images)` gives logits (B, classes) for normalised
   images (B, S, S, 3)."""
   path = epath.Path(path)
-  if not (path / CLASSIFIER_FILE).exists():
-    raise FinetuneError(f'{path}: not a classifier directory (no '
-                        f'{CLASSIFIER_FILE})')
-  meta = json.loads((path / CLASSIFIER_FILE).read_text())
+  meta = artifacts.read_meta(path, 'classifier', FinetuneError)
   arch = Arch.from_dict(meta['arch'])
   abstract = nnx.eval_shape(lambda: vit.VisionTransformer(
       embed_dim=arch.embed_dim, num_heads=arch.num_heads,
@@ -203,7 +195,8 @@ def load_classifier(path: epath.PathLike) -> vit.VisionTransformer:
       patch_size=meta['patch_size'], num_classes=meta['num_classes'],
       in_chans=meta['in_chans'], rngs=nnx.Rngs(0)))
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-  pure = checkpoint.restore_pytree(path / 'params', nnx.to_pure_dict(params))
+  pure = artifacts.load_arrays(path, 'classifier', nnx.to_pure_dict(params),
+                               FinetuneError)
   nnx.replace_by_pure_dict(params, pure)
   return nnx.merge(graphdef, params, rest)
 
@@ -212,10 +205,11 @@ def run(config, workdir: epath.Path) -> dict[str, Any] | None:
   """Fine-tunes (or resumes), evaluates and exports; returns metrics.json's
   content, or None when stopped early."""
   f = config.finetune
-  out = workdir / 'finetune'
-  if (out / METRICS_FILE).exists():
-    parallel.log(f'finetune: {out / METRICS_FILE} exists; not training again')
-    return json.loads((out / METRICS_FILE).read_text())
+  out = artifacts.stage_dir(workdir, 'finetune')
+  metrics = artifacts.finetune_metrics(workdir)
+  if metrics.exists():
+    parallel.log(f'finetune: {metrics} exists; not training again')
+    return json.loads(metrics.read_text())
   space = config_lib.space_from_config(config)
   arch = resolve_arch(config, workdir, space)
   train_source = data.get_source(config.data, config.data.train_split)
@@ -226,9 +220,8 @@ def run(config, workdir: epath.Path) -> dict[str, Any] | None:
 
   # --- the classifier: inherited weights, or random ones -------------------
   if not f.from_scratch:
-    path = epath.Path(config.search.supernet or
-                      supernet_train.model_path(workdir))
-    extracted = supernet_train.load_student(path, config).encoder.extract(arch)
+    extracted = supernet_train.load_student(
+        artifacts.supernet_model(config, workdir), config).encoder.extract(arch)
     inherited = nnx.to_pure_dict(nnx.state(extracted))
   graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(
       lambda: build_classifier(space, arch, num_classes, f.drop_path,
@@ -285,10 +278,11 @@ def run(config, workdir: epath.Path) -> dict[str, Any] | None:
                  'params': space.count_params(arch),
                  'macs': space.count_macs(arch), 'steps': steps,
                  'inherited': not f.from_scratch})
-  save_classifier(model, space, arch, out / 'model')
+  save_classifier(model, space, arch, artifacts.model_dir(workdir, 'finetune'))
   if jax.process_index() == 0:
-    (out / METRICS_FILE).write_text(json.dumps(result, indent=2))
+    metrics.write_text(json.dumps(result, indent=2))
   parallel.log(f'finetune: top-1 {100 * result["top1"]:.2f}%, top-5 '
                f'{100 * result["top5"]:.2f}% on {result["images"]} images of '
-               f'{split!r}; wrote {out / METRICS_FILE} and {out / "model"}')
+               f'{split!r}; wrote {metrics} and '
+               f'{artifacts.model_dir(workdir, "finetune")}')
   return result

@@ -16,7 +16,8 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from masktas_jax import config_lib, data, evolution, finetune, parallel, rank
+from masktas_jax import artifacts, config_lib, data, evolution, finetune
+from masktas_jax import parallel, rank
 from masktas_jax import supernet_train, teacher
 from masktas_jax.errors import MaskTASError
 
@@ -102,7 +103,7 @@ def run(config, workdir: str) -> None:
   _check_inputs(config, modes, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    (workdir / 'config.json').write_text(
+    (workdir / artifacts.CONFIG).write_text(
         config.to_json_best_effort(indent=2))
   for mode in modes:
     module, function = STAGES[mode].split(':')

@@ -20,7 +20,6 @@ Yardsticks, all on the subnets' inherited weights:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import warnings
 from typing import Any, Sequence
@@ -33,16 +32,14 @@ from etils import epath
 from flax import nnx
 from scipy import stats
 
-from masktas_jax import config_lib, data, finetune, parallel, report, search
-from masktas_jax import supernet_train
-from masktas_jax.config_lib import YARDSTICKS
+from masktas_jax import artifacts, config_lib, data, finetune, parallel, report
+from masktas_jax import search
 from masktas_jax.errors import MaskTASError
 from masktas_jax.evolution import Window, check_window, random_candidate
 from masktas_jax.space import Arch
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
-RANK_FILE = 'rank.json'
 # Bootstrap resamples of the subnets for the 95% intervals.
 BOOTSTRAP_RESAMPLES = 1000
 # Linear probe: full-batch Adam on standardised features.
@@ -227,9 +224,8 @@ def check_labels(config) -> None:
 def finetune_dir(config, workdir: epath.Path, arch: Arch) -> epath.Path:
   """Where the 'finetune' yardstick fine-tunes `arch`: a workdir of its own
   (`finetune.run` writes `finetune/` in it), keyed by steps and Arch."""
-  key = hashlib.sha1(arch.to_json().encode()).hexdigest()[:12]
-  return (workdir / 'rank' / 'finetune' /
-          f'{config.rank.finetune_steps}steps' / key)
+  return artifacts.rank_finetune_dir(workdir, config.rank.finetune_steps,
+                                     arch.to_json())
 
 
 def finetune_top1(config, workdir: epath.Path, archs: Sequence[Arch],
@@ -259,8 +255,8 @@ def yardstick_top1(config, workdir: epath.Path, encoder, space,
   """(P,) the supervised accuracy `config.rank.yardstick` of each Arch."""
   r, s = config.rank, config.search
   if r.yardstick == 'finetune':
-    supernet = s.supernet or str(supernet_train.model_path(workdir))
-    return finetune_top1(config, workdir, archs, supernet)
+    return finetune_top1(config, workdir, archs,
+                         str(artifacts.supernet_model(config, workdir)))
   extract = FeatureExtractor(encoder, space, capacity=len(archs),
                              strategy=s.scoring)
   support = search.eval_batches(config, config.data.train_split,
@@ -344,11 +340,11 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
                                               student_entropy, accuracy)]}
   if r.yardstick == 'knn':
     result['knn_k'] = r.knn_k
-  out = workdir / 'rank'
+  out = artifacts.stage_dir(workdir, 'rank')
   if jax.process_index() == 0:
     out.mkdir(parents=True, exist_ok=True)
-    (out / RANK_FILE).write_text(json.dumps(result, indent=2))
-    scatter_plot(result, out / 'scatter.png')
+    (out / artifacts.RANK).write_text(json.dumps(result, indent=2))
+    scatter_plot(result, out / artifacts.SCATTER_PLOT)
   f = result['fitness']
   lo, hi = f['kendall_ci']
   controls = ', '.join(f'{k} {v["kendall_tau"]:.3f}'
@@ -356,5 +352,5 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   parallel.log(f'rank: {len(archs)} subnets, Kendall tau {f["kendall_tau"]:.3f}'
                f' [{lo:.3f}, {hi:.3f}], Spearman rho {f["spearman_rho"]:.3f} '
                f'between the label-free fitness and {r.yardstick} top-1 '
-               f'(controls: {controls}); wrote {out / RANK_FILE}')
+               f'(controls: {controls}); wrote {out / artifacts.RANK}')
   return result

@@ -15,11 +15,9 @@ from etils import epath
 matplotlib.use('Agg')  # Headless: plots are written as files.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from masktas_jax import config_lib, parallel
+from masktas_jax import artifacts, config_lib, parallel
 from masktas_jax.space import Arch
 
-SUMMARY_FILE = 'summary.json'
-REPORT_FILE = 'report.png'
 
 
 def describe_space(config: ml_collections.ConfigDict,
@@ -39,7 +37,7 @@ def describe_space(config: ml_collections.ConfigDict,
       'params_m': [round(float(params.min()), 3), round(float(params.max()), 3)],
       'gmacs': [round(float(gmacs.min()), 4), round(float(gmacs.max()), 4)],
   }
-  (workdir / 'space.json').write_text(json.dumps(info, indent=2))
+  (workdir / artifacts.SPACE).write_text(json.dumps(info, indent=2))
 
   fig, ax = plt.subplots(figsize=(6, 4.5))
   ax.scatter(params, gmacs, s=6, alpha=0.5, label='500 random Archs')
@@ -50,7 +48,7 @@ def describe_space(config: ml_collections.ConfigDict,
   ax.set_ylabel('GMACs per image')
   ax.set_title(f'search space: {info["num_archs"]:.3g} Archs')
   ax.legend()
-  save_figure(fig, workdir / 'space.png')
+  save_figure(fig, workdir / artifacts.SPACE_PLOT)
 
   lo, hi = info['min_arch'], info['max_arch']
   print(f'search space: {info["num_archs"]:.3g} Archs, '
@@ -58,7 +56,8 @@ def describe_space(config: ml_collections.ConfigDict,
   for name, a in (('min', lo), ('max', hi)):
     print(f'  {name} Arch: embed {a["embed_dim"]}, depth {a["depth"]}, '
           f'{a["params"] / 1e6:.2f} M params, {a["macs"] / 1e9:.3f} GMACs')
-  print(f'  wrote {workdir / "space.json"} and {workdir / "space.png"}')
+  print(f'  wrote {workdir / artifacts.SPACE} and '
+        f'{workdir / artifacts.SPACE_PLOT}')
   return info
 
 
@@ -115,8 +114,8 @@ def plot_pareto(ax, history: list[dict]) -> None:
 
 def search_plots(history: list[dict], out: epath.Path) -> None:
   """out/fitness.png and out/pareto.png."""
-  for name, plot in (('fitness.png', plot_search_progress),
-                     ('pareto.png', plot_pareto)):
+  for name, plot in ((artifacts.FITNESS_PLOT, plot_search_progress),
+                     (artifacts.PARETO_PLOT, plot_pareto)):
     fig, ax = plt.subplots(figsize=(6, 4.5))
     plot(ax, history)
     save_figure(fig, out / name)
@@ -171,8 +170,8 @@ def summary(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
   fine-tuning.
   """
   space = config_lib.space_from_config(config)
-  best = _read_json(workdir / 'search' / 'best_arch.json')
-  tuned = _read_json(workdir / 'finetune' / 'metrics.json')
+  best = _read_json(artifacts.best_arch(workdir))
+  tuned = _read_json(artifacts.finetune_metrics(workdir))
   result = {}
   if best:
     result['search'] = {'best_arch': best['arch'],
@@ -218,8 +217,9 @@ def summarize(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
   result = summary(config, workdir)
   if jax.process_index() != 0:
     return result
-  (workdir / SUMMARY_FILE).write_text(json.dumps(result, indent=2))
-  history_path = workdir / 'search' / 'history.jsonl'
+  (workdir / artifacts.SUMMARY).write_text(json.dumps(result, indent=2))
+  history_path = (artifacts.stage_dir(workdir, 'search') /
+                  artifacts.SEARCH_HISTORY)
   history = ([json.loads(l) for l in history_path.read_text().splitlines()
               if l.strip()] if history_path.exists() else [])
   fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
@@ -227,7 +227,8 @@ def summarize(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
             ('supernet', 'supernet (masked distillation)'),
             ('finetune', 'fine-tuning'))
   for ax, (stage, title) in zip(axes[0], losses):
-    if not plot_losses(ax, workdir / stage / 'metrics.jsonl', title):
+    if not plot_losses(
+        ax, artifacts.stage_dir(workdir, stage) / artifacts.METRICS_LOG, title):
       ax.text(0.5, 0.5, f'{title}:\nnot trained in this workdir',
               ha='center', va='center')
       ax.set_axis_off()
@@ -241,7 +242,7 @@ def summarize(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
       ax.set_axis_off()
   _plot_accuracy(axes[1, 2], result)
   fig.suptitle(f'masktas_jax on {config.data.name!r}: {workdir}')
-  save_figure(fig, workdir / REPORT_FILE)
-  parallel.log(f'summary: wrote {workdir / SUMMARY_FILE} and '
-               f'{workdir / REPORT_FILE}')
+  save_figure(fig, workdir / artifacts.REPORT)
+  parallel.log(f'summary: wrote {workdir / artifacts.SUMMARY} and '
+               f'{workdir / artifacts.REPORT}')
   return result

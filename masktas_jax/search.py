@@ -25,16 +25,13 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, data, losses, parallel, report, trainer
-from masktas_jax import supernet_train
+from masktas_jax import artifacts, config_lib, data, losses, parallel, report
+from masktas_jax import supernet_train, trainer
 from masktas_jax import teacher as teacher_lib
 from masktas_jax.evolution import Evolution, SearchError, Window, check_window
 from masktas_jax.masking import random_masking
 from masktas_jax.space import Arch, SearchSpace
 
-STATE_FILE = 'state.json'
-HISTORY_FILE = 'history.jsonl'
-BEST_FILE = 'best_arch.json'
 
 
 class _Subset:
@@ -262,10 +259,9 @@ def check_teacher_entropy(entropy: float) -> str | None:
 def load_models(config, workdir: epath.Path):
   """(supernet encoder, teacher) for search and ranking."""
   teacher = teacher_lib.load_teacher(
-      supernet_train.teacher_path(config, workdir), config)
-  path = epath.Path(config.search.supernet or
-                    supernet_train.model_path(workdir))
-  student = supernet_train.load_student(path, config)
+      artifacts.teacher_model(config, workdir), config)
+  student = supernet_train.load_student(
+      artifacts.supernet_model(config, workdir), config)
   return student.encoder, teacher
 
 
@@ -296,9 +292,9 @@ def write_outputs(out: epath.Path, evolution: Evolution,
           'window': evolution.window.describe(), **scoring}
   if jax.process_index() == 0:
     lines = [json.dumps(_record(e)) for e in evolution.history]
-    (out / HISTORY_FILE).write_text('\n'.join(lines) + '\n')
+    (out / artifacts.SEARCH_HISTORY).write_text('\n'.join(lines) + '\n')
     report.search_plots(evolution.history, out)
-  _write_json(out / BEST_FILE, best)
+  _write_json(out / artifacts.BEST_ARCH, best)
   return best
 
 
@@ -313,11 +309,11 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   window = Window.from_config(s)
   check_window(space, window)
   relation = relation_from_config(s)
-  out = workdir / 'search'
+  out = artifacts.stage_dir(workdir, 'search')
   out.mkdir(parents=True, exist_ok=True)
 
   # --- the evolution, fresh or where a killed search stopped ---------------
-  state_path = out / STATE_FILE
+  state_path = out / artifacts.SEARCH_STATE
   teacher_entropy = None
   if state_path.exists():
     state = json.loads(state_path.read_text())
@@ -343,7 +339,8 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   scoring = {'relation': _relation_dict(relation),
              'teacher_entropy': teacher_entropy}
   if evolution.done:
-    parallel.log(f'search: {out / BEST_FILE} is complete; not searching again')
+    parallel.log(f'search: {out / artifacts.BEST_ARCH} is complete; not '
+                 'searching again')
     return write_outputs(out, evolution, scoring)
 
   # --- scorer: teacher features of the evaluation images, once -------------
@@ -378,5 +375,5 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
         f'params), ETA {trainer.format_eta(eta)}')
   best = write_outputs(out, evolution, scoring)
   parallel.log(f'search: best Arch {best["arch"]} fitness '
-               f'{best["fitness"]:.4f}; wrote {out / BEST_FILE}')
+               f'{best["fitness"]:.4f}; wrote {out / artifacts.BEST_ARCH}')
   return best

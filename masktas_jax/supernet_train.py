@@ -15,57 +15,29 @@ read).
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import checkpoint, config_lib, data, losses, parallel, trainer
+from masktas_jax import artifacts, config_lib, data, losses, parallel, trainer
 from masktas_jax import teacher as teacher_lib
-from masktas_jax.errors import MaskTASError
+from masktas_jax.errors import SupernetError
 from masktas_jax.masking import patchify, random_masking
 from masktas_jax.models.student import Student
 
 
-STUDENT_FILE = 'student.json'
-
-
-class SupernetError(MaskTASError, ValueError):
-  """A trained-supernet directory that cannot be used with this config."""
-
-
-def teacher_path(config, workdir: epath.Path) -> epath.Path:
-  """`config.teacher.checkpoint`, or the teacher the teacher stage wrote."""
-  if config.teacher.checkpoint:
-    return epath.Path(config.teacher.checkpoint)
-  path = workdir / 'teacher' / 'model'
-  if not (path / teacher_lib.CONFIG_FILE).exists():
-    raise teacher_lib.TeacherError(
-        f'config.teacher.checkpoint: empty and no teacher at {path}; run '
-        '--config.mode=teacher first or point it at a converted teacher')
-  return path
-
-
-def model_path(workdir: epath.Path) -> epath.Path:
-  """Where the trained supernet goes: the later stages read it there."""
-  return workdir / 'supernet' / 'model'
-
-
 def save_student(state, teacher_dim: int, config, path: epath.PathLike,
                  overwrite: bool = False) -> None:
-  """Writes the trained student (no optimizer state) as `path/student.json`
-  (the space and widths it was built with) + Orbax `path/params/`."""
+  """Writes the trained student (no optimizer state) as a model directory:
+  `student.json` (the space and widths it was built with) + `params/`."""
   meta = {'space': config_lib.space_from_config(config).to_dict(),
           'teacher_dim': teacher_dim, **{k: config.supernet[k] for k in (
               'decoder_embed_dim', 'decoder_depth', 'decoder_num_heads')}}
-  with checkpoint.atomic_directory(path, overwrite=overwrite) as scratch:
-    if jax.process_index() == 0:
-      (scratch / STUDENT_FILE).write_text(json.dumps(meta, indent=2))
-    checkpoint.save_pytree(scratch / 'params', {'params': state['params'],
-                                                'fixed': state['fixed']})
+  artifacts.save_model(path, 'student', meta, {'params': state['params'],
+                                               'fixed': state['fixed']},
+                       overwrite)
 
 
 def read_meta(path: epath.PathLike, config) -> dict:
@@ -75,10 +47,9 @@ def read_meta(path: epath.PathLike, config) -> dict:
     SupernetError: no trained supernet at `path`, or one of another space.
   """
   path = epath.Path(path)
-  if not (path / STUDENT_FILE).exists():
-    raise SupernetError(f'{path}: no trained supernet there (no '
-                        f'{STUDENT_FILE}); run --config.mode=supernet first')
-  meta = json.loads((path / STUDENT_FILE).read_text())
+  meta = artifacts.read_meta(path, 'student', SupernetError,
+                             what='trained supernet',
+                             missing='run --config.mode=supernet first')
   # The student has no classifier: a supernet serves any number of classes
   # (transfer searches an ImageNet supernet on CIFAR).
   space = config_lib.space_from_config(config).to_dict()
@@ -110,8 +81,9 @@ def load_student(path: epath.PathLike, config) -> Student:
   abstract = nnx.eval_shape(lambda: build_student(c, meta['teacher_dim'],
                                                   nnx.Rngs(0)))
   graphdef, params, fixed = nnx.split(abstract, nnx.Param, ...)
-  pure = checkpoint.restore_pytree(path / 'params', {
-      'params': nnx.to_pure_dict(params), 'fixed': nnx.to_pure_dict(fixed)})
+  pure = artifacts.load_arrays(
+      path, 'student', {'params': nnx.to_pure_dict(params),
+                        'fixed': nnx.to_pure_dict(fixed)}, SupernetError)
   nnx.replace_by_pure_dict(params, pure['params'])
   nnx.replace_by_pure_dict(fixed, pure['fixed'])
   return nnx.merge(graphdef, params, fixed)
@@ -199,14 +171,15 @@ def run(config, workdir: epath.Path, stop_at: int = 0):
   restarted pipeline goes on from the search.
   """
   s = config.supernet
-  existing = epath.Path(config.search.supernet or model_path(workdir))
-  if config.search.supernet or (existing / STUDENT_FILE).exists():
+  existing = artifacts.supernet_model(config, workdir)
+  if config.search.supernet or artifacts.is_model_dir(existing, 'student'):
     read_meta(existing, config)  # Missing or of another space: fails here.
     parallel.log(f'supernet: {existing} exists; not training again')
     return None
 
   # --- teacher (frozen: a constant of the step, not in the train state) ----
-  teacher = teacher_lib.load_teacher(teacher_path(config, workdir), config)
+  teacher = teacher_lib.load_teacher(artifacts.teacher_model(config, workdir),
+                                     config)
   teacher_def, teacher_state = nnx.split(teacher)
   teacher_dim = teacher.config.embed_dim
 
@@ -235,8 +208,8 @@ def run(config, workdir: epath.Path, stop_at: int = 0):
 
   # --- loop -----------------------------------------------------------------
   state, reached = trainer.train(
-      trainer.LoopConfig('supernet', workdir / 'supernet', steps,
-                         s.batch_size, config.checkpoint_every,
+      trainer.LoopConfig('supernet', artifacts.stage_dir(workdir, 'supernet'),
+                         steps, s.batch_size, config.checkpoint_every,
                          config.keep_checkpoints, config.log_every, stop_at),
       init_fn=init_fn, step_fn=step_fn, data_iter=data_iter, seed=config.seed,
       constants=nnx.to_pure_dict(teacher_state))
@@ -244,7 +217,7 @@ def run(config, workdir: epath.Path, stop_at: int = 0):
     parallel.log(f'supernet: stopped at step {reached} of {steps}; run '
                  'again to resume')
     return None
-  save_student(state, teacher_dim, config, model_path(workdir), overwrite=True)
-  parallel.log(f'supernet: trained {steps} steps; wrote '
-               f'{model_path(workdir)}')
+  out = artifacts.model_dir(workdir, 'supernet')
+  save_student(state, teacher_dim, config, out, overwrite=True)
+  parallel.log(f'supernet: trained {steps} steps; wrote {out}')
   return state

@@ -8,36 +8,22 @@ it with `save_teacher`; every later stage reads it with `load_teacher`.
 
 from __future__ import annotations
 
-import json
-
 import jax
 import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import checkpoint, data, parallel, trainer
-from masktas_jax.errors import MaskTASError
+from masktas_jax import artifacts, data, parallel, trainer
+from masktas_jax.errors import TeacherError
 from masktas_jax.models.mae import MAE, MAEConfig
-
-CONFIG_FILE = 'teacher.json'
-PARAMS_DIR = 'params'
-
-
-class TeacherError(MaskTASError, ValueError):
-  """A teacher directory that cannot be used with this config."""
 
 
 def save_teacher(model: MAE, path: epath.PathLike,
                  overwrite: bool = False) -> epath.Path:
   """Writes `model` as a teacher directory at `path`, atomically; on every
   process alike when there are several."""
-  with checkpoint.atomic_directory(path, overwrite=overwrite) as scratch:
-    if jax.process_index() == 0:
-      (scratch / CONFIG_FILE).write_text(
-          json.dumps(model.config.to_dict(), indent=2))
-    checkpoint.save_pytree(scratch / PARAMS_DIR,
-                           nnx.to_pure_dict(nnx.state(model)))
-  return epath.Path(path)
+  return artifacts.save_model(path, 'teacher', model.config.to_dict(),
+                              nnx.to_pure_dict(nnx.state(model)), overwrite)
 
 
 def read_config(path: epath.PathLike, config=None) -> MAEConfig:
@@ -49,13 +35,12 @@ def read_config(path: epath.PathLike, config=None) -> MAEConfig:
       differs from `config.space`'s.
   """
   path = epath.Path(path)
-  meta = path / CONFIG_FILE
-  if not meta.exists():
-    raise TeacherError(f'{path}: not a teacher directory (no {CONFIG_FILE})')
+  meta = artifacts.read_meta(path, 'teacher', TeacherError)
   try:
-    mae_config = MAEConfig.from_dict(json.loads(meta.read_text()))
+    mae_config = MAEConfig.from_dict(meta)
   except (TypeError, ValueError) as e:
-    raise TeacherError(f'{meta}: unreadable teacher config: {e}') from e
+    raise TeacherError(f'{path / artifacts.meta_file("teacher")}: unreadable '
+                       f'teacher config: {e}') from e
   if config is not None:
     for field in ('patch_size', 'image_size'):
       theirs, ours = getattr(mae_config, field), config.space[field]
@@ -76,13 +61,8 @@ def load_teacher(path: epath.PathLike, config=None) -> MAE:
   mae_config = read_config(path, config)
   abstract = nnx.eval_shape(lambda: MAE(mae_config, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
-  try:
-    pure = checkpoint.restore_pytree(path / PARAMS_DIR,
-                                     nnx.to_pure_dict(state))
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    raise TeacherError(
-        f'{path}: its parameters do not match {CONFIG_FILE} (missing, '
-        'truncated, or written by another version)') from e
+  pure = artifacts.load_arrays(path, 'teacher', nnx.to_pure_dict(state),
+                               TeacherError)
   nnx.replace_by_pure_dict(state, pure)
   return nnx.merge(graphdef, state)
 
@@ -111,10 +91,11 @@ def run(config, workdir: epath.Path, stop_at: int = 0) -> MAE | None:
     parallel.log(f'teacher: using {t.checkpoint} (width '
                  f'{model.config.embed_dim}, depth {model.config.depth})')
     return model
-  out = workdir / 'teacher'
-  if (out / 'model' / CONFIG_FILE).exists():
-    parallel.log(f'teacher: {out / "model"} exists; not training again')
-    return load_teacher(out / 'model', config)
+  out = artifacts.stage_dir(workdir, 'teacher')
+  model_dir = artifacts.model_dir(workdir, 'teacher')
+  if artifacts.is_model_dir(model_dir, 'teacher'):
+    parallel.log(f'teacher: {model_dir} exists; not training again')
+    return load_teacher(model_dir, config)
 
   # --- data -----------------------------------------------------------------
   data_iter, steps, warmup = data.training_input(config, 'teacher',
@@ -158,6 +139,6 @@ def run(config, workdir: epath.Path, stop_at: int = 0) -> MAE | None:
                  'again to resume')
     return None
   model = nnx.merge(graphdef, state['params'], state['fixed'])
-  save_teacher(model, out / 'model')
-  parallel.log(f'teacher: wrote {out / "model"}')
+  save_teacher(model, model_dir)
+  parallel.log(f'teacher: wrote {model_dir}')
   return model

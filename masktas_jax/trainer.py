@@ -19,10 +19,9 @@ import optax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from masktas_jax import parallel, report
+from masktas_jax import artifacts, parallel, report
 from masktas_jax.errors import MaskTASError
 
-METRICS_FILE = 'metrics.jsonl'
 _DECAYED = {'wq', 'wk', 'wv', 'wo', 'w1', 'w2'}
 
 
@@ -123,7 +122,7 @@ def train(loop: LoopConfig, *, init_fn: Callable[[jax.Array], Any],
 
   # --- resume ---------------------------------------------------------------
   manager = ocp.CheckpointManager(
-      (loop.directory / 'checkpoints').resolve(),
+      (loop.directory / artifacts.CHECKPOINTS).resolve(),
       # A save cut short (a killed job) leaves a temporary directory that
       # never counts as a step; it is cleared on the next start.
       options=ocp.CheckpointManagerOptions(max_to_keep=loop.keep_checkpoints,
@@ -147,7 +146,7 @@ def train(loop: LoopConfig, *, init_fn: Callable[[jax.Array], Any],
     state = jax.jit(init_fn, out_shardings=state_sharding)(init_key)
 
   # --- loop -----------------------------------------------------------------
-  metrics_file = loop.directory / METRICS_FILE
+  metrics_file = loop.directory / artifacts.METRICS_LOG
   end = min(loop.steps, loop.stop_at or loop.steps)
   t0 = time.perf_counter()
   for i in range(start, end):
@@ -186,7 +185,7 @@ def train(loop: LoopConfig, *, init_fn: Callable[[jax.Array], Any],
   manager.wait_until_finished()
   manager.close()
   if is_main:
-    report.loss_figure(loop.directory / METRICS_FILE,
-                       loop.directory / 'loss.png', loop.name)
+    report.loss_figure(loop.directory / artifacts.METRICS_LOG,
+                       loop.directory / artifacts.LOSS_PLOT, loop.name)
   return state, max(start, end)
 

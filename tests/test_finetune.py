@@ -10,7 +10,8 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, data, finetune, supernet_train
+from masktas_jax import artifacts, config_lib, data, finetune
+from masktas_jax import supernet_train
 from masktas_jax.space import Arch
 from test_search import workdir, _search_config  # noqa: F401  pylint: disable=unused-import
 
@@ -45,7 +46,7 @@ def test_inherited_classifier_equals_the_supernet_subnet(workdir):  # noqa: F811
   config = _search_config()
   space = config_lib.space_from_config(config)
   student = supernet_train.load_student(
-      supernet_train.model_path(epath.Path(workdir)), config)
+      artifacts.model_dir(epath.Path(workdir), 'supernet'), config)
   images = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
   rng = np.random.default_rng(0)
   for arch in (space.max_arch(), space.sample(rng)):
@@ -98,7 +99,8 @@ def test_finetune_lowers_the_loss_evaluates_and_exports(workdir, tmp_path):  # n
       'finetune.cutmix': 0.0, 'finetune.eval_split': 'validation',
       'log_every': 5, 'checkpoint_every': 20})
   config.finetune.arch = json.dumps({'arch': arch.to_dict()})
-  config.search.supernet = str(supernet_train.model_path(epath.Path(workdir)))
+  config.search.supernet = str(
+      artifacts.model_dir(epath.Path(workdir), 'supernet'))
   result = finetune.run(config, epath.Path(tmp_path))
   assert result == json.loads((tmp_path / 'finetune/metrics.json').read_text())
   assert result['images'] == 180 and result['arch'] == arch.to_dict()

@@ -8,7 +8,8 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, losses, rank, search, supernet_train
+from masktas_jax import artifacts, config_lib, losses, rank, search
+from masktas_jax import supernet_train
 from masktas_jax import teacher
 from masktas_jax.evolution import SearchError, Window
 from masktas_jax.models.mae import MAE
@@ -35,7 +36,7 @@ def workdir(tmp_path_factory):
   state = {'params': nnx.to_pure_dict(params),
            'fixed': nnx.to_pure_dict(fixed)}
   supernet_train.save_student(state, 64, config,
-                              supernet_train.model_path(epath.Path(root)))
+                              artifacts.model_dir(epath.Path(root), 'supernet'))
   return root
 
 
@@ -87,7 +88,8 @@ def test_search_stays_in_the_window_and_resumes_to_the_same_result(
   lo, hi = params[50] / 1e6, params[150] / 1e6
   config = _search_config(**{'search.min_params_m': lo,
                              'search.max_params_m': hi})
-  config.search.supernet = str(supernet_train.model_path(epath.Path(workdir)))
+  config.search.supernet = str(
+      artifacts.model_dir(epath.Path(workdir), 'supernet'))
   config.teacher.checkpoint = str(epath.Path(workdir) / 'teacher' / 'model')
 
   straight = search.run(config, epath.Path(tmp_path / 'a'))
@@ -251,7 +253,8 @@ def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
                              'rank.yardstick': yardstick,
                              'rank.finetune_steps': 2,
                              'finetune.batch_size': 16})
-  config.search.supernet = str(supernet_train.model_path(epath.Path(workdir)))
+  config.search.supernet = str(
+      artifacts.model_dir(epath.Path(workdir), 'supernet'))
   config.teacher.checkpoint = str(epath.Path(workdir) / 'teacher' / 'model')
   result = rank.run(config, epath.Path(tmp_path))
   assert result == json.loads((tmp_path / 'rank/rank.json').read_text())

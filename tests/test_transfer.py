@@ -11,7 +11,7 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, data, finetune, main, supernet_train
+from masktas_jax import artifacts, config_lib, data, finetune, main
 from test_cli import ROOT, run
 from test_search import SMALL, workdir  # noqa: F401  pylint: disable=unused-import
 from tfds_fixture import example, make_tfds_dataset
@@ -68,7 +68,7 @@ def test_transfer_config_rejects_unknown_targets():
 def test_transfer_pipeline_searches_the_given_supernet_and_fine_tunes(
     workdir, tmp_path, capsys):  # noqa: F811
   _, config = _transfer('cifar10')
-  given = supernet_train.model_path(epath.Path(workdir))
+  given = artifacts.model_dir(epath.Path(workdir), 'supernet')
   config.teacher.checkpoint = str(epath.Path(workdir) / 'teacher' / 'model')
   config.search.supernet = str(given)
   config.data.data_dir = make_tfds_dataset(tmp_path / 'tfds', 'cifar10',
