@@ -25,7 +25,6 @@ interleaved, and the median kept. Prints a Markdown table of ratios.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import statistics
 import sys
@@ -43,11 +42,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _load_config(name: str):
-  spec = importlib.util.spec_from_file_location(name,
-                                                ROOT / f'configs/{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_config(str(ROOT / f'configs/{name}.py'), check=False)
 
 
 def _random_batches(config, images: int, batch: int, seed: int):

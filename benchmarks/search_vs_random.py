@@ -21,7 +21,6 @@ writes `WORKDIR/baselines/comparison.json`.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import statistics
@@ -34,13 +33,6 @@ from masktas_jax.evolution import Window, random_candidate
 from masktas_jax.space import Arch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _load_config(path: pathlib.Path):
-  spec = importlib.util.spec_from_file_location('config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def _variant(config, workdir: epath.Path, arch: Arch, from_scratch: bool):
@@ -66,7 +58,7 @@ def main() -> None:
   args = parser.parse_args()
 
   workdir = epath.Path(args.workdir)
-  config = config_lib.validate(_load_config(pathlib.Path(args.config)))
+  config = config_lib.load_config(args.config)
   space = config_lib.space_from_config(config)
   best = json.loads(artifacts.best_arch(workdir).read_text())
   found = Arch.from_dict(best['arch'])

@@ -48,7 +48,6 @@ measured peak.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import shlex
 import statistics
@@ -78,10 +77,7 @@ TARGET_UTILISATION = 0.50
 
 def load_config(path: str, args):
   """`get_config()` of a config file, with the benchmark's overrides."""
-  spec = importlib.util.spec_from_file_location('bench_config', REPO / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_config(str(REPO / path), check=False)
   # Locked configs accept new values for existing fields.
   config.supernet.batch_size = args.batch
   config.supernet.compute_dtype = args.dtype

@@ -1,4 +1,4 @@
-"""Supernet-base on ImageNet, the paper's settings.
+"""Supernet-B on ImageNet, the paper's settings: configs/paper.py:base.
 
   python -m masktas_jax.main --config=configs/base.py --workdir=/tmp/masktas_base \
       --config.data.data_dir=/path/to/tensorflow_datasets
@@ -9,5 +9,4 @@ from masktas_jax import config_lib
 
 def get_config(arg=None):
   del arg  # This config takes no argument.
-  config = config_lib.paper_config('base')
-  return config_lib.lock(config)
+  return config_lib.lock(config_lib.paper_config('base'))

@@ -1,4 +1,4 @@
-"""Supernet-tiny on ImageNet, the paper's settings.
+"""Supernet-T on ImageNet, the paper's settings: configs/paper.py:tiny.
 
   python -m masktas_jax.main --config=configs/tiny.py --workdir=/tmp/masktas_tiny \
       --config.data.data_dir=/path/to/tensorflow_datasets
@@ -9,5 +9,4 @@ from masktas_jax import config_lib
 
 def get_config(arg=None):
   del arg  # This config takes no argument.
-  config = config_lib.paper_config('tiny')
-  return config_lib.lock(config)
+  return config_lib.lock(config_lib.paper_config('tiny'))

@@ -1,6 +1,5 @@
 """Configs: paper settings, locking, documented fields, validation."""
 
-import importlib.util
 import pathlib
 import re
 
@@ -13,17 +12,16 @@ CONFIGS = pathlib.Path(__file__).resolve().parent.parent / 'configs'
 NAMES = ('demo', 'tiny', 'small', 'base')
 
 
-def load(name):
-  spec = importlib.util.spec_from_file_location(name, CONFIGS / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def load(name, arg=''):
+  """`configs/<name>.py[:arg]`, unvalidated."""
+  return config_lib.load_config(f'{CONFIGS / name}.py' + (f':{arg}' if arg
+                                                           else ''),
+                                check=False)
 
 
 @pytest.mark.parametrize('name', NAMES)
 def test_config_is_valid_locked_and_documented(name):
-  module = load(name)
-  config = module.get_config()
+  config = load(name)
   config_lib.validate(config)
   # The keys other tools rely on.
   for key in ('mode', 'seed', 'data.name', 'teacher.checkpoint',
@@ -34,7 +32,7 @@ def test_config_is_valid_locked_and_documented(name):
   with pytest.raises(AttributeError):
     config.search.populaton = 3  # Locked: a typo cannot add a field.
   assert f'python -m masktas_jax.main --config=configs/{name}.py' in (
-      module.__doc__)
+      (CONFIGS / f'{name}.py').read_text())
   assert config.mode == 'pipeline'
 
 
@@ -44,7 +42,9 @@ def test_config_is_valid_locked_and_documented(name):
     ('base', ((528, 576, 624), (14, 15, 16), (9, 10), (3.0, 3.5, 4.0))),
 ])
 def test_paper_configs(name, space):
-  c = load(name).get_config()
+  c = load(name)
+  # configs/paper.py:NAME and configs/NAME.py are one config.
+  assert load('paper', name).to_dict() == c.to_dict()
   s = c.space
   assert (tuple(s.embed_dims), tuple(s.depths), tuple(s.num_heads),
           tuple(s.mlp_ratios)) == space
@@ -64,7 +64,7 @@ def test_paper_configs(name, space):
 
 
 def test_demo_is_small_enough_for_a_cpu():
-  c = load('demo').get_config()
+  c = load('demo')
   space = config_lib.space_from_config(c)
   assert c.data.name == 'digits'
   assert space.count_params(space.max_arch()) < 2e6
@@ -72,7 +72,7 @@ def test_demo_is_small_enough_for_a_cpu():
 
 
 def test_demo_wide_is_the_search_signal_setting():
-  demo, wide = load('demo').get_config(), load('demo').get_config('wide')
+  demo, wide = load('demo'), load('demo', 'wide')
   space = config_lib.space_from_config(wide)
   assert min(space.embed_dims) == 32 and min(space.depths) == 1
   assert len(space.mlp_ratios) > len(demo.space.mlp_ratios)
@@ -85,7 +85,15 @@ def test_demo_wide_is_the_search_signal_setting():
   assert (same.search.tau, same.seed) == (0.5, 3)
   assert same.space.embed_dims == wide.space.embed_dims
   with pytest.raises(ValueError, match="takes no argument or 'wide'"):
-    load('demo').get_config('wid')
+    load('demo', 'wid')
+
+
+def test_paper_config_names_its_spaces():
+  with pytest.raises(ValueError, match='takes one of tiny, small, base, got '
+                     "'huge'"):
+    load('paper', 'huge')
+  with pytest.raises(ValueError, match='got None'):
+    load('paper')
 
 
 def test_the_default_relation_is_the_losses_default():
@@ -129,7 +137,7 @@ def test_every_field_has_a_comment_above_it():
     (('rank.finetune_steps', 0), 'rank.finetune_steps'),
 ])
 def test_invalid_config_errors_name_the_field(override, field):
-  config = load('small').get_config()
+  config = load('small')
   key, value = override
   section, _, name = key.rpartition('.')
   (config[section] if section else config)[name] = value

@@ -1,6 +1,5 @@
 """mode=supernet: masked distillation (paper Algorithm 1)."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -24,11 +23,7 @@ def teacher_dir(tmp_path_factory):
 
 
 def _config(teacher_checkpoint, **overrides):
-  spec = importlib.util.spec_from_file_location('demo',
-                                                ROOT / 'configs/demo.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_config(str(ROOT / 'configs/demo.py'), check=False)
   settings = {
       # A smaller space than the demo's keeps the compile short.
       'space.embed_dims': (64, 96), 'space.depths': (2, 3),

@@ -1,6 +1,5 @@
 """The teacher stage: MAE pre-training, resume, and loading a teacher."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -13,7 +12,7 @@ import pytest
 import torch
 from etils import epath
 
-from masktas_jax import convert_mae, losses, teacher, trainer
+from masktas_jax import config_lib, convert_mae, losses, teacher, trainer
 from masktas_jax.models import vit
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -23,15 +22,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def demo_config(**overrides):
-  spec = importlib.util.spec_from_file_location('demo',
-                                                ROOT / 'configs/demo.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    section, _, name = key.rpartition('.')
-    (config[section] if section else config)[name] = value
-  return config
+  return config_lib.load_config(str(ROOT / 'configs/demo.py'), check=False,
+                                **overrides)
 
 
 def test_norm_pix_loss_against_float64_numpy():
