@@ -1,4 +1,4 @@
-"""Test set-up: 8 fake CPU devices, set before JAX starts."""
+"""Test set-up: 8 fake CPU devices, set before JAX starts; shared fixtures."""
 
 import os
 import pathlib
@@ -23,3 +23,42 @@ import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 # Equalities are checked at full float32; XLA:CPU computes that anyway, and
 # on accelerators the default (TF32/bf16 passes) would need looser bounds.
 jax.config.update('jax_default_matmul_precision', 'highest')
+
+
+import pytest  # noqa: E402  pylint: disable=g-import-not-at-top
+from etils import epath  # noqa: E402  pylint: disable=g-import-not-at-top
+from flax import nnx  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+  """A randomly initialised teacher of helpers.demo_config's size, saved."""
+  # pylint: disable=g-import-not-at-top
+  from helpers import demo_config
+  from masktas_jax import teacher
+  from masktas_jax.models.mae import MAE
+  model = MAE(teacher.mae_config(demo_config('')), rngs=nnx.Rngs(0))
+  return str(teacher.save_teacher(model, tmp_path_factory.mktemp('t') / 'm'))
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  """A workdir holding a teacher and a (randomly initialised) supernet of
+  helpers.SMALL's space; one per test module."""
+  # pylint: disable=g-import-not-at-top
+  from helpers import search_config
+  from masktas_jax import artifacts, supernet_train, teacher
+  from masktas_jax.models.mae import MAE
+  root = tmp_path_factory.mktemp('search')
+  config = search_config()
+  model = MAE(teacher.mae_config(config), rngs=nnx.Rngs(0))
+  teacher.save_teacher(model, artifacts.model_dir(root, 'teacher'))
+  _, params, fixed = nnx.split(
+      supernet_train.build_student(config, config.teacher.embed_dim,
+                                   nnx.Rngs(1)), nnx.Param, ...)
+  state = {'params': nnx.to_pure_dict(params),
+           'fixed': nnx.to_pure_dict(fixed)}
+  supernet_train.save_student(state, config.teacher.embed_dim, config,
+                              artifacts.model_dir(epath.Path(root),
+                                                  'supernet'))
+  return root

@@ -1,26 +1,13 @@
 """The command line: overrides, the space stage, one-line errors."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from masktas_jax.space import Arch, SearchSpace
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def run(*args, cwd=ROOT, env=None):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})}
-  return subprocess.run([sys.executable, '-m', 'masktas_jax.main', *args],
-                        cwd=cwd, env=env, capture_output=True, text=True,
-                        timeout=300, check=False)
-
+from helpers import ROOT, run
 
 def test_space_stage_writes_description_and_plot(tmp_path):
   workdir = tmp_path / 'wd'

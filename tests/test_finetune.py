@@ -13,7 +13,7 @@ from flax import nnx
 from masktas_jax import artifacts, config_lib, data, finetune
 from masktas_jax import supernet_train
 from masktas_jax.space import Arch
-from test_search import workdir, _search_config  # noqa: F401  pylint: disable=unused-import
+from helpers import search_config
 
 
 def test_topk_against_a_hand_checked_example():
@@ -43,7 +43,7 @@ def test_mixup_and_cutmix_keep_targets_consistent_with_pixels():
 
 
 def test_inherited_classifier_equals_the_supernet_subnet(workdir):  # noqa: F811
-  config = _search_config()
+  config = search_config()
   space = config_lib.space_from_config(config)
   student = supernet_train.load_student(
       artifacts.model_dir(epath.Path(workdir), 'supernet'), config)
@@ -91,9 +91,9 @@ def _train_loss(model, config, num_images=128):
 
 
 def test_finetune_lowers_the_loss_evaluates_and_exports(workdir, tmp_path):  # noqa: F811
-  space = config_lib.space_from_config(_search_config())
+  space = config_lib.space_from_config(search_config())
   arch = space.sample(np.random.default_rng(3))
-  config = _search_config(**{
+  config = search_config(**{
       'finetune.steps': 40, 'finetune.batch_size': 32, 'finetune.lr': 2e-3,
       'finetune.warmup_epochs': 0, 'finetune.mixup': 0.0,
       'finetune.cutmix': 0.0, 'finetune.eval_split': 'validation',
@@ -129,7 +129,7 @@ def test_finetune_lowers_the_loss_evaluates_and_exports(workdir, tmp_path):  # n
 
 
 def test_a_missing_or_foreign_arch_is_a_clear_error(tmp_path):
-  config = _search_config()
+  config = search_config()
   space = config_lib.space_from_config(config)
   with pytest.raises(finetune.FinetuneError, match='run --config.mode=search'):
     finetune.resolve_arch(config, epath.Path(tmp_path), space)

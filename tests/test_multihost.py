@@ -14,9 +14,8 @@ import sys
 
 import numpy as np
 import pytest
-from flax import nnx
 
-from masktas_jax import parallel, teacher
+from masktas_jax import parallel
 from masktas_jax.config_lib import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -28,13 +27,6 @@ _OVERRIDES = (
     '--config.space.mlp_ratios=(2.0,4.0)', '--config.supernet.batch_size=8',
     '--config.supernet.decoder_depth=1', '--config.supernet.decoder_embed_dim=32',
     '--config.supernet.warmup_epochs=0', '--config.supernet.base_lr=0.01')
-
-
-@pytest.fixture(scope='module')
-def teacher_dir(tmp_path_factory):
-  from test_supernet_train import _config  # pylint: disable=g-import-not-at-top
-  model = teacher.MAE(teacher.mae_config(_config('')), rngs=nnx.Rngs(0))
-  return str(teacher.save_teacher(model, tmp_path_factory.mktemp('t') / 'm'))
 
 
 def _command(workdir, teacher_dir, *extra):

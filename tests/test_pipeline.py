@@ -13,7 +13,7 @@ from etils import epath
 from flax import nnx
 
 from masktas_jax import finetune
-from test_cli import ROOT
+from helpers import ROOT
 
 # The demo pipeline, shrunk: a tiny teacher and space, a few steps each.
 SMALL = (

@@ -2,52 +2,20 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 from etils import epath
-from flax import nnx
 
 from masktas_jax import artifacts, config_lib, losses, rank, search
 from masktas_jax import supernet_train
-from masktas_jax import teacher
 from masktas_jax.evolution import SearchError, Window
-from masktas_jax.models.mae import MAE
-from test_supernet_train import _config
-
-SMALL = {'space.embed_dims': (32, 48), 'space.depths': (2, 3),
-         'space.num_heads': (1, 2), 'space.mlp_ratios': (2.0, 4.0),
-         'teacher.embed_dim': 64, 'teacher.depth': 2, 'teacher.num_heads': 1,
-         'supernet.decoder_embed_dim': 32, 'search.eval_images': 48,
-         'search.batch_size': 16, 'search.population': 8,
-         'search.generations': 3, 'search.parents': 3, 'search.mutations': 4,
-         'search.crossovers': 4}
-
-
-@pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  """A workdir holding a teacher and a (randomly initialised) supernet."""
-  root = tmp_path_factory.mktemp('search')
-  config = _config('', **SMALL)
-  model = MAE(teacher.mae_config(config), rngs=nnx.Rngs(0))
-  teacher.save_teacher(model, root / 'teacher' / 'model')
-  _, params, fixed = nnx.split(
-      supernet_train.build_student(config, 64, nnx.Rngs(1)), nnx.Param, ...)
-  state = {'params': nnx.to_pure_dict(params),
-           'fixed': nnx.to_pure_dict(fixed)}
-  supernet_train.save_student(state, 64, config,
-                              artifacts.model_dir(epath.Path(root), 'supernet'))
-  return root
-
-
-def _search_config(**overrides):
-  return _config('', **{**SMALL, **overrides})
+from helpers import search_config
 
 
 @pytest.mark.parametrize('strategy', ['vmap', 'map'])
 def test_population_scorer_equals_scoring_each_alone_and_compiles_once(
     workdir, strategy):
-  config = _search_config()
+  config = search_config()
   space = config_lib.space_from_config(config)
   encoder, teacher_model = search.load_models(config, epath.Path(workdir))
   batches = search.eval_batches(config, 'train', 40, 16, seed=0)
@@ -82,12 +50,12 @@ def test_population_scorer_equals_scoring_each_alone_and_compiles_once(
 
 def test_search_stays_in_the_window_and_resumes_to_the_same_result(
     workdir, tmp_path, monkeypatch):
-  space = config_lib.space_from_config(_search_config())
+  space = config_lib.space_from_config(search_config())
   rng = np.random.default_rng(1)
   params = sorted(space.count_params(space.sample(rng)) for _ in range(200))
   lo, hi = params[50] / 1e6, params[150] / 1e6
-  config = _search_config(**{'search.min_params_m': lo,
-                             'search.max_params_m': hi})
+  config = search_config(**{'search.min_params_m': lo,
+                            'search.max_params_m': hi})
   config.search.supernet = str(
       artifacts.model_dir(epath.Path(workdir), 'supernet'))
   config.teacher.checkpoint = str(epath.Path(workdir) / 'teacher' / 'model')
@@ -151,15 +119,15 @@ def test_the_teacher_entropy_warning_band():
 
 
 def test_an_empty_window_is_refused_before_any_work(tmp_path):
-  config = _search_config(**{'search.min_params_m': 50.0,
-                             'search.max_params_m': 60.0})
+  config = search_config(**{'search.min_params_m': 50.0,
+                            'search.max_params_m': 60.0})
   with pytest.raises(SearchError, match='config.search'):
     search.run(config, epath.Path(tmp_path))
   assert not (tmp_path / 'search').exists()
 
 
 def test_a_supernet_of_another_space_is_refused(workdir):
-  config = _search_config(**{'space.embed_dims': (32, 64)})
+  config = search_config(**{'space.embed_dims': (32, 64)})
   with pytest.raises(supernet_train.SupernetError,
                      match='config.space.embed_dims'):
     search.load_models(config, epath.Path(workdir))
@@ -181,7 +149,7 @@ def test_knn_top1_against_a_hand_checked_example():
 @pytest.mark.parametrize('strategy', ['vmap', 'map'])
 def test_features_are_the_extracted_subnets_mean_pooled_tokens(workdir,
                                                                strategy):
-  config = _search_config()
+  config = search_config()
   space = config_lib.space_from_config(config)
   encoder, _ = search.load_models(config, epath.Path(workdir))
   batches = search.eval_batches(config, 'validation', 20, 16, seed=0)
@@ -248,11 +216,11 @@ def test_correlation_with_bootstrap_intervals():
 @pytest.mark.parametrize('yardstick', ['knn', 'linear', 'finetune'])
 def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
   num_archs = 3 if yardstick == 'finetune' else 6
-  config = _search_config(**{'rank.num_archs': num_archs, 'rank.knn_k': 5,
-                             'rank.train_images': 64, 'rank.eval_images': 32,
-                             'rank.yardstick': yardstick,
-                             'rank.finetune_steps': 2,
-                             'finetune.batch_size': 16})
+  config = search_config(**{'rank.num_archs': num_archs, 'rank.knn_k': 5,
+                            'rank.train_images': 64, 'rank.eval_images': 32,
+                            'rank.yardstick': yardstick,
+                            'rank.finetune_steps': 2,
+                            'finetune.batch_size': 16})
   config.search.supernet = str(
       artifacts.model_dir(epath.Path(workdir), 'supernet'))
   config.teacher.checkpoint = str(epath.Path(workdir) / 'teacher' / 'model')

@@ -1,7 +1,6 @@
 """mode=supernet: masked distillation (paper Algorithm 1)."""
 
 import json
-import pathlib
 
 import jax
 import numpy as np
@@ -11,33 +10,7 @@ from flax import nnx
 
 from masktas_jax import config_lib, losses, supernet_train, teacher, trainer
 from masktas_jax.models.mae import MAE
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope='module')
-def teacher_dir(tmp_path_factory):
-  config = _config('')
-  model = MAE(teacher.mae_config(config), rngs=nnx.Rngs(0))
-  return str(teacher.save_teacher(model, tmp_path_factory.mktemp('t') / 'm'))
-
-
-def _config(teacher_checkpoint, **overrides):
-  config = config_lib.load_config(str(ROOT / 'configs/demo.py'), check=False)
-  settings = {
-      # A smaller space than the demo's keeps the compile short.
-      'space.embed_dims': (64, 96), 'space.depths': (2, 3),
-      'space.num_heads': (1, 2), 'space.mlp_ratios': (2.0, 4.0),
-      'teacher.checkpoint': teacher_checkpoint, 'supernet.batch_size': 16,
-      'supernet.decoder_depth': 1, 'supernet.warmup_epochs': 0,
-      'checkpoint_every': 4, 'log_every': 4,
-      # The demo's parameter window does not fit this space.
-      'search.min_params_m': 0.0, 'search.max_params_m': 0.0, **overrides}
-  for key, value in settings.items():
-    section, _, name = key.rpartition('.')
-    (config[section] if section else config)[name] = value
-  return config_lib.validate(config)
-
+from helpers import demo_config
 
 def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
                                                  monkeypatch):
@@ -45,7 +18,7 @@ def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
   original = losses.student_loss
   monkeypatch.setattr(losses, 'student_loss',
                       lambda *a, **k: traces.append(1) or original(*a, **k))
-  config = _config(teacher_dir, **{'supernet.steps': 50,
+  config = demo_config(teacher_dir, **{'supernet.steps': 50,
                                    'supernet.base_lr': 2e-3})
   state = supernet_train.run(config, epath.Path(tmp_path))
   assert len(traces) == 1  # 50 steps, a fresh subnet each, one compile.
@@ -68,7 +41,7 @@ def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
 
 
 def test_a_step_moves_only_the_sampled_subnet(teacher_dir, tmp_path):
-  config = _config(teacher_dir, **{'supernet.steps': 1})
+  config = demo_config(teacher_dir, **{'supernet.steps': 1})
   state = supernet_train.run(config, epath.Path(tmp_path))
   # Re-derive what the trainer drew: init key and step-0 subnet.
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
@@ -95,7 +68,7 @@ def test_a_step_moves_only_the_sampled_subnet(teacher_dir, tmp_path):
 
 def test_stopped_and_resumed_training_ends_where_one_run_does(teacher_dir,
                                                              tmp_path):
-  config = _config(teacher_dir, **{'supernet.steps': 6,
+  config = demo_config(teacher_dir, **{'supernet.steps': 6,
                                    'checkpoint_every': 2})
   straight = supernet_train.run(config, epath.Path(tmp_path / 'a'))
   assert supernet_train.run(config, epath.Path(tmp_path / 'b'),
@@ -107,7 +80,7 @@ def test_stopped_and_resumed_training_ends_where_one_run_does(teacher_dir,
 
 
 def test_missing_teacher_is_a_clear_error(tmp_path):
-  config = _config('', **{'supernet.steps': 2})
+  config = demo_config('', **{'supernet.steps': 2})
   with pytest.raises(teacher.TeacherError, match='run --config.mode=teacher'):
     supernet_train.run(config, epath.Path(tmp_path))
 
@@ -132,14 +105,14 @@ def test_bfloat16_compute_keeps_float32_weights_and_close_losses():
            'space.num_heads': (1,), 'space.mlp_ratios': (2.0,),
            'teacher.embed_dim': 64, 'teacher.depth': 2, 'teacher.num_heads': 1,
            'supernet.decoder_embed_dim': 32}
-  teacher_model = MAE(teacher.mae_config(_config('', **small)),
+  teacher_model = MAE(teacher.mae_config(demo_config('', **small)),
                       rngs=nnx.Rngs(0))
   teacher_def, teacher_state = nnx.split(teacher_model)
   teacher_state = nnx.to_pure_dict(teacher_state)
   batch = {'image': jax.random.normal(jax.random.key(0), (4, 32, 32, 3))}
   results = {}
   for dtype in ('float32', 'bfloat16'):
-    config = _config('', **small, **{'supernet.compute_dtype': dtype})
+    config = demo_config('', **small, **{'supernet.compute_dtype': dtype})
     student_def, params, fixed = nnx.split(
         supernet_train.build_student(config, 64, nnx.Rngs(1)), nnx.Param, ...)
     params = nnx.to_pure_dict(params)

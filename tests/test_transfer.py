@@ -12,8 +12,7 @@ from etils import epath
 from flax import nnx
 
 from masktas_jax import artifacts, config_lib, data, finetune, main
-from test_cli import ROOT, run
-from test_search import SMALL, workdir  # noqa: F401  pylint: disable=unused-import
+from helpers import ROOT, SMALL, run
 from tfds_fixture import example, make_tfds_dataset
 
 

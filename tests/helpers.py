@@ -1,0 +1,57 @@
+"""What several test modules share: paths, the CLI runner and small configs.
+
+Fixtures built from these live in conftest.py; test modules import this
+module, never each other.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+from masktas_jax import config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# A space and teacher small enough to compile in seconds, for search tests.
+SMALL = {'space.embed_dims': (32, 48), 'space.depths': (2, 3),
+         'space.num_heads': (1, 2), 'space.mlp_ratios': (2.0, 4.0),
+         'teacher.embed_dim': 64, 'teacher.depth': 2, 'teacher.num_heads': 1,
+         'supernet.decoder_embed_dim': 32, 'search.eval_images': 48,
+         'search.batch_size': 16, 'search.population': 8,
+         'search.generations': 3, 'search.parents': 3, 'search.mutations': 4,
+         'search.crossovers': 4}
+
+
+def run(*args, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
+  """`python -m masktas_jax.main ARGS` on the CPU, output captured."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})}
+  return subprocess.run([sys.executable, '-m', 'masktas_jax.main', *args],
+                        cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=300, check=False)
+
+
+def demo_config(teacher_checkpoint: str, **overrides):
+  """The demo config on a smaller space, few steps, `overrides` applied
+  (dotted keys), validated."""
+  config = config_lib.load_config(str(ROOT / 'configs/demo.py'), check=False)
+  settings = {
+      # A smaller space than the demo's keeps the compile short.
+      'space.embed_dims': (64, 96), 'space.depths': (2, 3),
+      'space.num_heads': (1, 2), 'space.mlp_ratios': (2.0, 4.0),
+      'teacher.checkpoint': teacher_checkpoint, 'supernet.batch_size': 16,
+      'supernet.decoder_depth': 1, 'supernet.warmup_epochs': 0,
+      'checkpoint_every': 4, 'log_every': 4,
+      # The demo's parameter window does not fit this space.
+      'search.min_params_m': 0.0, 'search.max_params_m': 0.0, **overrides}
+  for key, value in settings.items():
+    section, _, name = key.rpartition('.')
+    (config[section] if section else config)[name] = value
+  return config_lib.validate(config)
+
+
+def search_config(**overrides):
+  """`demo_config` on the SMALL space, with the workdir's own teacher."""
+  return demo_config('', **{**SMALL, **overrides})
