@@ -201,9 +201,9 @@ def load_classifier(path: epath.PathLike) -> vit.VisionTransformer:
   return nnx.merge(graphdef, params, rest)
 
 
-def run(config, workdir: epath.Path) -> dict[str, Any] | None:
+def run(config, workdir: epath.Path) -> dict[str, Any]:
   """Fine-tunes (or resumes), evaluates and exports; returns metrics.json's
-  content, or None when stopped early."""
+  content."""
   f = config.finetune
   out = artifacts.stage_dir(workdir, 'finetune')
   metrics = artifacts.finetune_metrics(workdir)
