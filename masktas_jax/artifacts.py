@@ -4,7 +4,8 @@ Every path a stage reads or writes is named here, so that stages share
 artifacts rather than each other's modules:
 
     WORKDIR/config.json, space.json, space.png, summary.json, report.png
-    WORKDIR/<stage>/checkpoints/, metrics.jsonl, loss.png   (training stages)
+    WORKDIR/<stage>/checkpoints/, metrics.jsonl, loss.png, profile/
+                                                          (training stages)
     WORKDIR/teacher/model/       teacher.json + params/
     WORKDIR/supernet/model/      student.json + params/
     WORKDIR/search/state.json, history.jsonl, best_arch.json, fitness.png,
@@ -41,6 +42,8 @@ REPORT = 'report.png'
 CHECKPOINTS = 'checkpoints'
 METRICS_LOG = 'metrics.jsonl'
 LOSS_PLOT = 'loss.png'
+# jax.profiler traces (config.profile_steps), in the stage's directory.
+PROFILE = 'profile'
 # The model a stage exports, in its directory.
 MODEL = 'model'
 

@@ -38,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.keep_checkpoints = 2
   c.log_every = 50
+  # Trace this many steps of each training stage with jax.profiler (after
+  # the first, which compiles) into <stage>/profile/, for TensorBoard's
+  # profile plugin or Perfetto (the .trace.json.gz); 0: no trace.
+  c.profile_steps = 0
 
   c.data = ml_collections.ConfigDict()
   # 'digits' (bundled scikit-learn digits), 'folder' (images under
@@ -337,6 +341,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          config.data.name)
   for field in ('checkpoint_every', 'keep_checkpoints', 'log_every'):
     _check(config[field] > 0, field, 'must be positive', config[field])
+  _check(config.profile_steps >= 0, 'profile_steps', 'must be >= 0',
+         config.profile_steps)
   space_from_config(config)
   for stage in ('teacher', 'supernet'):
     ratio = config[stage].mask_ratio

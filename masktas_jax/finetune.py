@@ -259,9 +259,8 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
         'loss': loss, 'train_top1': accuracy}
 
   state, reached = trainer.train(
-      trainer.LoopConfig('finetune', out, steps, f.batch_size,
-                         config.checkpoint_every, config.keep_checkpoints,
-                         config.log_every),
+      trainer.LoopConfig.from_config(config, 'finetune', out, steps,
+                                     f.batch_size),
       init_fn=init_fn, step_fn=step_fn, data_iter=data_iter,
       seed=config.seed + 8)
   if reached < steps:

@@ -208,9 +208,9 @@ def run(config, workdir: epath.Path, stop_at: int = 0):
 
   # --- loop -----------------------------------------------------------------
   state, reached = trainer.train(
-      trainer.LoopConfig('supernet', artifacts.stage_dir(workdir, 'supernet'),
-                         steps, s.batch_size, config.checkpoint_every,
-                         config.keep_checkpoints, config.log_every, stop_at),
+      trainer.LoopConfig.from_config(
+          config, 'supernet', artifacts.stage_dir(workdir, 'supernet'), steps,
+          s.batch_size, stop_at),
       init_fn=init_fn, step_fn=step_fn, data_iter=data_iter, seed=config.seed,
       constants=nnx.to_pure_dict(teacher_state))
   if reached < steps:

@@ -130,9 +130,8 @@ def run(config, workdir: epath.Path, stop_at: int = 0) -> MAE | None:
 
   # --- loop, then the teacher directory --------------------------------------
   state, reached = trainer.train(
-      trainer.LoopConfig('teacher', out, steps, t.batch_size,
-                         config.checkpoint_every, config.keep_checkpoints,
-                         config.log_every, stop_at),
+      trainer.LoopConfig.from_config(config, 'teacher', out, steps,
+                                     t.batch_size, stop_at),
       init_fn=init_fn, step_fn=step_fn, data_iter=data_iter, seed=config.seed)
   if reached < steps:
     parallel.log(f'teacher: stopped at step {reached} of {steps}; run '

@@ -43,6 +43,18 @@ class LoopConfig:
   # End this run at this step with a checkpoint (e.g. a time-limited job);
   # the schedule still follows `steps` and a later run resumes. 0: no stop.
   stop_at: int = 0
+  # Steps to trace with jax.profiler into `directory/profile`, starting
+  # after this run's first step (which compiles). 0: none.
+  profile_steps: int = 0
+
+  @classmethod
+  def from_config(cls, config, name: str, directory: epath.Path, steps: int,
+                  batch_size: int, stop_at: int = 0) -> 'LoopConfig':
+    """The loop of stage `name`, with the run-wide logging, checkpoint and
+    profiling settings of `config`."""
+    return cls(name, directory, steps, batch_size, config.checkpoint_every,
+               config.keep_checkpoints, config.log_every, stop_at,
+               config.profile_steps)
 
 
 def decay_mask(params: Any) -> Any:
@@ -149,10 +161,20 @@ def train(loop: LoopConfig, *, init_fn: Callable[[jax.Array], Any],
   metrics_file = loop.directory / artifacts.METRICS_LOG
   end = min(loop.steps, loop.stop_at or loop.steps)
   t0 = time.perf_counter()
+  trace = (start + 1, min(start + 1 + loop.profile_steps, end)) if (
+      loop.profile_steps) else (end, end)
   for i in range(start, end):
+    if i == trace[0] < trace[1]:
+      jax.profiler.start_trace(str(loop.directory / artifacts.PROFILE))
     batch = parallel.global_batch(next(data_iter), mesh)
     state, metrics = step(state, batch, jax.random.fold_in(step_key, i))
     n = i + 1
+    if n == trace[1] > trace[0]:
+      jax.block_until_ready(state)  # The trace ends with the step's work.
+      jax.profiler.stop_trace()
+      if is_main:
+        print(f'{loop.name}: traced steps {trace[0] + 1}-{n} into '
+              f'{loop.directory / artifacts.PROFILE}', flush=True)
     save = n % loop.checkpoint_every == 0 or n == end
     if n % loop.log_every == 0 or save:
       # A host sync, only at log and save points.

@@ -135,6 +135,7 @@ def test_every_field_has_a_comment_above_it():
     (('search.relation', 'dots'), 'search.relation'),
     (('rank.yardstick', 'probe'), 'rank.yardstick'),
     (('rank.finetune_steps', 0), 'rank.finetune_steps'),
+    (('profile_steps', -1), 'profile_steps'),
 ])
 def test_invalid_config_errors_name_the_field(override, field):
   config = load('small')

@@ -1,5 +1,6 @@
 """The teacher stage: MAE pre-training, resume, and loading a teacher."""
 
+import gzip
 import json
 import os
 import pathlib
@@ -86,7 +87,14 @@ def test_training_resumed_from_a_checkpoint_ends_where_one_run_does(tmp_path):
   # The same run, stopped at step 3 (checkpointed there), then resumed.
   assert teacher.run(config, epath.Path(tmp_path / 'b'), stop_at=3) is None
   assert not (tmp_path / 'b/teacher/model').exists()
+  # The resumed run also traces two steps: profiling must not change them.
+  config.profile_steps = 2
   resumed = teacher.run(config, epath.Path(tmp_path / 'b'))
+  traces = list((tmp_path / 'b/teacher/profile').glob(
+      'plugins/profile/*/*.trace.json.gz'))
+  assert len(traces) == 1
+  with gzip.open(traces[0]) as f:
+    assert json.load(f)['traceEvents']
   for a, b in zip(jax.tree.leaves(jax.tree.map(np.asarray,
                                                nnx_state(straight))),
                   jax.tree.leaves(jax.tree.map(np.asarray,
