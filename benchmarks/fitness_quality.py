@@ -49,7 +49,7 @@ from etils import epath
 from scipy import stats
 
 from masktas_jax import artifacts, config_lib, data, finetune, losses, main
-from masktas_jax import rank, report, search
+from masktas_jax import fitness, rank, report, search
 from masktas_jax.evolution import Window
 from masktas_jax.space import Arch
 
@@ -176,7 +176,7 @@ def study_seed(args, seed: int) -> dict:
   space = config_lib.space_from_config(config)
   archs = rank.sample_archs(space, Window.from_config(config.search),
                             config.rank.num_archs, config.seed + 4)
-  scorer = search.scorer_from_config(config, workdir, capacity=len(archs))
+  scorer = fitness.scorer_from_config(config, workdir, capacity=len(archs))
   _log(f'seed {seed}: tokens of {len(archs)} subnets on '
        f'{scorer.num_images} images')
   zt, zs = scorer.tokens(archs)

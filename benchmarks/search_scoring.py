@@ -5,7 +5,7 @@ Three ways to give every candidate of one population the label-free fitness
 on the same images (randomly initialised models: speed does not depend on
 the weights):
 
-* `vectorised (vmap)` and `(map)`: `search.PopulationScorer`: the teacher's
+* `vectorised (vmap)` and `(map)`: `fitness.PopulationScorer`: the teacher's
   features once, then the whole population in one compiled call per image
   batch, vmapped at max width under masks, or looped inside the call at
   each subnet's FLOPs.
@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from masktas_jax import config_lib, data, search, supernet_train
+from masktas_jax import config_lib, data, fitness, supernet_train
 from masktas_jax import teacher as teacher_lib
 from masktas_jax.models.mae import MAE
 
@@ -46,7 +46,7 @@ def _load_config(name: str):
 
 
 def _random_batches(config, images: int, batch: int, seed: int):
-  """Normalised random images in `search.eval_batches`' format."""
+  """Normalised random images in `fitness.eval_batches`' format."""
   rng = np.random.default_rng(seed)
   size = config.space.image_size
   out = []
@@ -76,19 +76,19 @@ def main() -> None:
   rng = np.random.default_rng(0)
   archs = [space.sample(rng) for _ in range(args.population)]
   mask_ratio = config.supernet.mask_ratio
-  relation = search.relation_from_config(config.search)
+  relation = fitness.relation_from_config(config.search)
 
   t = time.perf_counter()
-  scorer = search.PopulationScorer(encoder, teacher, space, batches,
-                                   relation=relation,
-                                   mask_ratio=mask_ratio, seed=0,
-                                   capacity=args.population, strategy='vmap')
+  scorer = fitness.PopulationScorer(encoder, teacher, space, batches,
+                                    relation=relation,
+                                    mask_ratio=mask_ratio, seed=0,
+                                    capacity=args.population, strategy='vmap')
   teacher_once = time.perf_counter() - t
   # The same teacher features and masks, the other strategy.
-  mapped = search.PopulationScorer(encoder, teacher, space, batches,
-                                   relation=relation,
-                                   mask_ratio=mask_ratio, seed=0,
-                                   capacity=args.population, strategy='map')
+  mapped = fitness.PopulationScorer(encoder, teacher, space, batches,
+                                    relation=relation,
+                                    mask_ratio=mask_ratio, seed=0,
+                                    capacity=args.population, strategy='map')
 
   # The paper port: teacher and student features, per candidate.
   teacher_def, teacher_state = nnx.split(teacher)
@@ -120,8 +120,8 @@ def main() -> None:
       'loop, paper port': run_port,
   }
   results = {name: fn() for name, fn in methods.items()}  # Compile.
-  for name, fitness in results.items():
-    np.testing.assert_allclose(fitness, results['vectorised (vmap)'],
+  for name, scores in results.items():
+    np.testing.assert_allclose(scores, results['vectorised (vmap)'],
                                rtol=1e-4, atol=1e-5, err_msg=name)
   times = {name: [] for name in methods}
   for _ in range(args.repeats):

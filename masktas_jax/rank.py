@@ -32,10 +32,11 @@ from etils import epath
 from flax import nnx
 from scipy import stats
 
-from masktas_jax import artifacts, config_lib, data, finetune, parallel, report
-from masktas_jax import search
+from masktas_jax import artifacts, config_lib, data, finetune, fitness
+from masktas_jax import parallel, report
 from masktas_jax.errors import MaskTASError
-from masktas_jax.evolution import Window, check_window, random_candidate
+from masktas_jax.evolution import SearchError, Window, check_window
+from masktas_jax.evolution import random_candidate
 from masktas_jax.space import Arch
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -128,7 +129,7 @@ def linear_probe_top1(train_features: np.ndarray, train_labels: np.ndarray,
 class FeatureExtractor:
   """Mean-pooled patch features (P, B, max_embed) of many Archs at once, on
   whole images (no masking), in one compiled call per batch; `strategy` as
-  the search's scorer (search.STRATEGIES; 'auto': 'map' on CPU)."""
+  the search's scorer (fitness.STRATEGIES; 'auto': 'map' on CPU)."""
 
   def __init__(self, encoder, space, capacity: int, strategy: str = 'auto',
                mesh=None):
@@ -177,7 +178,7 @@ def sample_archs(space, window: Window, count: int, seed: int) -> list[Arch]:
   for _ in range(count):
     try:
       arch = random_candidate(space, window, rng, exclude=frozenset(seen))
-    except search.SearchError:
+    except SearchError:
       break
     seen.add(arch)
     archs.append(arch)
@@ -259,10 +260,10 @@ def yardstick_top1(config, workdir: epath.Path, encoder, space,
                          str(artifacts.supernet_model(config, workdir)))
   extract = FeatureExtractor(encoder, space, capacity=len(archs),
                              strategy=s.scoring)
-  support = search.eval_batches(config, config.data.train_split,
-                                r.train_images, s.batch_size, config.seed + 5)
-  query = search.eval_batches(config, config.data.eval_split, r.eval_images,
-                              s.batch_size, config.seed + 6)
+  support = fitness.eval_batches(config, config.data.train_split,
+                                 r.train_images, s.batch_size, config.seed + 5)
+  query = fitness.eval_batches(config, config.data.eval_split, r.eval_images,
+                               s.batch_size, config.seed + 6)
   train_feats, train_labels = extract(archs, support)
   query_feats, query_labels = extract(archs, query)
   num_classes = int(max(train_labels.max(), query_labels.max())) + 1
@@ -313,11 +314,11 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   archs = sample_archs(space, window, r.num_archs, config.seed + 4)
 
   # --- label-free: exactly the search's fitness ----------------------------
-  scorer = search.scorer_from_config(config, workdir, capacity=len(archs))
-  warning = search.check_teacher_entropy(scorer.teacher_entropy)
+  scorer = fitness.scorer_from_config(config, workdir, capacity=len(archs))
+  warning = fitness.check_teacher_entropy(scorer.teacher_entropy)
   if warning:
     parallel.log(warning)
-  fitness, student_entropy = scorer.evaluate(archs)
+  scores, student_entropy = scorer.evaluate(archs)
 
   # --- supervised yardstick and the free controls --------------------------
   accuracy = yardstick_top1(config, workdir, scorer.encoder, space, archs)
@@ -329,14 +330,14 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
       'relation': dataclasses.asdict(scorer.relation),
       'teacher_entropy': scorer.teacher_entropy,
       'fitness_images': scorer.num_images,
-      'fitness': correlation(fitness, accuracy, config.seed),
+      'fitness': correlation(scores, accuracy, config.seed),
       'controls': {name: correlation(values, accuracy, config.seed)
                    for name, values in (('params', params), ('macs', macs),
                                         ('student_entropy', student_entropy))},
       'archs': [{'arch': a.to_dict(), 'params': p, 'macs': m,
                  'fitness': float(f), 'student_entropy': float(h),
                  'yardstick': float(acc)}
-                for a, p, m, f, h, acc in zip(archs, params, macs, fitness,
+                for a, p, m, f, h, acc in zip(archs, params, macs, scores,
                                               student_entropy, accuracy)]}
   if r.yardstick == 'knn':
     result['knn_k'] = r.knn_k

@@ -97,9 +97,9 @@ def test_paper_config_names_its_spaces():
 
 
 def test_the_default_relation_is_the_losses_default():
-  from masktas_jax import losses, search
+  from masktas_jax import fitness, losses
   config = config_lib.base_config()
-  assert search.relation_from_config(config.search) == losses.Relation()
+  assert fitness.relation_from_config(config.search) == losses.Relation()
 
 
 def test_every_field_has_a_comment_above_it():

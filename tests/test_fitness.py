@@ -9,7 +9,7 @@ import pytest
 from etils import epath
 from scipy import stats
 
-from masktas_jax import config_lib, losses, main, rank, search
+from masktas_jax import config_lib, fitness, losses, main, rank
 from masktas_jax.evolution import Window
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def test_the_fitness_ranking_depends_on_the_teacher(trained):
   archs = rank.sample_archs(space, Window.from_config(config.search), 30,
                             seed=0)
   assert len(archs) == 30
-  scorer = search.scorer_from_config(config, workdir, capacity=30)
+  scorer = fitness.scorer_from_config(config, workdir, capacity=30)
   z_teacher, z_students = scorer.tokens(archs)
   rng = np.random.default_rng(0)
   noise = rng.normal(size=z_teacher.shape)
@@ -69,7 +69,7 @@ def test_the_fitness_ranking_depends_on_the_teacher(trained):
   def ranking(relation, teacher):
     return [float(relation.fitness(teacher, z).mean()) for z in z_students]
 
-  default = search.relation_from_config(config.search)
+  default = fitness.relation_from_config(config.search)
   real = ranking(default, teachers['real'])
   # The scorer's own fitness is this one.
   np.testing.assert_allclose(scorer(archs), real, rtol=1e-5, atol=1e-6)

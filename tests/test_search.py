@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from etils import epath
 
-from masktas_jax import artifacts, config_lib, losses, rank, search
-from masktas_jax import supernet_train
+from masktas_jax import artifacts, config_lib, fitness, losses, rank
+from masktas_jax import search, supernet_train
 from masktas_jax.evolution import SearchError, Window
+from masktas_jax.space import Arch
 from helpers import search_config
 
 
@@ -17,13 +18,13 @@ def test_population_scorer_equals_scoring_each_alone_and_compiles_once(
     workdir, strategy):
   config = search_config()
   space = config_lib.space_from_config(config)
-  encoder, teacher_model = search.load_models(config, epath.Path(workdir))
-  batches = search.eval_batches(config, 'train', 40, 16, seed=0)
+  encoder, teacher_model = fitness.load_models(config, epath.Path(workdir))
+  batches = fitness.eval_batches(config, 'train', 40, 16, seed=0)
   assert len(batches) == 3 and int(sum(b['valid'].sum() for b in batches)) == 40
   relation = losses.Relation('cosine', 0.2, 0.1, exclude_self=True)
-  scorer = search.PopulationScorer(encoder, teacher_model, space, batches,
-                                   relation=relation, mask_ratio=0.75, seed=0,
-                                   capacity=5, strategy=strategy)
+  scorer = fitness.PopulationScorer(encoder, teacher_model, space, batches,
+                                    relation=relation, mask_ratio=0.75, seed=0,
+                                    capacity=5, strategy=strategy)
   rng = np.random.default_rng(0)
   for _ in range(2):  # Two "generations" of different Archs, one compile.
     archs = [space.sample(rng) for _ in range(7)]  # Two chunks, one padded.
@@ -65,7 +66,7 @@ def test_search_stays_in_the_window_and_resumes_to_the_same_result(
   history = [json.loads(l) for l in
              (out / 'history.jsonl').read_text().splitlines()]
   window = Window.from_config(config.search)
-  archs = [search.Arch.from_dict(h['arch']) for h in history]
+  archs = [Arch.from_dict(h['arch']) for h in history]
   assert len(history) == len({a.to_json() for a in archs})  # No repeats.
   assert all(window.contains(space, a) and space.contains(a) for a in archs)
   assert max(h['fitness'] for h in history) == straight['fitness']
@@ -76,7 +77,7 @@ def test_search_stays_in_the_window_and_resumes_to_the_same_result(
 
   # Killed after its second generation: the next run picks up from there.
   calls = []
-  original = search.PopulationScorer.__call__
+  original = fitness.PopulationScorer.__call__
 
   def dies_in_generation_3(self, archs):
     calls.append(1)
@@ -84,11 +85,11 @@ def test_search_stays_in_the_window_and_resumes_to_the_same_result(
       raise KeyboardInterrupt
     return original(self, archs)
 
-  monkeypatch.setattr(search.PopulationScorer, '__call__',
+  monkeypatch.setattr(fitness.PopulationScorer, '__call__',
                       dies_in_generation_3)
   with pytest.raises(KeyboardInterrupt):
     search.run(config, epath.Path(tmp_path / 'b'))
-  monkeypatch.setattr(search.PopulationScorer, '__call__', original)
+  monkeypatch.setattr(fitness.PopulationScorer, '__call__', original)
   state = json.loads((tmp_path / 'b/search/state.json').read_text())
   assert state['generation'] == 2
   resumed = search.run(config, epath.Path(tmp_path / 'b'))
@@ -110,9 +111,9 @@ def test_search_stays_in_the_window_and_resumes_to_the_same_result(
 
 
 def test_the_teacher_entropy_warning_band():
-  assert search.check_teacher_entropy(0.5) is None
-  low, high = search.check_teacher_entropy(0.05), search.check_teacher_entropy(
-      0.97)
+  assert fitness.check_teacher_entropy(0.5) is None
+  low = fitness.check_teacher_entropy(0.05)
+  high = fitness.check_teacher_entropy(0.97)
   assert 'nearly one-hot (entropy 0.050' in low and 'raise' in low
   assert 'nearly uniform (entropy 0.970' in high and 'lower' in high
   assert '\n' not in low + high
@@ -130,7 +131,7 @@ def test_a_supernet_of_another_space_is_refused(workdir):
   config = search_config(**{'space.embed_dims': (32, 64)})
   with pytest.raises(supernet_train.SupernetError,
                      match='config.space.embed_dims'):
-    search.load_models(config, epath.Path(workdir))
+    fitness.load_models(config, epath.Path(workdir))
 
 
 def test_knn_top1_against_a_hand_checked_example():
@@ -151,8 +152,8 @@ def test_features_are_the_extracted_subnets_mean_pooled_tokens(workdir,
                                                                strategy):
   config = search_config()
   space = config_lib.space_from_config(config)
-  encoder, _ = search.load_models(config, epath.Path(workdir))
-  batches = search.eval_batches(config, 'validation', 20, 16, seed=0)
+  encoder, _ = fitness.load_models(config, epath.Path(workdir))
+  batches = fitness.eval_batches(config, 'validation', 20, 16, seed=0)
   rng = np.random.default_rng(2)
   archs = [space.sample(rng) for _ in range(3)]
   extract = rank.FeatureExtractor(encoder, space, capacity=4,
@@ -234,7 +235,7 @@ def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
   assert all(0 <= a <= 1 for a in accuracy)
   space = config_lib.space_from_config(config)
   for a in archs:
-    arch = search.Arch.from_dict(a['arch'])
+    arch = Arch.from_dict(a['arch'])
     assert a['params'] == space.count_params(arch)
     assert a['macs'] == space.count_macs(arch)
     assert 0 < a['student_entropy'] < 1

@@ -1,0 +1,256 @@
+"""The label-free fitness of subnets (paper eq. 13-16), for search and rank.
+
+`PopulationScorer` rates a whole population of Archs of the trained
+supernet at once by the consistency of their token relations with the
+frozen teacher's on the same visible patches (`losses.Relation`), averaged
+over a fixed set of masked evaluation images whose teacher features are
+computed once. `mode=search` evolves Archs with it; `mode=rank` checks it
+against labels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from masktas_jax import artifacts, config_lib, data, losses, parallel
+from masktas_jax import supernet_train
+from masktas_jax import teacher as teacher_lib
+from masktas_jax.masking import random_masking
+from masktas_jax.space import Arch, SearchSpace
+
+
+class _Subset:
+  """`source` restricted to `indices` (a random-access source too)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, indices
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return self.source[int(self.indices[i])]
+
+
+def eval_batches(config, split: str, num_images: int, batch_size: int,
+                 seed: int) -> list[dict[str, np.ndarray]]:
+  """This process's share of `num_images` images of `split` (a seeded random
+  subset), centre-cropped, in global batches of `batch_size`.
+
+  Each dict has 'image' (b, S, S, 3), 'label' (b,) and 'valid' (b,), b the
+  per-process batch; the last batch is padded ('valid' False).
+  """
+  source = data.get_source(config.data, split)
+  n = min(num_images, len(source))
+  # Every process must see the same number of batches.
+  n -= n % jax.process_count()
+  indices = np.sort(np.random.default_rng(seed).permutation(len(source))[:n])
+  local = parallel.check_batch_size(batch_size, 'search.batch_size')
+  return list(data.eval_pipeline(_Subset(source, indices),
+                                 image_size=config.space.image_size,
+                                 batch_size=local))
+
+
+# How one compiled call covers a population: 'vmap' runs the supernet's
+# `mask` path (max width) vmapped over the candidates, large matmuls that
+# suit accelerators; 'map' loops over them inside the call on the `switch`
+# path, each at its own subnet's FLOPs, which suits CPUs.
+STRATEGIES = ('vmap', 'map')
+
+
+class PopulationScorer:
+  """Label-free fitness of many Archs at once on a fixed set of images.
+
+  The teacher's features and the masks of every evaluation batch are made
+  once, at construction. A call scores up to `capacity` Archs: their
+  encodings are stacked (padded to `capacity`, so one compiled function
+  serves every generation) and scored in one call per batch (`strategy`,
+  see STRATEGIES; 'auto': 'map' on CPU, else 'vmap'), the images split over
+  the mesh. `relation` says how relation maps are formed (losses.Relation).
+  """
+
+  def __init__(self, encoder, teacher, space: SearchSpace,
+               batches: Sequence[dict[str, np.ndarray]], *,
+               relation: losses.Relation, mask_ratio: float, seed: int,
+               capacity: int, strategy: str = 'auto', mesh=None):
+    if strategy == 'auto':
+      strategy = 'map' if jax.default_backend() == 'cpu' else 'vmap'
+    if strategy not in STRATEGIES:
+      raise ValueError(f'config.search.scoring: expected one of '
+                       f"{('auto',) + STRATEGIES}, got {strategy!r}")
+    self.space, self.capacity, self.relation = space, capacity, relation
+    self.strategy, self.encoder = strategy, encoder
+    self.mesh = mesh or parallel.make_mesh()
+    rep = parallel.replicated(self.mesh)
+    sharded = parallel.batch_sharded(self.mesh)
+    self.encoder_def, encoder_state = nnx.split(encoder)
+    self.encoder_state = jax.device_put(nnx.to_pure_dict(encoder_state), rep)
+    teacher_def, teacher_state = nnx.split(teacher)
+
+    def prepare(teacher_state, images, valid, key):
+      ids_keep, _, _ = random_masking(key, images.shape[0], space.num_patches,
+                                      mask_ratio)
+      model = nnx.merge(teacher_def, teacher_state)
+      z_teacher = model.encode(images, ids_keep)[:, 1:]
+      entropy = jnp.sum(jnp.where(valid, relation.teacher_entropy(z_teacher),
+                                  0.0))
+      return ids_keep, z_teacher, entropy
+
+    prepare = jax.jit(prepare, out_shardings=(sharded, sharded, rep))
+    teacher_state = jax.device_put(nnx.to_pure_dict(teacher_state), rep)
+    root = jax.random.key(seed)
+    self.batches, entropy = [], []
+    for i, batch in enumerate(batches):
+      images = parallel.global_batch({'image': batch['image'],
+                                      'valid': batch['valid']}, self.mesh)
+      ids_keep, z_teacher, h = prepare(teacher_state, images['image'],
+                                       images['valid'],
+                                       jax.random.fold_in(root, i))
+      self.batches.append((images['image'], images['valid'], ids_keep,
+                           z_teacher))
+      entropy.append(h)
+    # Over every process's share.
+    self.num_images = int(sum(jax.device_get(
+        [jnp.sum(b[1]) for b in self.batches])))
+    # Mean row entropy of the teacher's maps as a fraction of its maximum.
+    self.teacher_entropy = float(sum(jax.device_get(entropy))) / max(
+        self.num_images, 1)
+    self.traces = 0
+    self._score = jax.jit(self._score_batch, in_shardings=(
+        rep, rep, sharded, sharded, sharded, sharded), out_shardings=rep)
+    self._alone = jax.jit(self._alone_batch, in_shardings=(
+        rep, rep, sharded, sharded, sharded, sharded), out_shardings=rep)
+
+  def _one(self, encoder, arch, images, valid, ids_keep, z_teacher, mode):
+    """(2,): summed fitness and student entropy of one Arch over a batch."""
+    z_student = encoder.encode(images, arch, ids_keep, mode=mode)[:, 1:]
+    per_image = jnp.stack([self.relation.fitness(z_teacher, z_student),
+                           self.relation.student_entropy(z_student)], -1)
+    return jnp.sum(jnp.where(valid[:, None], per_image, 0.0), axis=0)
+
+  def _score_batch(self, encoder_state, archs, images, valid, ids_keep,
+                   z_teacher):
+    """(P, 2) summed fitness and student entropy of the stacked Archs over
+    one batch's images."""
+    self.traces += 1
+    encoder = nnx.merge(self.encoder_def, encoder_state)
+    mode = 'mask' if self.strategy == 'vmap' else 'switch'
+
+    def one(arch):
+      return self._one(encoder, arch, images, valid, ids_keep, z_teacher,
+                       mode)
+
+    if self.strategy == 'vmap':
+      return jax.vmap(one)(archs)
+    return jax.lax.map(one, archs)
+
+  def _alone_batch(self, encoder_state, arch, images, valid, ids_keep,
+                   z_teacher):
+    """(2,) for one Arch, on its own subnet's FLOPs."""
+    encoder = nnx.merge(self.encoder_def, encoder_state)
+    return self._one(encoder, arch, images, valid, ids_keep, z_teacher,
+                     'switch')
+
+  def evaluate(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
+    """((P,) fitness, (P,) student map entropy), each a mean per image; the
+    entropy (a fraction of its maximum) needs no teacher: the control that
+    the fitness must beat."""
+    out = []
+    for lo in range(0, len(archs), self.capacity):
+      chunk = list(archs[lo:lo + self.capacity])
+      padded = chunk + [chunk[-1]] * (self.capacity - len(chunk))
+      encoded = self.space.encode_batch(padded)
+      total = sum(self._score(self.encoder_state, encoded, *b)
+                  for b in self.batches)
+      out.append(np.asarray(jax.device_get(total))[:len(chunk)])
+    per_image = np.concatenate(out) / self.num_images
+    return per_image[:, 0], per_image[:, 1]
+
+  def __call__(self, archs: Sequence[Arch]) -> np.ndarray:
+    """(len(archs),) mean fitness per image; higher is better."""
+    return self.evaluate(archs)[0]
+
+  def score_alone(self, arch: Arch) -> float:
+    """The same fitness for one Arch through the `switch` path (a check of
+    the vectorised scorer, and the per-candidate baseline)."""
+    encoded = self.space.encode(arch)
+    total = sum(self._alone(self.encoder_state, encoded, *b)
+                for b in self.batches)
+    return float(jax.device_get(total)[0]) / self.num_images
+
+  def tokens(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
+    """((n, K, D_t) teacher tokens, (P, n, K, max_embed) student tokens) of
+    the n evaluation images' K visible patches, gathered to the host: what
+    the fitness compares, for studies of other relation maps."""
+    encoder_def = self.encoder_def
+
+    @jax.jit
+    def student(encoder_state, arch, images, ids_keep):
+      encoder = nnx.merge(encoder_def, encoder_state)
+      return encoder.encode(images, arch, ids_keep, mode='switch')[:, 1:]
+
+    def valid_rows(x, valid):
+      return np.asarray(jax.device_get(x))[np.asarray(jax.device_get(valid))]
+
+    teacher = np.concatenate([valid_rows(b[3], b[1]) for b in self.batches])
+    students = np.stack([np.concatenate([
+        valid_rows(student(self.encoder_state, self.space.encode(a), b[0],
+                           b[2]), b[1]) for b in self.batches])
+                         for a in archs])
+    return teacher, students
+
+
+def relation_from_config(search_config) -> losses.Relation:
+  """The `losses.Relation` of `config.search`."""
+  s = search_config
+  return losses.Relation(form=s.relation, tau=s.tau,
+                         student_tau=s.tau * s.student_tau_ratio,
+                         exclude_self=s.exclude_self)
+
+
+def scorer_from_config(config, workdir: epath.Path, capacity: int,
+                       relation: losses.Relation | None = None
+                       ) -> PopulationScorer:
+  """The search's scorer: the workdir's (or config.search.supernet's)
+  supernet and the teacher, on `search.eval_images` masked images of the
+  search split; `relation` overrides the config's."""
+  s = config.search
+  encoder, teacher = load_models(config, workdir)
+  split = s.eval_split or config.data.train_split
+  batches = eval_batches(config, split, s.eval_images, s.batch_size,
+                         config.seed + 2)
+  return PopulationScorer(
+      encoder, teacher, config_lib.space_from_config(config), batches,
+      relation=relation or relation_from_config(s),
+      mask_ratio=config.supernet.mask_ratio, seed=config.seed + 3,
+      capacity=capacity, strategy=s.scoring)
+
+
+def check_teacher_entropy(entropy: float) -> str | None:
+  """A one-line warning when the teacher's relation maps are nearly one-hot
+  or nearly uniform (mean row entropy below 0.1 or above 0.95 of log K),
+  where they say little of the image; else None."""
+  if entropy < 0.1:
+    return (f'search: warning: the teacher\'s relation maps are nearly '
+            f'one-hot (entropy {entropy:.3f} of its maximum); raise '
+            'config.search.tau')
+  if entropy > 0.95:
+    return (f'search: warning: the teacher\'s relation maps are nearly '
+            f'uniform (entropy {entropy:.3f} of its maximum); lower '
+            'config.search.tau')
+  return None
+
+
+def load_models(config, workdir: epath.Path):
+  """(supernet encoder, teacher) for search and ranking."""
+  teacher = teacher_lib.load_teacher(
+      artifacts.teacher_model(config, workdir), config)
+  student = supernet_train.load_student(
+      artifacts.supernet_model(config, workdir), config)
+  return student.encoder, teacher
