@@ -49,6 +49,7 @@ from etils import epath
 from scipy import stats
 
 from masktas_jax import artifacts, config_lib, data, finetune, losses, main
+from masktas_jax import model_dirs
 from masktas_jax import fitness, rank, report, search
 from masktas_jax.evolution import Window
 from masktas_jax.space import Arch
@@ -117,7 +118,7 @@ def test_top1(config, model_dir: epath.Path) -> float:
     return json.loads(cache.read_text())['top1']
   space = config_lib.space_from_config(config)
   result = finetune.evaluate(
-      finetune.load_classifier(model_dir), data.eval_pipeline(
+      model_dirs.load_classifier(model_dir), data.eval_pipeline(
           data.get_source(config.data, 'test'), image_size=space.image_size,
           batch_size=120))
   cache.write_text(json.dumps(result))

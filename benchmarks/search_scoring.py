@@ -34,8 +34,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from masktas_jax import config_lib, data, fitness, supernet_train
-from masktas_jax import teacher as teacher_lib
+from masktas_jax import config_lib, data, fitness, model_dirs
 from masktas_jax.models.mae import MAE
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -69,9 +68,9 @@ def main() -> None:
 
   config = _load_config(args.config)
   space = config_lib.space_from_config(config)
-  teacher = MAE(teacher_lib.mae_config(config), rngs=nnx.Rngs(0))
-  encoder = supernet_train.build_student(config, teacher.config.embed_dim,
-                                         nnx.Rngs(1)).encoder
+  teacher = MAE(model_dirs.mae_config(config), rngs=nnx.Rngs(0))
+  encoder = model_dirs.build_student(config, teacher.config.embed_dim,
+                                     nnx.Rngs(1)).encoder
   batches = _random_batches(config, args.images, args.batch, 0)
   rng = np.random.default_rng(0)
   archs = [space.sample(rng) for _ in range(args.population)]

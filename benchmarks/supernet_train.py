@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from masktas_jax import config_lib, supernet_train, trainer
+from masktas_jax import config_lib, model_dirs, supernet_train, trainer
 from masktas_jax.masking import num_visible
 from masktas_jax.models import vit
 from masktas_jax.models.mae import MAE, MAEConfig, PixelDecoder
@@ -340,8 +340,8 @@ def main():
       num_heads=t.num_heads, decoder_depth=0), rngs=nnx.Rngs(args.seed))
   teacher_def, teacher_state = nnx.split(teacher)
   teacher_state = nnx.to_pure_dict(teacher_state)
-  student = supernet_train.build_student(config, t.embed_dim,
-                                         nnx.Rngs(args.seed + 1))
+  student = model_dirs.build_student(config, t.embed_dim,
+                                     nnx.Rngs(args.seed + 1))
   student_def, params, fixed = nnx.split(student, nnx.Param, ...)
   # The schedule's length does not change the step's work.
   opt = trainer.adamw(s.base_lr * args.batch / 512, 1000, 100,

@@ -7,7 +7,7 @@ Reads `{'model': state_dict}` or a bare state dict, encoder-only
 (`mae_pretrain_vit_*.pth`) or with the decoder (`*_full.pth`, visualize
 checkpoints), infers the shapes (width, depth, heads, patch and image size)
 from the tensors, checks every key and shape, and writes a teacher directory
-(`teacher.save_teacher`) usable as `--config.teacher.checkpoint=DIR`.
+(`model_dirs.save_teacher`) usable as `--config.teacher.checkpoint=DIR`.
 Reading `.pth` files needs PyTorch (CPU build is enough):
 `pip install -e '.[torch]'`.
 """
@@ -25,7 +25,7 @@ from absl import app, flags
 from etils import epath
 from flax import nnx
 
-from masktas_jax import teacher as teacher_lib
+from masktas_jax import model_dirs
 from masktas_jax.errors import MaskTASError
 from masktas_jax.models.mae import MAE, MAEConfig
 
@@ -283,7 +283,7 @@ def main(argv):
   try:
     model = load_pytorch_checkpoint(_CHECKPOINT.value, _NUM_HEADS.value,
                                     _DECODER_HEADS.value)
-    out = teacher_lib.save_teacher(model, _OUTPUT.value, _OVERWRITE.value)
+    out = model_dirs.save_teacher(model, _OUTPUT.value, _OVERWRITE.value)
   except (CheckpointError, FileExistsError, ValueError) as e:
     print(f'convert_mae: error: {" ".join(str(e).split())}', file=sys.stderr)
     sys.exit(2)

@@ -28,3 +28,7 @@ class TeacherError(MaskTASError, ValueError):
 
 class SupernetError(MaskTASError, ValueError):
   """A trained-supernet directory that cannot be used with this config."""
+
+
+class FinetuneError(MaskTASError, ValueError):
+  """An Arch or dataset that cannot be fine-tuned as configured."""

@@ -24,16 +24,13 @@ import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, config_lib, data, parallel, supernet_train
+from masktas_jax import artifacts, config_lib, data, model_dirs, parallel
 from masktas_jax import trainer
-from masktas_jax.errors import MaskTASError
+from masktas_jax.errors import FinetuneError
+from masktas_jax.model_dirs import save_classifier
 from masktas_jax.models import vit
 from masktas_jax.space import Arch, SearchSpace
 
-
-
-class FinetuneError(MaskTASError, ValueError):
-  """An Arch or dataset that cannot be fine-tuned as configured."""
 
 
 def resolve_arch(config, workdir: epath.Path, space: SearchSpace) -> Arch:
@@ -170,37 +167,6 @@ def evaluate(model: vit.VisionTransformer, batches, mesh=None) -> dict:
           'images': int(totals[2])}
 
 
-def save_classifier(model: vit.VisionTransformer, space: SearchSpace,
-                    arch: Arch, path: epath.PathLike) -> None:
-  """`path/classifier.json` (Arch, image and patch size, classes) +
-  Orbax `path/params/`."""
-  meta = {'arch': arch.to_dict(), 'image_size': space.image_size,
-          'patch_size': space.patch_size, 'in_chans': space.in_chans,
-          'num_classes': model.head.out_features}
-  artifacts.save_model(path, 'classifier', meta,
-                       nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-                       overwrite=True)
-
-
-def load_classifier(path: epath.PathLike) -> vit.VisionTransformer:
-  """The fine-tuned classifier at `path` (a `finetune/model` directory):
-  `load_classifier(p)(images)` gives logits (B, classes) for normalised
-  images (B, S, S, 3)."""
-  path = epath.Path(path)
-  meta = artifacts.read_meta(path, 'classifier', FinetuneError)
-  arch = Arch.from_dict(meta['arch'])
-  abstract = nnx.eval_shape(lambda: vit.VisionTransformer(
-      embed_dim=arch.embed_dim, num_heads=arch.num_heads,
-      mlp_dims=arch.mlp_dims, image_size=meta['image_size'],
-      patch_size=meta['patch_size'], num_classes=meta['num_classes'],
-      in_chans=meta['in_chans'], rngs=nnx.Rngs(0)))
-  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-  pure = artifacts.load_arrays(path, 'classifier', nnx.to_pure_dict(params),
-                               FinetuneError)
-  nnx.replace_by_pure_dict(params, pure)
-  return nnx.merge(graphdef, params, rest)
-
-
 def run(config, workdir: epath.Path) -> dict[str, Any]:
   """Fine-tunes (or resumes), evaluates and exports; returns metrics.json's
   content."""
@@ -220,7 +186,7 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
 
   # --- the classifier: inherited weights, or random ones -------------------
   if not f.from_scratch:
-    extracted = supernet_train.load_student(
+    extracted = model_dirs.load_student(
         artifacts.supernet_model(config, workdir), config).encoder.extract(arch)
     inherited = nnx.to_pure_dict(nnx.state(extracted))
   graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(

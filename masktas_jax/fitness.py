@@ -18,9 +18,8 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, config_lib, data, losses, parallel
-from masktas_jax import supernet_train
-from masktas_jax import teacher as teacher_lib
+from masktas_jax import artifacts, config_lib, data, losses, model_dirs
+from masktas_jax import parallel
 from masktas_jax.masking import random_masking
 from masktas_jax.space import Arch, SearchSpace
 
@@ -249,8 +248,8 @@ def check_teacher_entropy(entropy: float) -> str | None:
 
 def load_models(config, workdir: epath.Path):
   """(supernet encoder, teacher) for search and ranking."""
-  teacher = teacher_lib.load_teacher(
+  teacher = model_dirs.load_teacher(
       artifacts.teacher_model(config, workdir), config)
-  student = supernet_train.load_student(
+  student = model_dirs.load_student(
       artifacts.supernet_model(config, workdir), config)
   return student.encoder, teacher

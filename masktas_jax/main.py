@@ -16,9 +16,8 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from masktas_jax import artifacts, config_lib, data, evolution, finetune
-from masktas_jax import parallel, rank
-from masktas_jax import supernet_train, teacher
+from masktas_jax import artifacts, config_lib, data, errors, evolution, finetune
+from masktas_jax import model_dirs, parallel, rank
 from masktas_jax.errors import MaskTASError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -66,9 +65,9 @@ def _check_inputs(config, modes, workdir: epath.Path) -> None:
   uses = set(modes)
   for field, readers, check, error in (
       ('teacher.checkpoint', {'teacher', 'supernet', 'search', 'rank'},
-       teacher.read_config, teacher.TeacherError),
+       model_dirs.read_teacher_config, errors.TeacherError),
       ('search.supernet', {'supernet', 'search', 'rank', 'finetune'},
-       supernet_train.read_meta, supernet_train.SupernetError)):
+       model_dirs.read_student_meta, errors.SupernetError)):
     path = config[field]
     if path and uses & readers:
       try:

@@ -21,79 +21,11 @@ import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, config_lib, data, losses, parallel, trainer
-from masktas_jax import teacher as teacher_lib
-from masktas_jax.errors import SupernetError
+from masktas_jax import artifacts, config_lib, data, losses, model_dirs
+from masktas_jax import parallel, trainer
 from masktas_jax.masking import patchify, random_masking
-from masktas_jax.models.student import Student
-
-
-def save_student(state, teacher_dim: int, config, path: epath.PathLike,
-                 overwrite: bool = False) -> None:
-  """Writes the trained student (no optimizer state) as a model directory:
-  `student.json` (the space and widths it was built with) + `params/`."""
-  meta = {'space': config_lib.space_from_config(config).to_dict(),
-          'teacher_dim': teacher_dim, **{k: config.supernet[k] for k in (
-              'decoder_embed_dim', 'decoder_depth', 'decoder_num_heads')}}
-  artifacts.save_model(path, 'student', meta, {'params': state['params'],
-                                               'fixed': state['fixed']},
-                       overwrite)
-
-
-def read_meta(path: epath.PathLike, config) -> dict:
-  """student.json of the supernet at `path`, checked against `config.space`.
-
-  Raises:
-    SupernetError: no trained supernet at `path`, or one of another space.
-  """
-  path = epath.Path(path)
-  meta = artifacts.read_meta(path, 'student', SupernetError,
-                             what='trained supernet',
-                             missing='run --config.mode=supernet first')
-  # The student has no classifier: a supernet serves any number of classes
-  # (transfer searches an ImageNet supernet on CIFAR).
-  space = config_lib.space_from_config(config).to_dict()
-  space.pop('num_classes')
-  saved = {k: tuple(v) if isinstance(v, list) else v
-           for k, v in meta['space'].items() if k != 'num_classes'}
-  if saved != space:
-    diff = sorted(k for k in space if saved.get(k) != space[k])
-    raise SupernetError(
-        f'{path}: the supernet was trained on another search space '
-        f'(config.space.{diff[0]} is {space[diff[0]]}, it has '
-        f'{saved.get(diff[0])})')
-  return meta
-
-
-def load_student(path: epath.PathLike, config) -> Student:
-  """The student `save_student` wrote; its space must be `config.space`
-  (the number of classes aside).
-
-  Raises:
-    SupernetError: no trained supernet at `path`, or one of another space.
-  """
-  path = epath.Path(path)
-  meta = read_meta(path, config)
-  c = config.copy_and_resolve_references()
-  with c.unlocked():
-    for k in ('decoder_embed_dim', 'decoder_depth', 'decoder_num_heads'):
-      c.supernet[k] = meta[k]
-  abstract = nnx.eval_shape(lambda: build_student(c, meta['teacher_dim'],
-                                                  nnx.Rngs(0)))
-  graphdef, params, fixed = nnx.split(abstract, nnx.Param, ...)
-  pure = artifacts.load_arrays(
-      path, 'student', {'params': nnx.to_pure_dict(params),
-                        'fixed': nnx.to_pure_dict(fixed)}, SupernetError)
-  nnx.replace_by_pure_dict(params, pure['params'])
-  nnx.replace_by_pure_dict(fixed, pure['fixed'])
-  return nnx.merge(graphdef, params, fixed)
-
-
-def build_student(config, teacher_dim: int, rngs: nnx.Rngs) -> Student:
-  s = config.supernet
-  return Student(config_lib.space_from_config(config), teacher_dim=teacher_dim,
-                 decoder_dim=s.decoder_embed_dim, decoder_depth=s.decoder_depth,
-                 decoder_heads=s.decoder_num_heads, rngs=rngs, remat=s.remat)
+from masktas_jax.model_dirs import build_student, read_student_meta
+from masktas_jax.model_dirs import save_student
 
 
 def cast(tree, dtype):
@@ -173,13 +105,14 @@ def run(config, workdir: epath.Path, stop_at: int = 0):
   s = config.supernet
   existing = artifacts.supernet_model(config, workdir)
   if config.search.supernet or artifacts.is_model_dir(existing, 'student'):
-    read_meta(existing, config)  # Missing or of another space: fails here.
+    # Missing or of another space: fails here.
+    read_student_meta(existing, config)
     parallel.log(f'supernet: {existing} exists; not training again')
     return None
 
   # --- teacher (frozen: a constant of the step, not in the train state) ----
-  teacher = teacher_lib.load_teacher(artifacts.teacher_model(config, workdir),
-                                     config)
+  teacher = model_dirs.load_teacher(artifacts.teacher_model(config, workdir),
+                                    config)
   teacher_def, teacher_state = nnx.split(teacher)
   teacher_dim = teacher.config.embed_dim
 

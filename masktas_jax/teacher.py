@@ -1,9 +1,9 @@
-"""The frozen MAE teacher: its on-disk format, loading, and the teacher stage.
+"""mode=teacher: the frozen MAE teacher, pre-trained here or given.
 
-A teacher directory holds `teacher.json` (the MAEConfig) and `params/`, an
-Orbax checkpoint of the MAE's state. Both ways of getting a teacher (MAE
-pre-training here, `convert_mae` from the official PyTorch checkpoints) write
-it with `save_teacher`; every later stage reads it with `load_teacher`.
+Both ways of getting a teacher (MAE pre-training here, `convert_mae` from
+the official PyTorch checkpoints) write a teacher directory with
+`model_dirs.save_teacher`; every later stage reads it with
+`model_dirs.load_teacher`.
 """
 
 from __future__ import annotations
@@ -14,67 +14,8 @@ from etils import epath
 from flax import nnx
 
 from masktas_jax import artifacts, data, parallel, trainer
-from masktas_jax.errors import TeacherError
-from masktas_jax.models.mae import MAE, MAEConfig
-
-
-def save_teacher(model: MAE, path: epath.PathLike,
-                 overwrite: bool = False) -> epath.Path:
-  """Writes `model` as a teacher directory at `path`, atomically; on every
-  process alike when there are several."""
-  return artifacts.save_model(path, 'teacher', model.config.to_dict(),
-                              nnx.to_pure_dict(nnx.state(model)), overwrite)
-
-
-def read_config(path: epath.PathLike, config=None) -> MAEConfig:
-  """The MAEConfig of a teacher directory; with a run `config`, checked to
-  fit it.
-
-  Raises:
-    TeacherError: not a teacher directory, or its patch size or image size
-      differs from `config.space`'s.
-  """
-  path = epath.Path(path)
-  meta = artifacts.read_meta(path, 'teacher', TeacherError)
-  try:
-    mae_config = MAEConfig.from_dict(meta)
-  except (TypeError, ValueError) as e:
-    raise TeacherError(f'{path / artifacts.meta_file("teacher")}: unreadable '
-                       f'teacher config: {e}') from e
-  if config is not None:
-    for field in ('patch_size', 'image_size'):
-      theirs, ours = getattr(mae_config, field), config.space[field]
-      if theirs != ours:
-        raise TeacherError(
-            f'config.teacher.checkpoint: teacher {path} has {field} {theirs} '
-            f'but config.space.{field} is {ours}')
-  return mae_config
-
-
-def load_teacher(path: epath.PathLike, config=None) -> MAE:
-  """Reads a teacher directory; with a run `config`, checks it fits.
-
-  Raises:
-    TeacherError: see `read_config`; or parameters that do not match.
-  """
-  path = epath.Path(path)
-  mae_config = read_config(path, config)
-  abstract = nnx.eval_shape(lambda: MAE(mae_config, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  pure = artifacts.load_arrays(path, 'teacher', nnx.to_pure_dict(state),
-                               TeacherError)
-  nnx.replace_by_pure_dict(state, pure)
-  return nnx.merge(graphdef, state)
-
-
-def mae_config(config) -> MAEConfig:
-  """The MAEConfig that `config.teacher` and `config.space` describe."""
-  t, s = config.teacher, config.space
-  return MAEConfig(
-      image_size=s.image_size, patch_size=s.patch_size, in_chans=s.in_chans,
-      embed_dim=t.embed_dim, depth=t.depth, num_heads=t.num_heads,
-      decoder_embed_dim=t.decoder_embed_dim, decoder_depth=t.decoder_depth,
-      decoder_num_heads=t.decoder_num_heads, norm_pix_loss=t.norm_pix_loss)
+from masktas_jax.model_dirs import load_teacher, mae_config, save_teacher
+from masktas_jax.models.mae import MAE
 
 
 def run(config, workdir: epath.Path, stop_at: int = 0) -> MAE | None:

@@ -35,10 +35,10 @@ def teacher_dir(tmp_path_factory):
   """A randomly initialised teacher of helpers.demo_config's size, saved."""
   # pylint: disable=g-import-not-at-top
   from helpers import demo_config
-  from masktas_jax import teacher
+  from masktas_jax import model_dirs
   from masktas_jax.models.mae import MAE
-  model = MAE(teacher.mae_config(demo_config('')), rngs=nnx.Rngs(0))
-  return str(teacher.save_teacher(model, tmp_path_factory.mktemp('t') / 'm'))
+  model = MAE(model_dirs.mae_config(demo_config('')), rngs=nnx.Rngs(0))
+  return str(model_dirs.save_teacher(model, tmp_path_factory.mktemp('t') / 'm'))
 
 
 @pytest.fixture(scope='module')
@@ -47,18 +47,17 @@ def workdir(tmp_path_factory):
   helpers.SMALL's space; one per test module."""
   # pylint: disable=g-import-not-at-top
   from helpers import search_config
-  from masktas_jax import artifacts, supernet_train, teacher
+  from masktas_jax import artifacts, model_dirs
   from masktas_jax.models.mae import MAE
   root = tmp_path_factory.mktemp('search')
   config = search_config()
-  model = MAE(teacher.mae_config(config), rngs=nnx.Rngs(0))
-  teacher.save_teacher(model, artifacts.model_dir(root, 'teacher'))
+  model = MAE(model_dirs.mae_config(config), rngs=nnx.Rngs(0))
+  model_dirs.save_teacher(model, artifacts.model_dir(root, 'teacher'))
   _, params, fixed = nnx.split(
-      supernet_train.build_student(config, config.teacher.embed_dim,
-                                   nnx.Rngs(1)), nnx.Param, ...)
+      model_dirs.build_student(config, config.teacher.embed_dim,
+                               nnx.Rngs(1)), nnx.Param, ...)
   state = {'params': nnx.to_pure_dict(params),
            'fixed': nnx.to_pure_dict(fixed)}
-  supernet_train.save_student(state, config.teacher.embed_dim, config,
-                              artifacts.model_dir(epath.Path(root),
-                                                  'supernet'))
+  model_dirs.save_student(state, config.teacher.embed_dim, config,
+                          artifacts.model_dir(epath.Path(root), 'supernet'))
   return root

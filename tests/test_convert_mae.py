@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch  # The test extra installs it: the reference must be there.
 
-from masktas_jax import convert_mae, teacher  # noqa: E402
+from masktas_jax import convert_mae, errors, model_dirs  # noqa: E402
 from masktas_jax.masking import random_masking  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -95,7 +95,7 @@ def test_converted_teacher_round_trips_through_the_cli(reference, tmp_path):
       capture_output=True, text=True, timeout=300,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, check=False)
   assert result.returncode == 0, result.stderr
-  loaded = teacher.load_teacher(out)
+  loaded = model_dirs.load_teacher(out)
   images = np.random.default_rng(2).normal(size=(2, 32, 32, 3)).astype(
       np.float32)
   with torch.no_grad():
@@ -110,7 +110,7 @@ def test_converted_teacher_round_trips_through_the_cli(reference, tmp_path):
   assert again.returncode == 2
   assert again.stderr.strip().splitlines() == [
       f'convert_mae: error: {out}: already exists; not overwriting it']
-  assert _rel_err(teacher.load_teacher(out).encode(images), want) <= 1e-5
+  assert _rel_err(model_dirs.load_teacher(out).encode(images), want) <= 1e-5
 
 
 def _cli_error(*args):
@@ -176,17 +176,17 @@ def test_vit_b_shapes_are_inferred():
 def test_teacher_that_conflicts_with_the_config_is_refused(reference,
                                                            tmp_path):
   _, path = reference
-  out = teacher.save_teacher(
+  out = model_dirs.save_teacher(
       convert_mae.load_pytorch_checkpoint(path, decoder_num_heads=4),
       tmp_path / 't')
   from masktas_jax import config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.base_config()
   config.space.image_size, config.space.patch_size = 32, 4
-  with pytest.raises(teacher.TeacherError,
+  with pytest.raises(errors.TeacherError,
                      match=r'patch_size 8 but config\.space\.patch_size is 4'):
-    teacher.load_teacher(out, config)
+    model_dirs.load_teacher(out, config)
   config.space.image_size, config.space.patch_size = 64, 8
-  with pytest.raises(teacher.TeacherError, match='image_size 32'):
-    teacher.load_teacher(out, config)
-  with pytest.raises(teacher.TeacherError, match='not a teacher directory'):
-    teacher.load_teacher(tmp_path)
+  with pytest.raises(errors.TeacherError, match='image_size 32'):
+    model_dirs.load_teacher(out, config)
+  with pytest.raises(errors.TeacherError, match='not a teacher directory'):
+    model_dirs.load_teacher(tmp_path)

@@ -10,8 +10,8 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, config_lib, data, finetune
-from masktas_jax import supernet_train
+from masktas_jax import artifacts, config_lib, data, errors, finetune
+from masktas_jax import model_dirs
 from masktas_jax.space import Arch
 from helpers import search_config
 
@@ -45,7 +45,7 @@ def test_mixup_and_cutmix_keep_targets_consistent_with_pixels():
 def test_inherited_classifier_equals_the_supernet_subnet(workdir):  # noqa: F811
   config = search_config()
   space = config_lib.space_from_config(config)
-  student = supernet_train.load_student(
+  student = model_dirs.load_student(
       artifacts.model_dir(epath.Path(workdir), 'supernet'), config)
   images = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
   rng = np.random.default_rng(0)
@@ -108,14 +108,14 @@ def test_finetune_lowers_the_loss_evaluates_and_exports(workdir, tmp_path):  # n
 
   # The classifier it started from (the trainer's init key, the inherited
   # weights) against the one it exported: lower loss on the same images.
-  student = supernet_train.load_student(config.search.supernet, config)
+  student = model_dirs.load_student(config.search.supernet, config)
   inherited = nnx.to_pure_dict(nnx.state(student.encoder.extract(arch)))
   init_key = jax.random.split(jax.random.key(config.seed + 8))[0]
   start = finetune.build_classifier(space, arch, 10, config.finetune.drop_path,
                                     nnx.Rngs(init_key))
   params, fixed = finetune.initial_weights(start, inherited)
   start = nnx.merge(nnx.split(start, nnx.Param, ...)[0], params, fixed)
-  model = finetune.load_classifier(tmp_path / 'finetune/model')
+  model = model_dirs.load_classifier(tmp_path / 'finetune/model')
   before, after = _train_loss(start, config), _train_loss(model, config)
   assert after < before - 0.05, (before, after)
 
@@ -131,8 +131,8 @@ def test_finetune_lowers_the_loss_evaluates_and_exports(workdir, tmp_path):  # n
 def test_a_missing_or_foreign_arch_is_a_clear_error(tmp_path):
   config = search_config()
   space = config_lib.space_from_config(config)
-  with pytest.raises(finetune.FinetuneError, match='run --config.mode=search'):
+  with pytest.raises(errors.FinetuneError, match='run --config.mode=search'):
     finetune.resolve_arch(config, epath.Path(tmp_path), space)
   config.finetune.arch = json.dumps(Arch(40, 2, (1, 1), (2.0, 2.0)).to_dict())
-  with pytest.raises(finetune.FinetuneError, match='embed_dim'):
+  with pytest.raises(errors.FinetuneError, match='embed_dim'):
     finetune.resolve_arch(config, epath.Path(tmp_path), space)

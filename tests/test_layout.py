@@ -61,3 +61,21 @@ def test_every_error_is_a_masktas_error(module):
     if (inspect.isclass(obj) and issubclass(obj, Exception)
         and obj.__module__ == module):
       assert issubclass(obj, errors.MaskTASError), f'{module}.{name}'
+
+
+# Modules whose `run` is a stage of main.STAGES; report (plots and the
+# summary) and the libraries may be imported by any of them.
+STAGE_MODULES = ('teacher', 'supernet_train', 'search', 'rank', 'finetune')
+# The one import between stages left: rank's 'finetune' yardstick runs the
+# fine-tuning stage on each subnet.
+KNOWN_STAGE_IMPORTS = {('rank', 'finetune')}
+
+
+def test_stages_stand_on_libraries_not_on_each_other():
+  from masktas_jax import main  # pylint: disable=g-import-not-at-top
+  assert {v.split(':')[0].split('.')[-1] for v in main.STAGES.values()} == (
+      set(STAGE_MODULES) | {'report'})
+  found = {(a, b.split('.')[-1]) for a in STAGE_MODULES
+           for b in _imports(f'masktas_jax.{a}')
+           if b.split('.')[-1] in STAGE_MODULES}
+  assert found == KNOWN_STAGE_IMPORTS

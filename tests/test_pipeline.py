@@ -12,7 +12,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from masktas_jax import finetune
+from masktas_jax import model_dirs
 from helpers import ROOT
 
 # The demo pipeline, shrunk: a tiny teacher and space, a few steps each.
@@ -89,8 +89,8 @@ def test_pipeline_killed_in_the_search_resumes_there_and_summarizes(
       tuned['top1'], tuned['top5'])
   assert 0 <= tuned['top1'] <= tuned['top5'] <= 1 and tuned['images'] == 360
   # params: what the exported classifier really holds.
-  classifier = finetune.load_classifier(epath.Path(tmp_path) /
-                                        'finetune/model')
+  classifier = model_dirs.load_classifier(epath.Path(tmp_path) /
+                                          'finetune/model')
   held = sum(int(np.prod(x.shape)) for x in
              jax.tree.leaves(nnx.state(classifier, nnx.Param)))
   assert summary['params'] == held

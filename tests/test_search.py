@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from etils import epath
 
-from masktas_jax import artifacts, config_lib, fitness, losses, rank
-from masktas_jax import search, supernet_train
+from masktas_jax import artifacts, config_lib, errors, fitness, losses, rank
+from masktas_jax import search
 from masktas_jax.evolution import SearchError, Window
 from masktas_jax.space import Arch
 from helpers import search_config
@@ -129,7 +129,7 @@ def test_an_empty_window_is_refused_before_any_work(tmp_path):
 
 def test_a_supernet_of_another_space_is_refused(workdir):
   config = search_config(**{'space.embed_dims': (32, 64)})
-  with pytest.raises(supernet_train.SupernetError,
+  with pytest.raises(errors.SupernetError,
                      match='config.space.embed_dims'):
     fitness.load_models(config, epath.Path(workdir))
 

@@ -8,7 +8,8 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, losses, supernet_train, teacher, trainer
+from masktas_jax import config_lib, errors, losses, model_dirs, supernet_train
+from masktas_jax import trainer
 from masktas_jax.models.mae import MAE
 from helpers import demo_config
 
@@ -45,7 +46,7 @@ def test_a_step_moves_only_the_sampled_subnet(teacher_dir, tmp_path):
   state = supernet_train.run(config, epath.Path(tmp_path))
   # Re-derive what the trainer drew: init key and step-0 subnet.
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
-  init = nnx.to_pure_dict(nnx.state(supernet_train.build_student(
+  init = nnx.to_pure_dict(nnx.state(model_dirs.build_student(
       config, 192, nnx.Rngs(init_key)), nnx.Param))
   space = config_lib.space_from_config(config)
   arch = space.decode(space.sample_encoded(
@@ -81,7 +82,7 @@ def test_stopped_and_resumed_training_ends_where_one_run_does(teacher_dir,
 
 def test_missing_teacher_is_a_clear_error(tmp_path):
   config = demo_config('', **{'supernet.steps': 2})
-  with pytest.raises(teacher.TeacherError, match='run --config.mode=teacher'):
+  with pytest.raises(errors.TeacherError, match='run --config.mode=teacher'):
     supernet_train.run(config, epath.Path(tmp_path))
 
 
@@ -105,7 +106,7 @@ def test_bfloat16_compute_keeps_float32_weights_and_close_losses():
            'space.num_heads': (1,), 'space.mlp_ratios': (2.0,),
            'teacher.embed_dim': 64, 'teacher.depth': 2, 'teacher.num_heads': 1,
            'supernet.decoder_embed_dim': 32}
-  teacher_model = MAE(teacher.mae_config(demo_config('', **small)),
+  teacher_model = MAE(model_dirs.mae_config(demo_config('', **small)),
                       rngs=nnx.Rngs(0))
   teacher_def, teacher_state = nnx.split(teacher_model)
   teacher_state = nnx.to_pure_dict(teacher_state)
@@ -114,7 +115,7 @@ def test_bfloat16_compute_keeps_float32_weights_and_close_losses():
   for dtype in ('float32', 'bfloat16'):
     config = demo_config('', **small, **{'supernet.compute_dtype': dtype})
     student_def, params, fixed = nnx.split(
-        supernet_train.build_student(config, 64, nnx.Rngs(1)), nnx.Param, ...)
+        model_dirs.build_student(config, 64, nnx.Rngs(1)), nnx.Param, ...)
     params = nnx.to_pure_dict(params)
     opt = trainer.adamw(1e-3, 10, 1, 0.05)
     state = {'params': params, 'fixed': nnx.to_pure_dict(fixed),

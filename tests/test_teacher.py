@@ -13,7 +13,8 @@ import pytest
 import torch
 from etils import epath
 
-from masktas_jax import config_lib, convert_mae, losses, teacher, trainer
+from masktas_jax import config_lib, convert_mae, losses, model_dirs, teacher
+from masktas_jax import trainer
 from masktas_jax.models import vit
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -68,7 +69,7 @@ def test_teacher_stage_lowers_the_reconstruction_loss(tmp_path):
   assert np.mean(losses_[-2:]) < 0.95 * np.mean(losses_[:2]), losses_
   assert (tmp_path / 'teacher/loss.png').read_bytes()[:4] == b'\x89PNG'
   # The exported teacher is the trained one, loadable as any teacher.
-  loaded = teacher.load_teacher(tmp_path / 'teacher/model', config)
+  loaded = model_dirs.load_teacher(tmp_path / 'teacher/model', config)
   images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(
       np.float32)
   np.testing.assert_allclose(loaded.encode(images), model.encode(images),
@@ -121,7 +122,7 @@ def test_converted_checkpoint_is_accepted_and_a_conflicting_one_refused(
     ref = TorchMAE(image=32, patch=patch, dim=128, depth=1, heads=2,
                    dec_depth=0)
     torch.save({'model': ref.state_dict()}, tmp_path / f'{name}.pth')
-    teacher.save_teacher(
+    model_dirs.save_teacher(
         convert_mae.load_pytorch_checkpoint(tmp_path / f'{name}.pth'),
         tmp_path / name)
   ok = _cli(f'--workdir={tmp_path}/wd', '--config.mode=teacher',

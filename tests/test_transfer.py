@@ -11,7 +11,7 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, config_lib, data, finetune, main
+from masktas_jax import artifacts, config_lib, data, main, model_dirs
 from helpers import ROOT, SMALL, run
 from tfds_fixture import example, make_tfds_dataset
 
@@ -103,7 +103,7 @@ def test_transfer_pipeline_searches_the_given_supernet_and_fine_tunes(
   summary = json.loads((out / 'summary.json').read_text())
   assert summary['finetune']['top1'] == tuned['top1']
   # `params` counts the classifier as exported, with a 10-class head.
-  classifier = finetune.load_classifier(out / 'finetune/model')
+  classifier = model_dirs.load_classifier(out / 'finetune/model')
   assert classifier.head.kernel.shape[-1] == 10
   assert summary['params'] == sum(
       int(np.prod(x.shape))

@@ -1,0 +1,184 @@
+"""Build, save and load the three models a run writes: the MAE teacher,
+the supernet student and the fine-tuned classifier.
+
+Each is a model directory in `artifacts`' format: `teacher.json` (the
+MAEConfig), `student.json` (the space and widths it was built with) or
+`classifier.json` (Arch, image and patch size, classes), beside Orbax
+`params/`. Stages and tools load models through this module, never through
+each other.
+"""
+
+from __future__ import annotations
+
+from etils import epath
+from flax import nnx
+
+from masktas_jax import artifacts, config_lib
+from masktas_jax.errors import FinetuneError, SupernetError, TeacherError
+from masktas_jax.models import vit
+from masktas_jax.models.mae import MAE, MAEConfig
+from masktas_jax.models.student import Student
+from masktas_jax.space import Arch, SearchSpace
+
+# --- the teacher -------------------------------------------------------------
+
+def save_teacher(model: MAE, path: epath.PathLike,
+                 overwrite: bool = False) -> epath.Path:
+  """Writes `model` as a teacher directory at `path`, atomically; on every
+  process alike when there are several."""
+  return artifacts.save_model(path, 'teacher', model.config.to_dict(),
+                              nnx.to_pure_dict(nnx.state(model)), overwrite)
+
+
+def read_teacher_config(path: epath.PathLike, config=None) -> MAEConfig:
+  """The MAEConfig of a teacher directory; with a run `config`, checked to
+  fit it.
+
+  Raises:
+    TeacherError: not a teacher directory, or its patch size or image size
+      differs from `config.space`'s.
+  """
+  path = epath.Path(path)
+  meta = artifacts.read_meta(path, 'teacher', TeacherError)
+  try:
+    mae_config = MAEConfig.from_dict(meta)
+  except (TypeError, ValueError) as e:
+    raise TeacherError(f'{path / artifacts.meta_file("teacher")}: unreadable '
+                       f'teacher config: {e}') from e
+  if config is not None:
+    for field in ('patch_size', 'image_size'):
+      theirs, ours = getattr(mae_config, field), config.space[field]
+      if theirs != ours:
+        raise TeacherError(
+            f'config.teacher.checkpoint: teacher {path} has {field} {theirs} '
+            f'but config.space.{field} is {ours}')
+  return mae_config
+
+
+def load_teacher(path: epath.PathLike, config=None) -> MAE:
+  """Reads a teacher directory; with a run `config`, checks it fits.
+
+  Raises:
+    TeacherError: see `read_config`; or parameters that do not match.
+  """
+  path = epath.Path(path)
+  mae_config = read_teacher_config(path, config)
+  abstract = nnx.eval_shape(lambda: MAE(mae_config, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  pure = artifacts.load_arrays(path, 'teacher', nnx.to_pure_dict(state),
+                               TeacherError)
+  nnx.replace_by_pure_dict(state, pure)
+  return nnx.merge(graphdef, state)
+
+
+def mae_config(config) -> MAEConfig:
+  """The MAEConfig that `config.teacher` and `config.space` describe."""
+  t, s = config.teacher, config.space
+  return MAEConfig(
+      image_size=s.image_size, patch_size=s.patch_size, in_chans=s.in_chans,
+      embed_dim=t.embed_dim, depth=t.depth, num_heads=t.num_heads,
+      decoder_embed_dim=t.decoder_embed_dim, decoder_depth=t.decoder_depth,
+      decoder_num_heads=t.decoder_num_heads, norm_pix_loss=t.norm_pix_loss)
+
+
+# --- the supernet student ----------------------------------------------------
+
+def save_student(state, teacher_dim: int, config, path: epath.PathLike,
+                 overwrite: bool = False) -> None:
+  """Writes the trained student (no optimizer state) as a model directory:
+  `student.json` (the space and widths it was built with) + `params/`."""
+  meta = {'space': config_lib.space_from_config(config).to_dict(),
+          'teacher_dim': teacher_dim, **{k: config.supernet[k] for k in (
+              'decoder_embed_dim', 'decoder_depth', 'decoder_num_heads')}}
+  artifacts.save_model(path, 'student', meta, {'params': state['params'],
+                                               'fixed': state['fixed']},
+                       overwrite)
+
+
+def read_student_meta(path: epath.PathLike, config) -> dict:
+  """student.json of the supernet at `path`, checked against `config.space`.
+
+  Raises:
+    SupernetError: no trained supernet at `path`, or one of another space.
+  """
+  path = epath.Path(path)
+  meta = artifacts.read_meta(path, 'student', SupernetError,
+                             what='trained supernet',
+                             missing='run --config.mode=supernet first')
+  # The student has no classifier: a supernet serves any number of classes
+  # (transfer searches an ImageNet supernet on CIFAR).
+  space = config_lib.space_from_config(config).to_dict()
+  space.pop('num_classes')
+  saved = {k: tuple(v) if isinstance(v, list) else v
+           for k, v in meta['space'].items() if k != 'num_classes'}
+  if saved != space:
+    diff = sorted(k for k in space if saved.get(k) != space[k])
+    raise SupernetError(
+        f'{path}: the supernet was trained on another search space '
+        f'(config.space.{diff[0]} is {space[diff[0]]}, it has '
+        f'{saved.get(diff[0])})')
+  return meta
+
+
+def load_student(path: epath.PathLike, config) -> Student:
+  """The student `save_student` wrote; its space must be `config.space`
+  (the number of classes aside).
+
+  Raises:
+    SupernetError: no trained supernet at `path`, or one of another space.
+  """
+  path = epath.Path(path)
+  meta = read_student_meta(path, config)
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    for k in ('decoder_embed_dim', 'decoder_depth', 'decoder_num_heads'):
+      c.supernet[k] = meta[k]
+  abstract = nnx.eval_shape(lambda: build_student(c, meta['teacher_dim'],
+                                                  nnx.Rngs(0)))
+  graphdef, params, fixed = nnx.split(abstract, nnx.Param, ...)
+  pure = artifacts.load_arrays(
+      path, 'student', {'params': nnx.to_pure_dict(params),
+                        'fixed': nnx.to_pure_dict(fixed)}, SupernetError)
+  nnx.replace_by_pure_dict(params, pure['params'])
+  nnx.replace_by_pure_dict(fixed, pure['fixed'])
+  return nnx.merge(graphdef, params, fixed)
+
+
+def build_student(config, teacher_dim: int, rngs: nnx.Rngs) -> Student:
+  s = config.supernet
+  return Student(config_lib.space_from_config(config), teacher_dim=teacher_dim,
+                 decoder_dim=s.decoder_embed_dim, decoder_depth=s.decoder_depth,
+                 decoder_heads=s.decoder_num_heads, rngs=rngs, remat=s.remat)
+
+
+# --- the fine-tuned classifier -----------------------------------------------
+
+def save_classifier(model: vit.VisionTransformer, space: SearchSpace,
+                    arch: Arch, path: epath.PathLike) -> None:
+  """`path/classifier.json` (Arch, image and patch size, classes) +
+  Orbax `path/params/`."""
+  meta = {'arch': arch.to_dict(), 'image_size': space.image_size,
+          'patch_size': space.patch_size, 'in_chans': space.in_chans,
+          'num_classes': model.head.out_features}
+  artifacts.save_model(path, 'classifier', meta,
+                       nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                       overwrite=True)
+
+
+def load_classifier(path: epath.PathLike) -> vit.VisionTransformer:
+  """The fine-tuned classifier at `path` (a `finetune/model` directory):
+  `load_classifier(p)(images)` gives logits (B, classes) for normalised
+  images (B, S, S, 3)."""
+  path = epath.Path(path)
+  meta = artifacts.read_meta(path, 'classifier', FinetuneError)
+  arch = Arch.from_dict(meta['arch'])
+  abstract = nnx.eval_shape(lambda: vit.VisionTransformer(
+      embed_dim=arch.embed_dim, num_heads=arch.num_heads,
+      mlp_dims=arch.mlp_dims, image_size=meta['image_size'],
+      patch_size=meta['patch_size'], num_classes=meta['num_classes'],
+      in_chans=meta['in_chans'], rngs=nnx.Rngs(0)))
+  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+  pure = artifacts.load_arrays(path, 'classifier', nnx.to_pure_dict(params),
+                               FinetuneError)
+  nnx.replace_by_pure_dict(params, pure)
+  return nnx.merge(graphdef, params, rest)
