@@ -27,10 +27,8 @@ from flax import nnx
 from masktas_jax import artifacts, config_lib, data, model_dirs, parallel
 from masktas_jax import trainer
 from masktas_jax.errors import FinetuneError
-from masktas_jax.model_dirs import save_classifier
 from masktas_jax.models import vit
 from masktas_jax.space import Arch, SearchSpace
-
 
 
 def resolve_arch(config, workdir: epath.Path, space: SearchSpace) -> Arch:
@@ -243,11 +241,11 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
                  'params': space.count_params(arch),
                  'macs': space.count_macs(arch), 'steps': steps,
                  'inherited': not f.from_scratch})
-  save_classifier(model, space, arch, artifacts.model_dir(workdir, 'finetune'))
+  exported = artifacts.model_dir(workdir, 'finetune')
+  model_dirs.save_classifier(model, space, arch, exported)
   if jax.process_index() == 0:
     metrics.write_text(json.dumps(result, indent=2))
   parallel.log(f'finetune: top-1 {100 * result["top1"]:.2f}%, top-5 '
                f'{100 * result["top5"]:.2f}% on {result["images"]} images of '
-               f'{split!r}; wrote {metrics} and '
-               f'{artifacts.model_dir(workdir, "finetune")}')
+               f'{split!r}; wrote {metrics} and {exported}')
   return result

@@ -22,6 +22,7 @@ from masktas_jax.space import Arch, SearchSpace
 
 # --- the teacher -------------------------------------------------------------
 
+
 def save_teacher(model: MAE, path: epath.PathLike,
                  overwrite: bool = False) -> epath.Path:
   """Writes `model` as a teacher directory at `path`, atomically; on every
@@ -59,7 +60,8 @@ def load_teacher(path: epath.PathLike, config=None) -> MAE:
   """Reads a teacher directory; with a run `config`, checks it fits.
 
   Raises:
-    TeacherError: see `read_config`; or parameters that do not match.
+    TeacherError: see `read_teacher_config`; or parameters that do not
+      match.
   """
   path = epath.Path(path)
   mae_config = read_teacher_config(path, config)
@@ -82,6 +84,7 @@ def mae_config(config) -> MAEConfig:
 
 
 # --- the supernet student ----------------------------------------------------
+
 
 def save_student(state, teacher_dim: int, config, path: epath.PathLike,
                  overwrite: bool = False) -> None:
@@ -152,6 +155,7 @@ def build_student(config, teacher_dim: int, rngs: nnx.Rngs) -> Student:
 
 
 # --- the fine-tuned classifier -----------------------------------------------
+
 
 def save_classifier(model: vit.VisionTransformer, space: SearchSpace,
                     arch: Arch, path: epath.PathLike) -> None:

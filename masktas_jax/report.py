@@ -19,7 +19,6 @@ from masktas_jax import artifacts, config_lib, parallel
 from masktas_jax.space import Arch
 
 
-
 def describe_space(config: ml_collections.ConfigDict,
                    workdir: epath.Path) -> dict:
   """Writes `space.json` and `space.png` (params vs MACs of sampled Archs).

@@ -24,8 +24,6 @@ from flax import nnx
 from masktas_jax import artifacts, config_lib, data, losses, model_dirs
 from masktas_jax import parallel, trainer
 from masktas_jax.masking import patchify, random_masking
-from masktas_jax.model_dirs import build_student, read_student_meta
-from masktas_jax.model_dirs import save_student
 
 
 def cast(tree, dtype):
@@ -106,7 +104,7 @@ def run(config, workdir: epath.Path, stop_at: int = 0):
   existing = artifacts.supernet_model(config, workdir)
   if config.search.supernet or artifacts.is_model_dir(existing, 'student'):
     # Missing or of another space: fails here.
-    read_student_meta(existing, config)
+    model_dirs.read_student_meta(existing, config)
     parallel.log(f'supernet: {existing} exists; not training again')
     return None
 
@@ -122,16 +120,16 @@ def run(config, workdir: epath.Path, stop_at: int = 0):
                                                  config.seed + 1)
 
   # --- model and optimizer --------------------------------------------------
-  student_def = nnx.split(
-      nnx.eval_shape(lambda: build_student(config, teacher_dim,
-                                           nnx.Rngs(0))), nnx.Param, ...)[0]
+  abstract = nnx.eval_shape(
+      lambda: model_dirs.build_student(config, teacher_dim, nnx.Rngs(0)))
+  student_def = nnx.split(abstract, nnx.Param, ...)[0]
   # AutoFormer's recipe: lr scaled by batch / 512.
   opt = trainer.adamw(s.base_lr * s.batch_size / 512, steps, warmup,
                       s.weight_decay, clip_norm=s.grad_clip)
 
   def init_fn(rng):
-    _, params, fixed = nnx.split(build_student(config, teacher_dim,
-                                               nnx.Rngs(rng)), nnx.Param, ...)
+    student = model_dirs.build_student(config, teacher_dim, nnx.Rngs(rng))
+    _, params, fixed = nnx.split(student, nnx.Param, ...)
     params = nnx.to_pure_dict(params)
     return {'params': params, 'fixed': nnx.to_pure_dict(fixed),
             'opt_state': opt.init(params)}
@@ -151,6 +149,6 @@ def run(config, workdir: epath.Path, stop_at: int = 0):
                  'again to resume')
     return None
   out = artifacts.model_dir(workdir, 'supernet')
-  save_student(state, teacher_dim, config, out, overwrite=True)
+  model_dirs.save_student(state, teacher_dim, config, out, overwrite=True)
   parallel.log(f'supernet: trained {steps} steps; wrote {out}')
   return state

@@ -13,8 +13,7 @@ import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, data, parallel, trainer
-from masktas_jax.model_dirs import load_teacher, mae_config, save_teacher
+from masktas_jax import artifacts, data, model_dirs, parallel, trainer
 from masktas_jax.models.mae import MAE
 
 
@@ -28,7 +27,7 @@ def run(config, workdir: epath.Path, stop_at: int = 0) -> MAE | None:
   """
   t = config.teacher
   if t.checkpoint:
-    model = load_teacher(t.checkpoint, config)
+    model = model_dirs.load_teacher(t.checkpoint, config)
     parallel.log(f'teacher: using {t.checkpoint} (width '
                  f'{model.config.embed_dim}, depth {model.config.depth})')
     return model
@@ -36,14 +35,14 @@ def run(config, workdir: epath.Path, stop_at: int = 0) -> MAE | None:
   model_dir = artifacts.model_dir(workdir, 'teacher')
   if artifacts.is_model_dir(model_dir, 'teacher'):
     parallel.log(f'teacher: {model_dir} exists; not training again')
-    return load_teacher(model_dir, config)
+    return model_dirs.load_teacher(model_dir, config)
 
   # --- data -----------------------------------------------------------------
   data_iter, steps, warmup = data.training_input(config, 'teacher',
                                                  config.seed)
 
   # --- model and optimizer --------------------------------------------------
-  cfg = mae_config(config)
+  cfg = model_dirs.mae_config(config)
   graphdef = nnx.split(nnx.eval_shape(lambda: MAE(cfg, rngs=nnx.Rngs(0))),
                        nnx.Param, ...)[0]
   # MAE's recipe: lr scaled by batch / 256, betas (0.9, 0.95).
@@ -79,6 +78,6 @@ def run(config, workdir: epath.Path, stop_at: int = 0) -> MAE | None:
                  'again to resume')
     return None
   model = nnx.merge(graphdef, state['params'], state['fixed'])
-  save_teacher(model, model_dir)
+  model_dirs.save_teacher(model, model_dir)
   parallel.log(f'teacher: wrote {model_dir}')
   return model
