@@ -195,3 +195,31 @@ def test_extract_rejects_an_arch_outside_the_space():
   with pytest.raises(ValueError, match='mode'):
     model.encode(jnp.zeros((1, 16, 16, 3)), SMALL.encode(SMALL.min_arch()),
                  mode='slice')
+
+
+def test_student_equals_its_extracted_dense_student():
+  """Pixels and projected features of the supernet student at an Arch equal
+  those of `Student.extract(arch)`, whose decoder and projector read only
+  the subnet's channels."""
+  # pylint: disable=g-import-not-at-top
+  from masktas_jax.models.student import Student
+  student = Student(SMALL, teacher_dim=24, decoder_dim=16, decoder_depth=1,
+                    decoder_heads=2, rngs=nnx.Rngs(0), remat=False)
+  graphdef, state = nnx.split(student)
+  # Random biases too, so a wrongly cut input row cannot hide behind zeros.
+  leaves, tree = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  student = nnx.merge(graphdef, jax.tree.unflatten(tree, [
+      x + 0.02 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]))
+  images = jax.random.normal(jax.random.key(2), (3, 16, 16, 3))
+  ids_keep, _, ids_restore = random_masking(jax.random.key(3), 3,
+                                            SMALL.num_patches, 0.5)
+  rng = np.random.default_rng(0)
+  for arch in [SMALL.min_arch(), SMALL.max_arch(), SMALL.sample(rng)]:
+    pixels, features = student(images, SMALL.encode(arch), ids_keep,
+                               ids_restore)
+    dense = student.extract(arch)
+    assert dense.proj1.in_features == arch.embed_dim
+    want_pixels, want_features = dense(images, ids_keep, ids_restore)
+    np.testing.assert_allclose(pixels, want_pixels, atol=2e-5)
+    np.testing.assert_allclose(features, want_features, atol=2e-5)

@@ -11,7 +11,7 @@ from flax import nnx
 from masktas_jax.models import vit
 from masktas_jax.models.mae import PixelDecoder
 from masktas_jax.models.supernet import ArchArrays, Supernet
-from masktas_jax.space import SearchSpace
+from masktas_jax.space import Arch, SearchSpace
 
 
 class Student(nnx.Module):
@@ -43,6 +43,45 @@ class Student(nnx.Module):
     """Pixels (B, N, p*p*C) for every patch and projected features
     (B, K, D_teacher) of the K visible patches (CLS left out)."""
     tokens = self.encoder.encode(images, arch, ids_keep, mode='switch')
+    pixels = self.decoder(tokens, ids_restore)
+    features = self.proj2(vit.gelu(self.proj1(tokens[:, 1:])))
+    return pixels, features
+
+  def extract(self, arch: Arch) -> 'DenseStudent':
+    """The dense student of `arch`, holding this student's weights: the
+    extracted ViT (`Supernet.extract`), the decoder and projector reading
+    its `embed_dim` channels (the first rows of their input kernels, where
+    the supernet's tokens are non-zero), so both compute the same outputs.
+    """
+    e = arch.embed_dim
+    decoder = self.decoder
+    decoder_embed = nnx.Linear(e, decoder.decoder_embed.out_features,
+                               rngs=nnx.Rngs(0))
+    decoder_embed.kernel[...] = decoder.decoder_embed.kernel[...][:e]
+    decoder_embed.bias[...] = decoder.decoder_embed.bias[...]
+    dense_decoder = nnx.clone(decoder)
+    dense_decoder.decoder_embed = decoder_embed
+    proj1 = nnx.Linear(e, self.proj1.out_features, rngs=nnx.Rngs(0))
+    proj1.kernel[...] = self.proj1.kernel[...][:e]
+    proj1.bias[...] = self.proj1.bias[...]
+    return DenseStudent(self.encoder.extract(arch), dense_decoder, proj1,
+                        nnx.clone(self.proj2))
+
+
+class DenseStudent(nnx.Module):
+  """A `Student` of one Arch as dense modules (no masks, no switch): the
+  reference a supernet step is measured and checked against."""
+
+  def __init__(self, encoder: vit.VisionTransformer, decoder: PixelDecoder,
+               proj1: nnx.Linear, proj2: nnx.Linear):
+    self.encoder, self.decoder = encoder, decoder
+    self.proj1, self.proj2 = proj1, proj2
+
+  def __call__(self, images: jax.Array, ids_keep: jax.Array,
+               ids_restore: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """As `Student.__call__`, for its one Arch: pixels (B, N, p*p*C) and
+    features (B, K, D_teacher)."""
+    tokens = self.encoder.encode(images, ids_keep)
     pixels = self.decoder(tokens, ids_restore)
     features = self.proj2(vit.gelu(self.proj1(tokens[:, 1:])))
     return pixels, features

@@ -1,0 +1,70 @@
+"""Analytic model FLOPs: what a step must compute, counted from the shapes.
+
+Matrix products only (2 FLOPs per multiply-accumulate), as
+`SearchSpace.count_macs`: no elementwise work, no remat recomputation, no
+padding. XLA's own counts are no substitute: its cost analysis counts one
+iteration of the encoder's layer `scan` and one `switch` branch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from masktas_jax import config_lib
+from masktas_jax.masking import num_visible
+from masktas_jax.space import HEAD_DIM, Arch
+
+
+def encoder_macs(embed: int, qkv_widths: Sequence[int],
+                 mlp_widths: Sequence[int], tokens: int, embedded: int,
+                 patch_dim: int) -> int:
+  """Multiply-accumulates of a pre-norm ViT encoder's forward, one image.
+
+  `tokens` go through the blocks (CLS included), `embedded` patches through
+  the patch embedding (0: none, e.g. a decoder); layer i has q/k/v width
+  `qkv_widths[i]` and MLP width `mlp_widths[i]`.
+  """
+  t, e = tokens, embed
+  total = embedded * patch_dim * e
+  for q, m in zip(qkv_widths, mlp_widths):
+    total += t * e * 3 * q + 2 * t * t * q + t * q * e + 2 * t * e * m
+  return total
+
+
+class SupernetStep:
+  """Model FLOPs of one supernet training step (`supernet_train`), for any
+  Arch of the config's space: the teacher's forward on the visible tokens,
+  and forward + backward (3x the forward) of the student at the subnet's
+  own widths: encoder, pixel decoder, projector."""
+
+  def __init__(self, config):
+    t, s = config.teacher, config.supernet
+    space = config_lib.space_from_config(config)
+    n, k = space.num_patches, num_visible(space.num_patches, s.mask_ratio)
+    self.space, self.visible, self.teacher_dim = space, k, t.embed_dim
+    self.teacher_macs = encoder_macs(
+        t.embed_dim, [t.embed_dim] * t.depth, [4 * t.embed_dim] * t.depth,
+        k + 1, k, space.patch_dim)
+    d = s.decoder_embed_dim
+    # Decoder blocks over all N patches + CLS, then the pixel head (MAE's
+    # decoder predicts CLS too and drops it); its input projection depends
+    # on the subnet's width and is added per Arch.
+    self.decoder_macs = encoder_macs(d, [d] * s.decoder_depth,
+                                     [4 * d] * s.decoder_depth, n + 1, 0,
+                                     0) + (n + 1) * d * space.patch_dim
+    self.decoder_dim = d
+
+  def parts(self, arch: Arch, batch: int) -> dict[str, int]:
+    """FLOPs of one step of `batch` images by part: 'teacher', 'encoder',
+    'decoder', 'projector'."""
+    e, k, dt = arch.embed_dim, self.visible, self.teacher_dim
+    encoder = encoder_macs(e, [h * HEAD_DIM for h in arch.num_heads],
+                           arch.mlp_dims, k + 1, k, self.space.patch_dim)
+    decoder = (k + 1) * e * self.decoder_dim + self.decoder_macs
+    projector = k * (e * dt + dt * dt)
+    return {'teacher': 2 * batch * self.teacher_macs,
+            'encoder': 6 * batch * encoder, 'decoder': 6 * batch * decoder,
+            'projector': 6 * batch * projector}
+
+  def __call__(self, arch: Arch, batch: int) -> int:
+    return sum(self.parts(arch, batch).values())

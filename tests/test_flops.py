@@ -1,0 +1,69 @@
+"""The analytic FLOP model against the matrix products the models trace."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from masktas_jax import config_lib, flops, model_dirs
+from masktas_jax.masking import random_masking
+from masktas_jax.models.mae import MAE
+from masktas_jax.space import HEAD_DIM
+from helpers import search_config
+
+
+def _matmul_flops(jaxpr) -> int:
+  """2 x multiply-accumulates of every dot_general in `jaxpr`, sub-jaxprs
+  (jit, remat, custom derivatives) included."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      (contract, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      out = eqn.outvars[0].aval.shape
+      total += 2 * int(np.prod(out)) * int(np.prod([lhs[d]
+                                                    for d in contract]))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        inner = getattr(sub, 'jaxpr', None)
+        if inner is not None:
+          total += _matmul_flops(getattr(inner, 'jaxpr', inner))
+  return total
+
+
+def test_encoder_macs_of_a_full_image_is_the_spaces_count():
+  space = config_lib.space_from_config(search_config())
+  rng = np.random.default_rng(0)
+  for arch in [space.min_arch(), space.max_arch(), space.sample(rng)]:
+    macs = flops.encoder_macs(
+        arch.embed_dim, [h * HEAD_DIM for h in arch.num_heads], arch.mlp_dims,
+        space.num_patches + 1, space.num_patches, space.patch_dim)
+    assert macs + arch.embed_dim * space.num_classes == space.count_macs(arch)
+
+
+def test_step_flops_are_the_traced_matrix_products():
+  """Teacher and dense student forwards, traced on the step's shapes: their
+  matmul FLOPs are the model's parts (the student's x3 for the backward)."""
+  config = search_config()
+  space = config_lib.space_from_config(config)
+  model = flops.SupernetStep(config)
+  batch = 4
+  images = jax.random.normal(jax.random.key(0), (batch, space.image_size,
+                                                 space.image_size, 3))
+  ids_keep, _, ids_restore = random_masking(
+      jax.random.key(1), batch, space.num_patches, config.supernet.mask_ratio)
+  teacher = MAE(model_dirs.mae_config(config), rngs=nnx.Rngs(0))
+  teacher_flops = _matmul_flops(jax.make_jaxpr(
+      lambda x: teacher.encode(x, ids_keep))(images).jaxpr)
+  student = model_dirs.build_student(config, teacher.config.embed_dim,
+                                     nnx.Rngs(1))
+  rng = np.random.default_rng(0)
+  for arch in [space.min_arch(), space.max_arch(), space.sample(rng)]:
+    parts = model.parts(arch, batch)
+    assert parts['teacher'] == teacher_flops
+    dense = student.extract(arch)
+    traced = _matmul_flops(jax.make_jaxpr(
+        lambda x: dense(x, ids_keep, ids_restore))(images).jaxpr)
+    assert parts['encoder'] + parts['decoder'] + parts['projector'] == (
+        3 * traced), arch
+    assert model(arch, batch) == pytest.approx(sum(parts.values()))
