@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import pathlib
 import statistics
 import time
 
@@ -48,15 +47,16 @@ import numpy as np
 from etils import epath
 from scipy import stats
 
-from masktas_jax import artifacts, config_lib, data, finetune, losses, main
-from masktas_jax import model_dirs
+from masktas_jax import artifacts, config_lib, data, finetune, finetuning
+from masktas_jax import losses, main, model_dirs
 from masktas_jax import fitness, rank, report, search
 from masktas_jax.evolution import Window
 from masktas_jax.space import Arch
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+import common  # pylint: disable=g-bad-import-order
+
 TAUS = {'dot': (1.0, 3.0, 10.0, 30.0, 100.0, 300.0),
         **{f: (0.01, 0.03, 0.1, 0.3, 1.0) for f in losses.RELATION_FORMS
            if f != 'dot'}}
@@ -93,7 +93,7 @@ def teacher_dir(args) -> epath.Path:
 
 
 def seed_config(args, seed: int, **overrides):
-  return config_lib.load_config(args.config, **{
+  return common.load_config(args.config, **{
       'seed': seed, 'rank.num_archs': args.num_archs,
       'teacher.checkpoint': str(teacher_dir(args) / 'teacher' / 'model'),
       **({'rank.finetune_steps': args.finetune_steps}
@@ -103,7 +103,7 @@ def seed_config(args, seed: int, **overrides):
 def train(args, seed: int) -> epath.Path:
   if not (teacher_dir(args) / 'teacher' / 'model').exists():
     _log('training the shared teacher')
-    main.run(config_lib.load_config(args.config, mode='teacher', seed=0),
+    main.run(common.load_config(args.config, mode='teacher', seed=0),
              str(teacher_dir(args)))
   workdir = epath.Path(args.root) / f'seed{seed}'
   _log(f'seed {seed}: supernet')
@@ -117,7 +117,7 @@ def test_top1(config, model_dir: epath.Path) -> float:
   if cache.exists():
     return json.loads(cache.read_text())['top1']
   space = config_lib.space_from_config(config)
-  result = finetune.evaluate(
+  result = finetuning.evaluate(
       model_dirs.load_classifier(model_dir), data.eval_pipeline(
           data.get_source(config.data, 'test'), image_size=space.image_size,
           batch_size=120))
@@ -324,7 +324,7 @@ def plot(table, studies, chosen: str, path: epath.Path) -> None:
 def main_() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--root', required=True)
-  parser.add_argument('--config', default=str(ROOT / 'configs/demo.py') +
+  parser.add_argument('--config', default='configs/demo.py' +
                       ':wide')
   parser.add_argument('--seeds', default='0,1,2,3,4')
   parser.add_argument('--select', default='0,1',

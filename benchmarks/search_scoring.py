@@ -25,36 +25,17 @@ interleaved, and the median kept. Prints a Markdown table of ratios.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import statistics
-import sys
 import time
 
 import jax
 import numpy as np
 from flax import nnx
 
-from masktas_jax import config_lib, data, fitness, model_dirs
+from masktas_jax import config_lib, fitness, model_dirs
 from masktas_jax.models.mae import MAE
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _load_config(name: str):
-  return config_lib.load_config(str(ROOT / f'configs/{name}.py'), check=False)
-
-
-def _random_batches(config, images: int, batch: int, seed: int):
-  """Normalised random images in `fitness.eval_batches`' format."""
-  rng = np.random.default_rng(seed)
-  size = config.space.image_size
-  out = []
-  for lo in range(0, images, batch):
-    pixels = rng.integers(0, 256, (batch, size, size, 3), np.uint8)
-    out.append({'image': data.normalize(pixels),
-                'label': np.zeros(batch, np.int32),
-                'valid': np.arange(lo, lo + batch) < images})
-  return out
+import common  # pylint: disable=g-bad-import-order
 
 
 def main() -> None:
@@ -66,12 +47,12 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
 
-  config = _load_config(args.config)
+  config = common.load_config(args.config, check=False)
   space = config_lib.space_from_config(config)
   teacher = MAE(model_dirs.mae_config(config), rngs=nnx.Rngs(0))
   encoder = model_dirs.build_student(config, teacher.config.embed_dim,
                                      nnx.Rngs(1)).encoder
-  batches = _random_batches(config, args.images, args.batch, 0)
+  batches = common.random_batches(config, args.images, args.batch, 0)
   rng = np.random.default_rng(0)
   archs = [space.sample(rng) for _ in range(args.population)]
   mask_ratio = config.supernet.mask_ratio
@@ -107,8 +88,8 @@ def main() -> None:
     for arch in archs:
       encoded = space.encode(arch)
       out.append(sum(port(teacher_state, scorer.encoder_state, encoded,
-                          images, valid, ids_keep)
-                     for images, valid, ids_keep, _ in scorer.batches))
+                          b['image'], b['valid'], b['ids_keep'])
+                     for b in scorer.batches))
     return np.asarray(jax.device_get(out)) / scorer.num_images
 
   methods = {
@@ -130,20 +111,20 @@ def main() -> None:
       times[name].append(time.perf_counter() - t)
 
   median = {k: statistics.median(v) for k, v in times.items()}
-  print(f'command: python {" ".join(sys.argv)}')
+  print(f'command: {common.command()}')
   print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()}; '
         f'space {args.config} ({space.image_size} px); population '
         f'{args.population}; {scorer.num_images} images; teacher features '
         f'once: {teacher_once:.2f} s (compile included)\n')
-  port = median['loop, paper port']
+  port_s = median['loop, paper port']
   print('| method | s per population | candidates/s | speed-up over the '
         'paper port |')
   print('|---|---|---|---|')
   for name, seconds in median.items():
     print(f'| {name} | {seconds:.3f} | {args.population / seconds:.1f} | '
-          f'{port / seconds:.2f}x |')
+          f'{port_s / seconds:.2f}x |')
   default = 'map' if jax.default_backend() == 'cpu' else 'vmap'
-  speedup = port / median[f'vectorised ({default})']
+  speedup = port_s / median[f'vectorised ({default})']
   print(f'\ntarget: the default strategy here ({default}) >= 3x the paper '
         f'port: {speedup:.2f}x ({"met" if speedup >= 3 else "NOT met"})')
 

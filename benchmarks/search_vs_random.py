@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import statistics
 
 import numpy as np
@@ -32,8 +31,7 @@ from masktas_jax import artifacts, config_lib, finetune
 from masktas_jax.evolution import Window, random_candidate
 from masktas_jax.space import Arch
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
+import common  # pylint: disable=g-bad-import-order
 
 def _variant(config, workdir: epath.Path, arch: Arch, from_scratch: bool):
   """`config` fine-tuning `arch` from the workdir's supernet (or from
@@ -49,7 +47,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--workdir', required=True,
                       help='a finished pipeline workdir')
-  parser.add_argument('--config', default=str(ROOT / 'configs/demo.py'),
+  parser.add_argument('--config', default='configs/demo.py',
                       help='the config the workdir was made with')
   parser.add_argument('--random', type=int, default=5,
                       help='random Archs of the window to fine-tune')
@@ -58,7 +56,7 @@ def main() -> None:
   args = parser.parse_args()
 
   workdir = epath.Path(args.workdir)
-  config = config_lib.load_config(args.config)
+  config = common.load_config(args.config)
   space = config_lib.space_from_config(config)
   best = json.loads(artifacts.best_arch(workdir).read_text())
   found = Arch.from_dict(best['arch'])

@@ -1,12 +1,11 @@
 """The full supernet train step: throughput, model-FLOPs utilisation, and
 cost against a dense train step of the same subnet, all in one run.
 
-What is timed is the step `mode=supernet` trains with:
-`supernet_train.make_step` (teacher forward under stop_gradient, student
-supernet forward + backward on the subnet drawn in the step, AdamW with
-`freeze_inactive`), jitted with the train state donated and the teacher's
-weights passed as an undonated argument, as `trainer.train` does (on one
-device). Space, image size, patch, mask ratio, decoder and teacher come from
+What is timed is the step `mode=supernet` trains with: the jitted step of
+`trainer.program(supernet_train.make_task(...))` (teacher forward under
+stop_gradient, student supernet forward + backward on the subnet drawn in
+the step, AdamW with `freeze_inactive`), the train state donated and the
+teacher's weights an undonated argument. Space, image size, patch, mask ratio, decoder and teacher come from
 the config (configs/tiny.py: AutoFormer-T space, 224 px, patch 16, 90%
 masking, ViT-B-sized MAE teacher); weights are random, the data is noise.
 
@@ -14,10 +13,11 @@ It reports:
 
   * images/s of that step with its Arch drawn in the step from the step's
     RNG, exactly as in training (mean over every timed step);
-  * model FLOPs per step, counted analytically (matrix products only, 2 per
-    multiply-accumulate): the teacher's forward on the visible tokens, plus
-    3x the forward (forward + backward) of the student at the drawn subnet's
-    own widths (encoder, pixel decoder, projector). Remat recomputation,
+  * model FLOPs per step, counted analytically (`flops.SupernetStep`:
+    matrix products only, 2 per multiply-accumulate): the teacher's forward
+    on the visible tokens, plus 3x the forward (forward + backward) of the
+    student at the drawn subnet's own widths (encoder, pixel decoder,
+    projector). Remat recomputation,
     padding, elementwise work and the optimizer are not model FLOPs. XLA's
     cost analysis of each compiled dense step is printed beside it as a
     check;
@@ -26,10 +26,10 @@ It reports:
     the same device, before and after the step timings (the higher counts);
   * for `--archs` Archs drawn with a fixed seed: the supernet step with that
     Arch forced (the same compiled step for every Arch, the encoded Arch an
-    argument) vs a dense train step of the subnet alone: the extracted dense
-    ViT (`Supernet.extract`), the decoder and projector at the subnet's
-    width, the same teacher, loss and AdamW (no freeze mask: every dense
-    weight is active), compiled for that Arch, donated. The three steps
+    argument) vs a dense train step of the subnet alone: the dense student
+    (`Student.extract`: the extracted ViT, the decoder and projector at the
+    subnet's width), the same teacher, loss and AdamW (no freeze mask:
+    every dense weight is active), compiled for that Arch, donated. The three steps
     (drawn, forced, dense) are timed in turn, rotating their order every
     iteration, with the forced and dense steps on the same masks; medians
     over `--iters`. Before timing, each supernet step runs every branch of
@@ -48,10 +48,8 @@ measured peak.
 from __future__ import annotations
 
 import argparse
-import pathlib
-import shlex
+import dataclasses
 import statistics
-import sys
 import time
 
 import jax
@@ -59,13 +57,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from masktas_jax import config_lib, model_dirs, supernet_train, trainer
-from masktas_jax.masking import num_visible
-from masktas_jax.models import vit
-from masktas_jax.models.mae import MAE, MAEConfig, PixelDecoder
-from masktas_jax.space import HEAD_DIM, Arch, SearchSpace
+from masktas_jax import config_lib, flops, model_dirs, supernet_train, trainer
+from masktas_jax.models.mae import MAE, MAEConfig
+from masktas_jax.space import Arch, SearchSpace
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+import common  # pylint: disable=g-bad-import-order
 
 # Teachers smaller than the config's, to keep CPU runs bearable: (width,
 # depth, heads) of MAE-style ViT-S and ViT-Ti.
@@ -77,7 +73,7 @@ TARGET_UTILISATION = 0.50
 
 def load_config(path: str, args):
   """`get_config()` of a config file, with the benchmark's overrides."""
-  config = config_lib.load_config(str(REPO / path), check=False)
+  config = common.load_config(path, check=False)
   # Locked configs accept new values for existing fields.
   config.supernet.batch_size = args.batch
   config.supernet.compute_dtype = args.dtype
@@ -87,145 +83,15 @@ def load_config(path: str, args):
   return config_lib.validate(config)
 
 
-# -- analytic model FLOPs --------------------------------------------------
-
-
-def encoder_macs(embed: int, qkv_widths, mlp_widths, tokens: int,
-                 embedded: int, patch_dim: int) -> int:
-  """Multiply-accumulates of a pre-norm ViT encoder's forward, one image.
-
-  `tokens` go through the blocks (CLS included), `embedded` patches through
-  the patch embedding (0: none, e.g. a decoder); layer i has q/k/v width
-  `qkv_widths[i]` and MLP width `mlp_widths[i]`. Matrix products only, as
-  `SearchSpace.count_macs`.
-  """
-  t, e = tokens, embed
-  total = embedded * patch_dim * e
-  for q, m in zip(qkv_widths, mlp_widths):
-    total += t * e * 3 * q + 2 * t * t * q + t * q * e + 2 * t * e * m
-  return total
-
-
-class FlopModel:
-  """Analytic model FLOPs of one train step, for any Arch of the space."""
-
-  def __init__(self, config, space: SearchSpace):
-    t, s = config.teacher, config.supernet
-    n, k = space.num_patches, num_visible(space.num_patches, s.mask_ratio)
-    self.space, self.visible, self.teacher_dim = space, k, t.embed_dim
-    self.teacher_macs = encoder_macs(
-        t.embed_dim, [t.embed_dim] * t.depth, [4 * t.embed_dim] * t.depth,
-        k + 1, k, space.patch_dim)
-    d = s.decoder_embed_dim
-    # Decoder blocks over all N patches + CLS, then the pixel head (MAE's
-    # decoder predicts CLS too and drops it); its input projection depends on
-    # the subnet's width and is added per Arch.
-    self.decoder_macs = encoder_macs(d, [d] * s.decoder_depth,
-                                     [4 * d] * s.decoder_depth, n + 1, 0,
-                                     0) + (n + 1) * d * space.patch_dim
-    self.decoder_dim = d
-
-  def parts(self, arch: Arch, batch: int) -> dict[str, int]:
-    """Model FLOPs of one step by part: 2 FLOPs per MAC; the student's parts
-    (at the subnet's own width) count 3x their forward (forward + backward).
-    """
-    e, k, dt = arch.embed_dim, self.visible, self.teacher_dim
-    encoder = encoder_macs(e, [h * HEAD_DIM for h in arch.num_heads],
-                           arch.mlp_dims, k + 1, k, self.space.patch_dim)
-    decoder = (k + 1) * e * self.decoder_dim + self.decoder_macs
-    projector = k * (e * dt + dt * dt)
-    return {'teacher': 2 * batch * self.teacher_macs,
-            'encoder': 6 * batch * encoder, 'decoder': 6 * batch * decoder,
-            'projector': 6 * batch * projector}
-
-  def step_flops(self, arch: Arch, batch: int) -> int:
-    return sum(self.parts(arch, batch).values())
-
-
-# -- the dense equivalent of the student -----------------------------------
-
-
-class DenseStudent(nnx.Module):
-  """`Student` for one Arch as dense modules: the extracted ViT, the pixel
-  decoder reading `embed_dim` channels and the projector from them."""
-
-  def __init__(self, encoder: vit.VisionTransformer, decoder: PixelDecoder,
-               proj1: nnx.Linear, proj2: nnx.Linear):
-    self.encoder, self.decoder = encoder, decoder
-    self.proj1, self.proj2 = proj1, proj2
-
-  def __call__(self, images, ids_keep, ids_restore):
-    tokens = self.encoder.encode(images, ids_keep)
-    pixels = self.decoder(tokens, ids_restore)
-    features = self.proj2(vit.gelu(self.proj1(tokens[:, 1:])))
-    return pixels, features
-
-
-def _fill(abstract: nnx.Module, pure: dict) -> nnx.Module:
-  graphdef, state = nnx.split(abstract)
-  nnx.replace_by_pure_dict(state, pure)
-  return nnx.merge(graphdef, state)
-
-
-def extract_student(student, arch: Arch, config) -> DenseStudent:
-  """The dense student holding `student`'s weights for `arch` (the decoder
-  and projector inputs cut to the first `embed_dim` channels, where the
-  supernet's tokens are non-zero), so both compute the same loss."""
-  s, space, e = config.supernet, student.encoder.space, arch.embed_dim
-  decoder = nnx.to_pure_dict(nnx.state(student.decoder))
-  decoder['decoder_embed']['kernel'] = decoder['decoder_embed']['kernel'][:e]
-  decoder = _fill(nnx.eval_shape(lambda: PixelDecoder(
-      in_dim=e, embed_dim=s.decoder_embed_dim, depth=s.decoder_depth,
-      num_heads=s.decoder_num_heads, patch_size=space.patch_size,
-      in_chans=space.in_chans, grid_size=space.image_size // space.patch_size,
-      rngs=nnx.Rngs(0))), decoder)
-  proj1 = nnx.to_pure_dict(nnx.state(student.proj1))
-  proj1['kernel'] = proj1['kernel'][:e]
-  dt = proj1['kernel'].shape[1]
-  proj1 = _fill(nnx.eval_shape(lambda: nnx.Linear(e, dt, rngs=nnx.Rngs(0))),
-                proj1)
-  return DenseStudent(student.encoder.extract(arch), decoder, proj1,
-                      nnx.clone(student.proj2))
-
-
-def make_dense_step(config, dense_def, teacher_def, opt):
-  """`make_step`'s step for a `DenseStudent`: same RNG split (so the same
-  masks for the same RNG), teacher, casts, loss and AdamW; no freeze mask."""
-  return supernet_train.make_step(
-      config, dense_def, teacher_def, opt, draw_arch=lambda _: None,
-      forward=lambda student, images, _, *masks: student(images, *masks),
-      freeze=False)
-
-
-def make_forced_step(config, student_def, teacher_def, opt):
-  """`make_step`'s step with one more argument, the encoded Arch, used in
-  place of the one it would draw: an argument of the compiled function, so
-  one compile serves every Arch, as in training."""
-
-  def step(state, batch, rng, teacher_state, encoded):
-    return supernet_train.make_step(
-        config, student_def, teacher_def, opt,
-        draw_arch=lambda _: encoded)(state, batch, rng, teacher_state)
-
-  return step
-
-
-# -- timing ----------------------------------------------------------------
-
-
-def measure_peak(size: int, dtype, reps: int = 10) -> float:
-  """FLOP/s of a jitted (size x size) @ (size x size) matmul, median of
-  `reps` after a warm-up."""
-  a, b = (jax.random.normal(jax.random.key(i), (size, size), dtype)
-          for i in (0, 1))
-  matmul = jax.jit(jnp.matmul)
-  jax.block_until_ready(matmul(a, b))
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(matmul(a, b))
-    times.append(time.perf_counter() - start)
-  return 2 * size**3 / statistics.median(times)
+def dense_task(task: trainer.Task, config, dense_def,
+               teacher_def) -> trainer.Task:
+  """`task` (the supernet's) for a `DenseStudent`: the same RNG split (so the
+  same masks for the same RNG), teacher, casts, loss and AdamW; no update
+  mask."""
+  return dataclasses.replace(
+      task, update_mask=None, loss=supernet_train.make_loss(
+          config, dense_def, teacher_def,
+          forward=lambda student, images, _, *masks: student(images, *masks)))
 
 
 def drawn_arch(space: SearchSpace, rng: jax.Array) -> Arch:
@@ -262,25 +128,11 @@ def covering_archs(space: SearchSpace) -> list[Arch]:
   return archs
 
 
-def timed(fn, *args):
-  """(seconds, outputs) of one call, waited for."""
-  start = time.perf_counter()
-  out = jax.block_until_ready(fn(*args))
-  return time.perf_counter() - start, out
-
-
 def _fresh(tree):
   # New buffers: the dense state must not share any with the supernet state,
   # which the next supernet step donates (a slice that covers a whole array
   # can be that array).
   return jax.tree.map(jnp.copy, tree)
-
-
-def _xla_flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per computation.
-    cost = cost[0]
-  return float(cost.get('flops', float('nan'))) if cost else float('nan')
 
 
 def main():
@@ -301,61 +153,51 @@ def main():
   parser.add_argument('--peak_size', type=int, default=2048)
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
-  command = 'python ' + shlex.join(
-      [str(pathlib.Path(sys.argv[0]).resolve().relative_to(REPO)
-           if pathlib.Path(sys.argv[0]).resolve().is_relative_to(REPO)
-           else sys.argv[0]), *sys.argv[1:]])
+  command = common.command()
 
   start = time.perf_counter()
   config = load_config(args.config, args)
   s, t = config.supernet, config.teacher
   space = config_lib.space_from_config(config)
   dtype = jnp.dtype(args.dtype)
-  flops = FlopModel(config, space)
-  # The closed-form count must agree with the space's own on a full image.
-  a = space.max_arch()
-  assert encoder_macs(
-      a.embed_dim, [h * HEAD_DIM for h in a.num_heads], a.mlp_dims,
-      space.num_patches + 1, space.num_patches, space.patch_dim) + (
-          a.embed_dim * space.num_classes) == space.count_macs(a)
-
+  flop_model = flops.SupernetStep(config)
   device = jax.devices()[0]
   print(f'device: {device.platform} {device.device_kind} '
         f'({jax.device_count()} device(s), 1 used), jax {jax.__version__}')
   print(f'config {args.config}: {space.image_size} px, patch '
-        f'{space.patch_size}, mask {s.mask_ratio} ({flops.visible} visible '
+        f'{space.patch_size}, mask {s.mask_ratio} ({flop_model.visible} visible '
         f'patches + CLS), space embed {space.embed_dims} depth '
         f'{space.depths} heads {space.num_heads} ratio {space.mlp_ratios}; '
         f'teacher {t.embed_dim}x{t.depth} ({args.teacher}); decoder '
         f'{s.decoder_embed_dim}x{s.decoder_depth}; batch {args.batch}, '
         f'{args.dtype}, remat {s.remat}, freeze_inactive {s.freeze_inactive}')
-  peaks = [measure_peak(args.peak_size, dtype)]
+  peaks = [common.measure_peak(args.peak_size, dtype)]
   print(f'peak ({args.peak_size}^2 {args.dtype} matmul): '
         f'{peaks[0] / 1e9:.1f} GFLOP/s', flush=True)
 
-  # --- models, optimizer, states (as supernet_train.run builds them) --------
+  # --- the step supernet_train.run trains with ------------------------------
   teacher = MAE(MAEConfig(
       image_size=space.image_size, patch_size=space.patch_size,
       in_chans=space.in_chans, embed_dim=t.embed_dim, depth=t.depth,
       num_heads=t.num_heads, decoder_depth=0), rngs=nnx.Rngs(args.seed))
-  teacher_def, teacher_state = nnx.split(teacher)
-  teacher_state = nnx.to_pure_dict(teacher_state)
-  student = model_dirs.build_student(config, t.embed_dim,
-                                     nnx.Rngs(args.seed + 1))
-  student_def, params, fixed = nnx.split(student, nnx.Param, ...)
+  teacher_def = nnx.graphdef(teacher)
   # The schedule's length does not change the step's work.
-  opt = trainer.adamw(s.base_lr * args.batch / 512, 1000, 100,
-                      s.weight_decay, clip_norm=s.grad_clip)
-  params = nnx.to_pure_dict(params)
-  state = {'params': params, 'fixed': nnx.to_pure_dict(fixed),
-           'opt_state': opt.init(params)}
-  del student, teacher
+  task = supernet_train.make_task(config, teacher, 1000, 100, args.batch)
+  program = trainer.program(task)
+  state = program.init(jax.random.key(args.seed + 1), None)
+  del teacher
+  teacher_only = task.constants
 
-  step_fn = supernet_train.make_step(config, student_def, teacher_def, opt)
-  drawn_step = jax.jit(step_fn, donate_argnums=0)
-  forced_step = jax.jit(
-      make_forced_step(config, student_def, teacher_def, opt),
-      donate_argnums=0)
+  student_def = nnx.split(nnx.eval_shape(lambda: model_dirs.build_student(
+      config, t.embed_dim, nnx.Rngs(0))), nnx.Param, ...)[0]
+
+  def drawn_step(state, batch, rng):
+    return program.step(state, batch, rng, teacher_only)
+
+  def forced_step(state, batch, rng, encoded):
+    # The same jitted step; the Arch rides in its constants.
+    return program.step(state, batch, rng, {**teacher_only, 'arch': encoded})
+
   batch = {'image': jax.random.normal(
       jax.random.key(args.seed + 2),
       (args.batch, space.image_size, space.image_size, space.in_chans))}
@@ -368,21 +210,19 @@ def main():
   # on XLA:CPU a branch's first execution is several times slower than the
   # next ones (steady-state training has run them all long before).
   compile_s = {}
-  compile_s['drawn'], (state, _) = timed(drawn_step, state, batch, warm_key,
-                                         teacher_state)
+  compile_s['drawn'], (state, _) = common.timed(drawn_step, state, batch,
+                                                warm_key)
   seen, warm = branches(space, drawn_arch(space, warm_key)), 1
   while seen != all_branches(space) and warm < 100:
     rng = jax.random.fold_in(warm_key, warm)
-    state, _ = jax.block_until_ready(drawn_step(state, batch, rng,
-                                                teacher_state))
+    state, _ = jax.block_until_ready(drawn_step(state, batch, rng))
     seen |= branches(space, drawn_arch(space, rng))
     warm += 1
-  compile_s['forced'], (state, _) = timed(
-      forced_step, state, batch, warm_key, teacher_state,
-      space.encode(archs[0]))
+  compile_s['forced'], (state, _) = common.timed(
+      forced_step, state, batch, warm_key, space.encode(archs[0]))
   for arch in covering_archs(space):
     state, _ = jax.block_until_ready(forced_step(
-        state, batch, warm_key, teacher_state, space.encode(arch)))
+        state, batch, warm_key, space.encode(arch)))
   print(f'first call (compile + run): drawn step {compile_s["drawn"]:.1f} s, '
         f'forced step {compile_s["forced"]:.1f} s; drawn step warmed up on '
         f'{warm} steps ({len(seen)} of {len(all_branches(space))} branches)',
@@ -398,24 +238,24 @@ def main():
   for i, arch in enumerate(archs):
     encoded = jax.device_put(space.encode(arch))
     current = nnx.merge(student_def, state['params'], state['fixed'])
-    dense = extract_student(current, arch, config)
-    dense_def, dense_params, dense_fixed = nnx.split(dense, nnx.Param, ...)
-    dense_params = _fresh(nnx.to_pure_dict(dense_params))
-    dense_state = {'params': dense_params,
-                   'fixed': _fresh(nnx.to_pure_dict(dense_fixed)),
-                   'opt_state': opt.init(dense_params)}
-    del current, dense
-    dense_step = jax.jit(
-        make_dense_step(config, dense_def, teacher_def, opt),
-        donate_argnums=0).lower(dense_state, batch, step_key,
-                                teacher_state).compile()
-    xla_flops = _xla_flops(dense_step)
+    dense_def, dense_params, dense_fixed = nnx.split(current.extract(arch),
+                                                     nnx.Param, ...)
+    del current
+    weights = _fresh((nnx.to_pure_dict(dense_params),
+                      nnx.to_pure_dict(dense_fixed)))
+    dense = trainer.program(dataclasses.replace(
+        dense_task(task, config, dense_def, teacher_def),
+        init=lambda _, weights: weights, init_inputs=weights))
+    dense_state = dense.init(step_key, weights)
+    dense_step = dense.step.lower(dense_state, batch, step_key,
+                                  teacher_only).compile()
+    xla_flops = common.xla_flops(dense_step)
 
     # Warm-up on the same weights and masks: the losses must agree.
     rng = jax.random.fold_in(step_key, count)
     count += 1
-    state, m_forced = forced_step(state, batch, rng, teacher_state, encoded)
-    dense_state, m_dense = dense_step(dense_state, batch, rng, teacher_state)
+    state, m_forced = forced_step(state, batch, rng, encoded)
+    dense_state, m_dense = dense_step(dense_state, batch, rng, teacher_only)
     dloss = abs(float(m_forced['loss']) - float(m_dense['loss']))
 
     times = {'drawn': [], 'forced': [], 'dense': []}
@@ -423,20 +263,19 @@ def main():
       rng = jax.random.fold_in(step_key, count)
       count += 1
       calls = {
-          'drawn': lambda st, r=rng: drawn_step(st, batch, r, teacher_state),
-          'forced': lambda st, r=rng: forced_step(st, batch, r, teacher_state,
-                                                  encoded),
-          'dense': lambda st, r=rng: dense_step(st, batch, r, teacher_state),
+          'drawn': lambda st, r=rng: drawn_step(st, batch, r),
+          'forced': lambda st, r=rng: forced_step(st, batch, r, encoded),
+          'dense': lambda st, r=rng: dense_step(st, batch, r, teacher_only),
       }
       order = list(calls)
       order = order[j % 3:] + order[:j % 3]  # Rotate: no fixed first slot.
       for name in order:
         if name == 'dense':
-          sec, (dense_state, _) = timed(calls[name], dense_state)
+          sec, (dense_state, _) = common.timed(calls[name], dense_state)
         else:
-          sec, (state, _) = timed(calls[name], state)
+          sec, (state, _) = common.timed(calls[name], state)
         times[name].append(sec)
-      parts = flops.parts(drawn_arch(space, rng), args.batch)
+      parts = flop_model.parts(drawn_arch(space, rng), args.batch)
       for part, f in parts.items():
         split[part] = split.get(part, 0) + f
       drawn_flops.append(sum(parts.values()))
@@ -444,7 +283,7 @@ def main():
 
     forced_ms = statistics.median(times['forced']) * 1e3
     dense_ms = statistics.median(times['dense']) * 1e3
-    step_flops = flops.step_flops(arch, args.batch)
+    step_flops = flop_model(arch, args.batch)
     row = dict(arch=arch, flops=step_flops, xla=xla_flops, forced=forced_ms,
                dense=dense_ms, ratio=forced_ms / dense_ms,
                util=step_flops / (forced_ms / 1e3) / peaks[0],
@@ -455,9 +294,9 @@ def main():
           f'{forced_ms:>9.1f} {dense_ms:>9.1f} {row["ratio"]:>6.3f} '
           f'{row["util"]:>6.1%} {row["dutil"]:>6.1%} {dloss:>8.1e}',
           flush=True)
-    del dense_step, dense_state
+    dense_step = dense_state = None  # Frees them before the next Arch.
 
-  peaks.append(measure_peak(args.peak_size, dtype))
+  peaks.append(common.measure_peak(args.peak_size, dtype))
   peak = max(peaks)
   # Utilisation columns above used the first peak; the summary uses the
   # higher of the two (the conservative figure).

@@ -18,8 +18,8 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, config_lib, data, losses, model_dirs
-from masktas_jax import parallel
+from masktas_jax import artifacts, config_lib, data, evaluator, losses
+from masktas_jax import model_dirs, parallel
 from masktas_jax.masking import random_masking
 from masktas_jax.space import Arch, SearchSpace
 
@@ -67,11 +67,12 @@ class PopulationScorer:
   """Label-free fitness of many Archs at once on a fixed set of images.
 
   The teacher's features and the masks of every evaluation batch are made
-  once, at construction. A call scores up to `capacity` Archs: their
-  encodings are stacked (padded to `capacity`, so one compiled function
-  serves every generation) and scored in one call per batch (`strategy`,
-  see STRATEGIES; 'auto': 'map' on CPU, else 'vmap'), the images split over
-  the mesh. `relation` says how relation maps are formed (losses.Relation).
+  once, at construction, and stay on device (`batches`: dicts of 'image',
+  'valid', 'ids_keep', 'z_teacher', split over the mesh). A call scores up
+  to `capacity` Archs: their encodings are stacked (padded to `capacity`,
+  so one compiled function serves every generation) and scored in one call
+  per batch (`strategy`, see STRATEGIES; 'auto': 'map' on CPU, else
+  'vmap'). `relation` says how relation maps are formed (losses.Relation).
   """
 
   def __init__(self, encoder, teacher, space: SearchSpace,
@@ -86,88 +87,79 @@ class PopulationScorer:
     self.space, self.capacity, self.relation = space, capacity, relation
     self.strategy, self.encoder = strategy, encoder
     self.mesh = mesh or parallel.make_mesh()
-    rep = parallel.replicated(self.mesh)
-    sharded = parallel.batch_sharded(self.mesh)
     self.encoder_def, encoder_state = nnx.split(encoder)
-    self.encoder_state = jax.device_put(nnx.to_pure_dict(encoder_state), rep)
     teacher_def, teacher_state = nnx.split(teacher)
 
-    def prepare(teacher_state, images, valid, key):
-      ids_keep, _, _ = random_masking(key, images.shape[0], space.num_patches,
+    def prepare(teacher_state, batch, rng):
+      images, valid = batch['image'], batch['valid']
+      ids_keep, _, _ = random_masking(rng, images.shape[0], space.num_patches,
                                       mask_ratio)
-      model = nnx.merge(teacher_def, teacher_state)
-      z_teacher = model.encode(images, ids_keep)[:, 1:]
-      entropy = jnp.sum(jnp.where(valid, relation.teacher_entropy(z_teacher),
-                                  0.0))
-      return ids_keep, z_teacher, entropy
+      z_teacher = nnx.merge(teacher_def, teacher_state).encode(
+          images, ids_keep)[:, 1:]
+      return {'image': images, 'valid': valid, 'ids_keep': ids_keep,
+              'z_teacher': z_teacher,
+              'entropy': jnp.where(valid, relation.teacher_entropy(z_teacher),
+                                   0.0)}
 
-    prepare = jax.jit(prepare, out_shardings=(sharded, sharded, rep))
-    teacher_state = jax.device_put(nnx.to_pure_dict(teacher_state), rep)
-    root = jax.random.key(seed)
-    self.batches, entropy = [], []
-    for i, batch in enumerate(batches):
-      images = parallel.global_batch({'image': batch['image'],
-                                      'valid': batch['valid']}, self.mesh)
-      ids_keep, z_teacher, h = prepare(teacher_state, images['image'],
-                                       images['valid'],
-                                       jax.random.fold_in(root, i))
-      self.batches.append((images['image'], images['valid'], ids_keep,
-                           z_teacher))
-      entropy.append(h)
+    prepare = evaluator.Evaluator(prepare, self.mesh, sharded_outputs=True)
+    self.batches = list(prepare.map(
+        ({'image': b['image'], 'valid': b['valid']} for b in batches),
+        prepare.place(nnx.to_pure_dict(teacher_state)), seed))
+    self.encoder_state = prepare.place(nnx.to_pure_dict(encoder_state))
     # Over every process's share.
     self.num_images = int(sum(jax.device_get(
-        [jnp.sum(b[1]) for b in self.batches])))
+        [jnp.sum(b['valid']) for b in self.batches])))
     # Mean row entropy of the teacher's maps as a fraction of its maximum.
-    self.teacher_entropy = float(sum(jax.device_get(entropy))) / max(
-        self.num_images, 1)
-    self.traces = 0
-    self._score = jax.jit(self._score_batch, in_shardings=(
-        rep, rep, sharded, sharded, sharded, sharded), out_shardings=rep)
-    self._alone = jax.jit(self._alone_batch, in_shardings=(
-        rep, rep, sharded, sharded, sharded, sharded), out_shardings=rep)
+    self.teacher_entropy = float(sum(jax.device_get(
+        [jnp.sum(b.pop('entropy')) for b in self.batches]))) / max(
+            self.num_images, 1)
+    self._scorers = {}
 
-  def _one(self, encoder, arch, images, valid, ids_keep, z_teacher, mode):
-    """(2,): summed fitness and student entropy of one Arch over a batch."""
-    z_student = encoder.encode(images, arch, ids_keep, mode=mode)[:, 1:]
-    per_image = jnp.stack([self.relation.fitness(z_teacher, z_student),
-                           self.relation.student_entropy(z_student)], -1)
-    return jnp.sum(jnp.where(valid[:, None], per_image, 0.0), axis=0)
+  def _scorer(self, strategy: str, alone: bool = False
+              ) -> evaluator.Evaluator:
+    """The jitted scoring of stacked Archs by `strategy`, made once (and
+    once more for single Archs, `alone`, so each counts its own traces)."""
+    if (strategy, alone) not in self._scorers:
+      mode = 'mask' if strategy == 'vmap' else 'switch'
 
-  def _score_batch(self, encoder_state, archs, images, valid, ids_keep,
-                   z_teacher):
-    """(P, 2) summed fitness and student entropy of the stacked Archs over
-    one batch's images."""
-    self.traces += 1
-    encoder = nnx.merge(self.encoder_def, encoder_state)
-    mode = 'mask' if self.strategy == 'vmap' else 'switch'
+      def score(inputs, batch, _):
+        """(P, 2) summed fitness and student entropy of the stacked Archs
+        over one batch's images."""
+        encoder_state, archs = inputs
+        encoder = nnx.merge(self.encoder_def, encoder_state)
 
-    def one(arch):
-      return self._one(encoder, arch, images, valid, ids_keep, z_teacher,
-                       mode)
+        def one(arch):
+          z_student = encoder.encode(batch['image'], arch, batch['ids_keep'],
+                                     mode=mode)[:, 1:]
+          per_image = jnp.stack([
+              self.relation.fitness(batch['z_teacher'], z_student),
+              self.relation.student_entropy(z_student)], -1)
+          return jnp.sum(jnp.where(batch['valid'][:, None], per_image, 0.0),
+                         axis=0)
 
-    if self.strategy == 'vmap':
-      return jax.vmap(one)(archs)
-    return jax.lax.map(one, archs)
+        return jax.vmap(one)(archs) if strategy == 'vmap' else (
+            jax.lax.map(one, archs))
 
-  def _alone_batch(self, encoder_state, arch, images, valid, ids_keep,
-                   z_teacher):
-    """(2,) for one Arch, on its own subnet's FLOPs."""
-    encoder = nnx.merge(self.encoder_def, encoder_state)
-    return self._one(encoder, arch, images, valid, ids_keep, z_teacher,
-                     'switch')
+      self._scorers[strategy, alone] = evaluator.Evaluator(score, self.mesh)
+    return self._scorers[strategy, alone]
+
+  @property
+  def traces(self) -> int:
+    """How often the population scoring was traced (compiled)."""
+    return self._scorer(self.strategy).traces
 
   def evaluate(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
     """((P,) fitness, (P,) student map entropy), each a mean per image; the
     entropy (a fraction of its maximum) needs no teacher: the control that
     the fitness must beat."""
+    scorer = self._scorer(self.strategy)
     out = []
     for lo in range(0, len(archs), self.capacity):
       chunk = list(archs[lo:lo + self.capacity])
       padded = chunk + [chunk[-1]] * (self.capacity - len(chunk))
       encoded = self.space.encode_batch(padded)
-      total = sum(self._score(self.encoder_state, encoded, *b)
-                  for b in self.batches)
-      out.append(np.asarray(jax.device_get(total))[:len(chunk)])
+      out.append(scorer.sum(self.batches, (self.encoder_state,
+                                           encoded))[:len(chunk)])
     per_image = np.concatenate(out) / self.num_images
     return per_image[:, 0], per_image[:, 1]
 
@@ -176,12 +168,11 @@ class PopulationScorer:
     return self.evaluate(archs)[0]
 
   def score_alone(self, arch: Arch) -> float:
-    """The same fitness for one Arch through the `switch` path (a check of
-    the vectorised scorer, and the per-candidate baseline)."""
-    encoded = self.space.encode(arch)
-    total = sum(self._alone(self.encoder_state, encoded, *b)
-                for b in self.batches)
-    return float(jax.device_get(total)[0]) / self.num_images
+    """The same fitness for one Arch alone through the `switch` path (a
+    check of the vectorised scorer, and the per-candidate baseline)."""
+    total = self._scorer('map', alone=True).sum(
+        self.batches, (self.encoder_state, self.space.encode_batch([arch])))
+    return float(total[0, 0]) / self.num_images
 
   def tokens(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
     """((n, K, D_t) teacher tokens, (P, n, K, max_embed) student tokens) of
@@ -189,18 +180,23 @@ class PopulationScorer:
     the fitness compares, for studies of other relation maps."""
     encoder_def = self.encoder_def
 
-    @jax.jit
-    def student(encoder_state, arch, images, ids_keep):
+    def student(inputs, batch, _):
+      encoder_state, arch = inputs
       encoder = nnx.merge(encoder_def, encoder_state)
-      return encoder.encode(images, arch, ids_keep, mode='switch')[:, 1:]
+      return encoder.encode(batch['image'], arch, batch['ids_keep'],
+                            mode='switch')[:, 1:], batch['valid']
 
-    def valid_rows(x, valid):
-      return np.asarray(jax.device_get(x))[np.asarray(jax.device_get(valid))]
+    run = evaluator.Evaluator(student, self.mesh)
+    gathered = evaluator.Evaluator(
+        lambda _, batch, __: (batch['z_teacher'], batch['valid']), self.mesh)
 
-    teacher = np.concatenate([valid_rows(b[3], b[1]) for b in self.batches])
-    students = np.stack([np.concatenate([
-        valid_rows(student(self.encoder_state, self.space.encode(a), b[0],
-                           b[2]), b[1]) for b in self.batches])
+    def valid_rows(outputs):
+      return np.concatenate([np.asarray(z)[np.asarray(v)]
+                             for z, v in jax.device_get(list(outputs))])
+
+    teacher = valid_rows(gathered.map(self.batches, None))
+    students = np.stack([valid_rows(run.map(
+        self.batches, (self.encoder_state, self.space.encode(a))))
                          for a in archs])
     return teacher, students
 

@@ -32,8 +32,8 @@ from etils import epath
 from flax import nnx
 from scipy import stats
 
-from masktas_jax import artifacts, config_lib, data, finetune, fitness
-from masktas_jax import parallel, report
+from masktas_jax import artifacts, config_lib, data, evaluator, finetuning
+from masktas_jax import fitness, parallel, report
 from masktas_jax.errors import MaskTASError
 from masktas_jax.evolution import SearchError, Window, check_window
 from masktas_jax.evolution import random_candidate
@@ -136,26 +136,24 @@ class FeatureExtractor:
     if strategy == 'auto':
       strategy = 'map' if jax.default_backend() == 'cpu' else 'vmap'
     self.space, self.capacity = space, capacity
-    self.mesh = mesh or parallel.make_mesh()
-    rep = parallel.replicated(self.mesh)
-    self.graphdef, state = nnx.split(encoder)
-    self.state = jax.device_put(nnx.to_pure_dict(state), rep)
+    graphdef, state = nnx.split(encoder)
+    mode = 'mask' if strategy == 'vmap' else 'switch'
 
-    def features(state, archs, images, valid, labels):
-      encoder = nnx.merge(self.graphdef, state)
-      mode = 'mask' if strategy == 'vmap' else 'switch'
+    def features(inputs, batch, _):
+      state, archs = inputs
+      encoder = nnx.merge(graphdef, state)
 
       def one(arch):
-        return jnp.mean(encoder.encode(images, arch, mode=mode)[:, 1:], 1)
+        return jnp.mean(encoder.encode(batch['image'], arch, mode=mode)[:, 1:],
+                        1)
 
       mapped = jax.vmap if strategy == 'vmap' else (
           lambda f: lambda xs: jax.lax.map(f, xs))
-      return mapped(one)(archs), valid, labels
+      # Gathered to every process: the probes run on the host.
+      return mapped(one)(archs), batch['valid'], batch['label']
 
-    # Gathered to every process: the probes run on the host.
-    sharded = parallel.batch_sharded(self.mesh)
-    self._features = jax.jit(features, in_shardings=(
-        rep, rep, sharded, sharded, sharded), out_shardings=rep)
+    self.evaluator = evaluator.Evaluator(features, mesh)
+    self.state = self.evaluator.place(nnx.to_pure_dict(state))
 
   def __call__(self, archs: Sequence[Arch],
                batches: Sequence[dict[str, np.ndarray]]):
@@ -163,10 +161,8 @@ class FeatureExtractor:
     padded = list(archs) + [archs[-1]] * (self.capacity - len(archs))
     encoded = self.space.encode_batch(padded)
     feats, labels = [], []
-    for batch in batches:
-      g = parallel.global_batch(batch, self.mesh)
-      out, valid, label = jax.device_get(self._features(
-          self.state, encoded, g['image'], g['valid'], g['label']))
+    for out, valid, label in jax.device_get(list(self.evaluator.map(
+        batches, (self.state, encoded)))):
       feats.append(np.asarray(out)[:len(archs), valid])
       labels.append(np.asarray(label)[valid])
     return np.concatenate(feats, axis=1), np.concatenate(labels)
@@ -246,8 +242,8 @@ def finetune_top1(config, workdir: epath.Path, archs: Sequence[Arch],
     c.search.supernet = supernet
     parallel.log(f'rank: fine-tuning subnet {i + 1}/{len(archs)} '
                  f'({r.finetune_steps} steps)')
-    accuracy.append(finetune.run(c, finetune_dir(config, workdir,
-                                                  arch))['top1'])
+    accuracy.append(finetuning.fine_tune(c, finetune_dir(config, workdir,
+                                                         arch), arch)['top1'])
   return np.asarray(accuracy)
 
 

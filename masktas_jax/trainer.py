@@ -1,9 +1,15 @@
 """The one training loop the teacher, supernet and finetune stages share.
 
-A stage supplies `init_fn(rng) -> state` (a pytree of arrays, plain dicts)
-and `step_fn(state, batch, rng) -> (state, metrics)`; the loop owns the
-mesh placement, resume, Orbax checkpoints (train state + data iterator),
-metrics, progress line, non-finite guard and loss plot.
+A stage describes what it trains as a `Task`: a model builder, a loss, an
+optimizer and its schedule, an optional update mask and constants (a frozen
+teacher). The trainer owns everything else: the train state, gradients and
+the update, mesh placement, metrics (the loss and its parts, learning rate,
+gradient and parameter norms, images/s), Orbax checkpoints of the state and
+the data iterator, exact resume, the progress line, the loss plot, and the
+final export of the model, which also marks the stage done.
+
+`program(task)` gives the jitted init and step without running them, for
+compile-only use (ahead-of-time compilation for other accelerators).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -24,9 +31,51 @@ from masktas_jax.errors import MaskTASError
 
 _DECAYED = {'wq', 'wk', 'wv', 'wo', 'w1', 'w2'}
 
+Tree = Any  # A pytree of arrays (plain nested dicts).
+
 
 class NonFiniteLoss(MaskTASError, RuntimeError):
   """Training produced a non-finite loss; the last good checkpoint stays."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What a stage trains, and how one step changes it.
+
+  init(rng, init_inputs) -> (params, fixed): the model's trainable
+    parameters and its other variables (e.g. sin-cos tables), pure dicts.
+    `init_inputs` (e.g. inherited weights) is an argument of the jitted
+    init, never a constant compiled into it.
+  loss(params, fixed, batch, rng, constants) -> (loss, metrics): the scalar
+    to minimise and scalar metrics to log beside it (e.g. its terms).
+  optimizer: the optax transformation; `schedule(step)` its learning rate,
+    logged as 'lr' (for layer-wise scaled rates: the unscaled one).
+  update_mask(grads) -> tree of bools, or None: parameters whose update is
+    forced to exactly zero where False (e.g. weights outside the subnet a
+    supernet step trained: no weight decay or momentum reaches them).
+  constants: arrays the loss reads but never trains (a frozen teacher):
+    replicated, never donated, never checkpointed.
+  """
+
+  init: Callable[[jax.Array, Any], tuple[Tree, Tree]]
+  loss: Callable[[Tree, Tree, dict[str, jax.Array], jax.Array, Any],
+                 tuple[jax.Array, dict[str, jax.Array]]]
+  optimizer: optax.GradientTransformation
+  schedule: Callable[[jax.Array], jax.Array]
+  update_mask: Callable[[Tree], Tree] | None = None
+  init_inputs: Any = None
+  constants: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+  """The model a finished stage writes, `save(params, fixed, directory)`, a
+  model directory of `kind` (artifacts.is_model_dir): a stage whose export
+  exists is done and is not trained again."""
+
+  directory: epath.Path
+  kind: str
+  save: Callable[[Tree, Tree, epath.Path], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,21 +89,29 @@ class LoopConfig:
   checkpoint_every: int = 200
   keep_checkpoints: int = 2
   log_every: int = 20
-  # End this run at this step with a checkpoint (e.g. a time-limited job);
-  # the schedule still follows `steps` and a later run resumes. 0: no stop.
-  stop_at: int = 0
   # Steps to trace with jax.profiler into `directory/profile`, starting
   # after this run's first step (which compiles). 0: none.
   profile_steps: int = 0
 
   @classmethod
   def from_config(cls, config, name: str, directory: epath.Path, steps: int,
-                  batch_size: int, stop_at: int = 0) -> 'LoopConfig':
+                  batch_size: int) -> 'LoopConfig':
     """The loop of stage `name`, with the run-wide logging, checkpoint and
     profiling settings of `config`."""
     return cls(name, directory, steps, batch_size, config.checkpoint_every,
-               config.keep_checkpoints, config.log_every, stop_at,
+               config.keep_checkpoints, config.log_every,
                config.profile_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """How `train` ended. `params`/`fixed`: the trained model (None when
+  `skipped`: its export already existed); `step`: the step reached."""
+
+  params: Tree | None
+  fixed: Tree | None
+  step: int
+  skipped: bool = False
 
 
 def decay_mask(params: Any) -> Any:
@@ -68,13 +125,18 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_weight, params)
 
 
-def adamw(peak_lr: float, steps: int, warmup_steps: int, weight_decay: float,
-          b1: float = 0.9, b2: float = 0.999,
-          clip_norm: float = 0.0) -> optax.GradientTransformation:
-  """AdamW with linear warm-up then cosine decay to 0; no decay on biases,
-  norms and tokens; optional global-norm clipping."""
-  schedule = optax.warmup_cosine_decay_schedule(
+def warmup_cosine(peak_lr: float, steps: int,
+                  warmup_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 to `peak_lr`, then cosine decay to 0 at `steps`."""
+  return optax.warmup_cosine_decay_schedule(
       0.0, peak_lr, max(warmup_steps, 0), max(steps, warmup_steps + 1), 0.0)
+
+
+def adamw(schedule: optax.Schedule, weight_decay: float, b1: float = 0.9,
+          b2: float = 0.999,
+          clip_norm: float = 0.0) -> optax.GradientTransformation:
+  """AdamW at `schedule`'s rate, no decay on biases, norms and tokens;
+  optional global-norm clipping."""
   opt = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay,
                     mask=decay_mask)
   return optax.chain(optax.clip_by_global_norm(clip_norm), opt) if (
@@ -86,54 +148,70 @@ def format_eta(seconds: float) -> str:
   return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
-def train(loop: LoopConfig, *, init_fn: Callable[[jax.Array], Any],
-          step_fn: Callable[[Any, dict[str, jax.Array], jax.Array],
-                            tuple[Any, dict[str, jax.Array]]],
-          data_iter, seed: int, mesh=None,
-          constants: Any = None) -> tuple[Any, int]:
-  """Runs (or resumes) training to `loop.steps`; returns (state, step).
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """A Task's jitted functions on a mesh, built but not run.
 
-  `constants` (e.g. a frozen teacher's weights) reach the step as a fourth
-  argument, `step_fn(state, batch, rng, constants)`: replicated, never
-  donated, never checkpointed.
-
-  `step` is the step reached: `loop.steps`, or `loop.stop_at` if that came
-  first.
-
-  The data-parallel step is jitted once, with the state replicated, the
-  batch split over the mesh's 'data' axis and the state donated. Each step's
-  RNG is `fold_in(key(seed), step)`, so a resumed run draws what an
-  uninterrupted one would.
+  init(rng, init_inputs) -> state, where state is {'step': int32 (),
+  'params', 'fixed', 'opt_state'}, replicated.
+  step(state, batch, rng, constants) -> (state, metrics): `batch` a dict of
+  arrays (B, ...) split over the mesh's 'data' axis, `state` donated,
+  metrics scalars.
+  abstract_state: the state's ShapeDtypeStructs, with their shardings (what
+  a restore targets, and what `step.lower` takes).
   """
-  # --- mesh -----------------------------------------------------------------
+
+  init: Any
+  step: Any
+  abstract_state: Tree
+  mesh: Any
+
+
+def program(task: Task, mesh=None) -> Program:
+  """The jitted init and data-parallel update step of `task`."""
   mesh = mesh or parallel.make_mesh()
   rep = parallel.replicated(mesh)
-  root = jax.random.key(seed)
-  is_main = jax.process_index() == 0
-  loop.directory.mkdir(parents=True, exist_ok=True)
 
-  # --- model and optimizer: shapes first, then a jitted init in place -------
-  init_key, step_key = jax.random.split(root)
-  abstract = jax.eval_shape(init_fn, init_key)
-  state_sharding = jax.tree.map(lambda _: rep, abstract)
+  def init(rng, init_inputs):
+    params, fixed = task.init(rng, init_inputs)
+    return {'step': jnp.zeros((), jnp.int32), 'params': params,
+            'fixed': fixed, 'opt_state': task.optimizer.init(params)}
 
-  # --- update step ----------------------------------------------------------
-  if constants is None:
-    step = jax.jit(step_fn, in_shardings=(state_sharding,
-                                          parallel.batch_sharded(mesh), rep),
-                   out_shardings=(state_sharding, rep), donate_argnums=0)
-  else:
-    constants = jax.device_put(constants, rep)
-    jitted = jax.jit(step_fn,
-                     in_shardings=(state_sharding,
-                                   parallel.batch_sharded(mesh), rep, rep),
-                     out_shardings=(state_sharding, rep), donate_argnums=0)
+  def step(state, batch, rng, constants):
 
-    def step(state, batch, rng):
-      return jitted(state, batch, rng, constants)
+    def loss_fn(params):
+      return task.loss(params, state['fixed'], batch, rng, constants)
 
-  # --- resume ---------------------------------------------------------------
-  manager = ocp.CheckpointManager(
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state['params'])
+    updates, opt_state = task.optimizer.update(grads, state['opt_state'],
+                                               state['params'])
+    if task.update_mask is not None:
+      updates = jax.tree.map(lambda u, keep: jnp.where(keep, u, 0), updates,
+                             task.update_mask(grads))
+    params = optax.apply_updates(state['params'], updates)
+    return {**state, 'step': state['step'] + 1, 'params': params,
+            'opt_state': opt_state}, {
+                'loss': loss, **metrics,
+                'lr': jnp.asarray(task.schedule(state['step']), jnp.float32),
+                'grad_norm': optax.tree.norm(grads),
+                'param_norm': optax.tree.norm(params)}
+
+  abstract = jax.eval_shape(init, jax.random.key(0), task.init_inputs)
+  shardings = jax.tree.map(lambda _: rep, abstract)
+  return Program(
+      init=jax.jit(init, in_shardings=rep, out_shardings=shardings),
+      step=jax.jit(step, in_shardings=(shardings,
+                                       parallel.batch_sharded(mesh), rep, rep),
+                   out_shardings=(shardings, rep), donate_argnums=0),
+      abstract_state=jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+          abstract, shardings),
+      mesh=mesh)
+
+
+def _checkpoints(loop: LoopConfig) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
       (loop.directory / artifacts.CHECKPOINTS).resolve(),
       # A save cut short (a killed job) leaves a temporary directory that
       # never counts as a step; it is cleared on the next start.
@@ -141,40 +219,91 @@ def train(loop: LoopConfig, *, init_fn: Callable[[jax.Array], Any],
                                            create=True,
                                            cleanup_tmp_directories=True),
       item_names=('state', 'data'))
+
+
+def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
+          seed: int, mesh=None, export: Export | None = None) -> Outcome:
+  """Trains (or resumes) `task` to `loop.steps`, then writes `export`.
+
+  Returns at once (`skipped`) when `export` already exists; `task` may be a
+  function that builds the Task, called only when there is training to do
+  (when building it is costly: loading a teacher or a supernet). Each step's
+  RNG
+  is `fold_in(key(seed), step)` and the data iterator's position is saved
+  with every checkpoint, so a resumed run draws what an uninterrupted one
+  would. A run stopped by an exception (a kill, Ctrl-C) waits for the
+  checkpoint being written, and the next run resumes from it.
+  """
+  if export is not None and artifacts.is_model_dir(export.directory,
+                                                   export.kind):
+    parallel.log(f'{loop.name}: {export.directory} exists; not training '
+                 'again')
+    return Outcome(None, None, loop.steps, skipped=True)
+  if not isinstance(task, Task):
+    task = task()
+  prog = program(task, mesh)
+  mesh, rep = prog.mesh, parallel.replicated(prog.mesh)
+  init_key, step_key = jax.random.split(jax.random.key(seed))
+  constants = jax.device_put(task.constants, rep)
+  loop.directory.mkdir(parents=True, exist_ok=True)
+
+  # --- resume, or a jitted init in place ------------------------------------
+  manager = _checkpoints(loop)
   start = manager.latest_step()
   if start is not None:
-    target = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract, state_sharding)
     restored = manager.restore(start, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target),
+        state=ocp.args.StandardRestore(prog.abstract_state),
         data=ocp.args.JsonRestore()))
     state = restored.state
     data_iter.set_state(restored.data)
-    if is_main:
-      print(f'{loop.name}: resumed from step {start}', flush=True)
+    parallel.log(f'{loop.name}: resumed from step {start}')
   else:
     start = 0
-    state = jax.jit(init_fn, out_shardings=state_sharding)(init_key)
+    state = prog.init(init_key, jax.device_put(task.init_inputs, rep))
 
   # --- loop -----------------------------------------------------------------
+  try:
+    state = _loop(loop, prog, manager, state, start, data_iter, step_key,
+                  constants)
+  finally:
+    # Also on an exception: the checkpoint in flight completes, so the next
+    # run resumes from it.
+    manager.wait_until_finished()
+    manager.close()
+  if jax.process_index() == 0:
+    report.loss_figure(loop.directory / artifacts.METRICS_LOG,
+                       loop.directory / artifacts.LOSS_PLOT, loop.name)
+
+  # --- export ---------------------------------------------------------------
+  if export is not None:
+    export.save(state['params'], state['fixed'], export.directory)
+    parallel.log(f'{loop.name}: trained {loop.steps} steps; wrote '
+                 f'{export.directory}')
+  return Outcome(state['params'], state['fixed'], loop.steps)
+
+
+def _loop(loop: LoopConfig, prog: Program, manager, state, start: int,
+          data_iter, step_key, constants):
+  """Steps `start`..`loop.steps` with logging (metrics.jsonl, the progress
+  line) and checkpoints; returns the state."""
+  is_main = jax.process_index() == 0
   metrics_file = loop.directory / artifacts.METRICS_LOG
-  end = min(loop.steps, loop.stop_at or loop.steps)
+  end = loop.steps
   t0 = time.perf_counter()
   trace = (start + 1, min(start + 1 + loop.profile_steps, end)) if (
       loop.profile_steps) else (end, end)
   for i in range(start, end):
     if i == trace[0] < trace[1]:
       jax.profiler.start_trace(str(loop.directory / artifacts.PROFILE))
-    batch = parallel.global_batch(next(data_iter), mesh)
-    state, metrics = step(state, batch, jax.random.fold_in(step_key, i))
+    batch = parallel.global_batch(next(data_iter), prog.mesh)
+    state, metrics = prog.step(state, batch, jax.random.fold_in(step_key, i),
+                               constants)
     n = i + 1
     if n == trace[1] > trace[0]:
       jax.block_until_ready(state)  # The trace ends with the step's work.
       jax.profiler.stop_trace()
-      if is_main:
-        print(f'{loop.name}: traced steps {trace[0] + 1}-{n} into '
-              f'{loop.directory / artifacts.PROFILE}', flush=True)
+      parallel.log(f'{loop.name}: traced steps {trace[0] + 1}-{n} into '
+                   f'{loop.directory / artifacts.PROFILE}')
     save = n % loop.checkpoint_every == 0 or n == end
     if n % loop.log_every == 0 or save:
       # A host sync, only at log and save points.
@@ -195,19 +324,11 @@ def train(loop: LoopConfig, *, init_fn: Callable[[jax.Array], Any],
         with metrics_file.open('a') as f:
           f.write(json.dumps({'step': n, **values,
                               'images_per_s': round(rate, 1)}) + '\n')
-        shown = ' '.join(f'{k} {v:.4f}' for k, v in values.items())
+        shown = ' '.join(f'{k} {v:.4g}' for k, v in values.items())
         print(f'{loop.name} step {n}/{loop.steps} {shown} '
               f'{rate:.0f} img/s ETA {format_eta(eta)}', flush=True)
     if save:
       manager.save(n, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           data=ocp.args.JsonSave(data_iter.get_state())))
-
-  # --- final save -----------------------------------------------------------
-  manager.wait_until_finished()
-  manager.close()
-  if is_main:
-    report.loss_figure(loop.directory / artifacts.METRICS_LOG,
-                       loop.directory / artifacts.LOSS_PLOT, loop.name)
-  return state, max(start, end)
-
+  return state

@@ -55,3 +55,46 @@ def demo_config(teacher_checkpoint: str, **overrides):
 def search_config(**overrides):
   """`demo_config` on the SMALL space, with the workdir's own teacher."""
   return demo_config('', **{**SMALL, **overrides})
+
+
+class Interrupted(Exception):
+  """What `interrupt_after` raises: a stand-in for a killed job."""
+
+
+class _Interrupting:
+  """A training data iterator that raises `Interrupted` on its (n+1)-th
+  batch, forwarding the iterator state that checkpoints save."""
+
+  def __init__(self, inner, n: int):
+    self.inner, self.left = inner, n
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self.left == 0:
+      raise Interrupted
+    self.left -= 1
+    return next(self.inner)
+
+  def get_state(self):
+    return self.inner.get_state()
+
+  def set_state(self, state):
+    self.inner.set_state(state)
+
+
+def interrupt_after(monkeypatch, n: int) -> None:
+  """Makes the next training stage stop as if killed after `n` steps (the
+  data iterator raises `Interrupted` when step n + 1 asks for its batch)."""
+  # pylint: disable=g-import-not-at-top
+  from masktas_jax import data
+  original = data.training_input
+
+  def training_input(*args, **kwargs):
+    batches, steps, warmup = original(*args, **kwargs)
+    monkeypatch.setattr(data, 'training_input', original)
+    return _Interrupting(batches, n), steps, warmup
+
+  monkeypatch.setattr(data, 'training_input', training_input)
+

@@ -6,12 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 from flax import nnx
 
 from masktas_jax import artifacts, config_lib, data, errors, finetune
-from masktas_jax import model_dirs
+from masktas_jax import finetuning, model_dirs, trainer
 from masktas_jax.space import Arch
 from helpers import search_config
 
@@ -23,7 +24,7 @@ def test_topk_against_a_hand_checked_example():
       [0.5, 0.4, 0.3, 0.2, 0.1, 0.0, 0.6],  # label 3: 5th: top-5 only.
       [0.9, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0],  # label 0, but padding.
   ])
-  top1, top5 = finetune.topk_correct(logits, jnp.array([1, 4, 3, 0]),
+  top1, top5 = finetuning.topk_correct(logits, jnp.array([1, 4, 3, 0]),
                                      jnp.array([True, True, True, False]))
   assert (int(top1), int(top5)) == (1, 2)
 
@@ -32,14 +33,14 @@ def test_mixup_and_cutmix_keep_targets_consistent_with_pixels():
   images = jnp.stack([jnp.full((8, 8, 3), float(i)) for i in range(4)])
   targets = jax.nn.one_hot(jnp.arange(4), 4)
   for mixup, cutmix in ((0.8, 0.0), (0.0, 1.0)):
-    mixed, soft = finetune.mix(jax.random.key(0), images, targets, mixup,
+    mixed, soft = finetuning.mix(jax.random.key(0), images, targets, mixup,
                                cutmix)
     np.testing.assert_allclose(soft.sum(-1), 1, atol=1e-6)
     # Image i mixes itself with image i - 1 in the proportions of its
     # target: its mean pixel is the target-weighted mean of the two.
     want = soft @ jnp.arange(4.0)
     np.testing.assert_allclose(mixed.mean((1, 2, 3)), want, atol=1e-5)
-  assert finetune.mix(jax.random.key(0), images, targets, 0, 0)[0] is images
+  assert finetuning.mix(jax.random.key(0), images, targets, 0, 0)[0] is images
 
 
 def test_inherited_classifier_equals_the_supernet_subnet(workdir):  # noqa: F811
@@ -51,8 +52,8 @@ def test_inherited_classifier_equals_the_supernet_subnet(workdir):  # noqa: F811
   rng = np.random.default_rng(0)
   for arch in (space.max_arch(), space.sample(rng)):
     inherited = nnx.to_pure_dict(nnx.state(student.encoder.extract(arch)))
-    model = finetune.build_classifier(space, arch, 10, 0.1, nnx.Rngs(5))
-    params, fixed = finetune.initial_weights(model, inherited)
+    model = finetuning.build_classifier(space, arch, 10, 0.1, nnx.Rngs(5))
+    params, fixed = finetuning.initial_weights(model, inherited)
     graphdef = nnx.split(model, nnx.Param, ...)[0]
     classifier = nnx.merge(graphdef, params, fixed)
     want = student.encoder.encode(images, space.encode(arch), mode='mask')
@@ -66,11 +67,12 @@ def test_inherited_classifier_equals_the_supernet_subnet(workdir):  # noqa: F811
 def test_layer_decay_scales_the_learning_rate_per_layer():
   params = {'patch_embed': {'w': jnp.ones(2)}, 'blocks': {
       0: {'w': jnp.ones(2)}, 1: {'w': jnp.ones(2)}}, 'head': {'w': jnp.ones(2)}}
-  ids = finetune.layer_ids(params, depth=2)
+  ids = finetuning.layer_ids(params, depth=2)
   assert ids == {'patch_embed': {'w': 0}, 'blocks': {0: {'w': 1}, 1: {'w': 2}},
                  'head': {'w': 3}}
-  opt = finetune.optimizer(params, 2, lr=1.0, steps=10, warmup=0,
-                           weight_decay=0.0, layer_decay=0.5)
+  opt = finetuning.optimizer(params, 2,
+                             schedule=trainer.warmup_cosine(1.0, 10, 0),
+                             weight_decay=0.0, layer_decay=0.5)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = opt.update(grads, opt.init(params), params)
   # Adam's first step moves every weight by lr; the decay scales it.
@@ -111,19 +113,35 @@ def test_finetune_lowers_the_loss_evaluates_and_exports(workdir, tmp_path):  # n
   student = model_dirs.load_student(config.search.supernet, config)
   inherited = nnx.to_pure_dict(nnx.state(student.encoder.extract(arch)))
   init_key = jax.random.split(jax.random.key(config.seed + 8))[0]
-  start = finetune.build_classifier(space, arch, 10, config.finetune.drop_path,
+  start = finetuning.build_classifier(space, arch, 10, config.finetune.drop_path,
                                     nnx.Rngs(init_key))
-  params, fixed = finetune.initial_weights(start, inherited)
+  params, fixed = finetuning.initial_weights(start, inherited)
   start = nnx.merge(nnx.split(start, nnx.Param, ...)[0], params, fixed)
   model = model_dirs.load_classifier(tmp_path / 'finetune/model')
   before, after = _train_loss(start, config), _train_loss(model, config)
   assert after < before - 0.05, (before, after)
 
-  # The export alone gives the same accuracy, without the supernet.
-  again = finetune.evaluate(model, data.eval_pipeline(
+  # The export is the trained state: the last checkpoint's parameters.
+  with ocp.CheckpointManager((tmp_path / 'finetune/checkpoints').resolve(),
+                             item_names=('state', 'data')) as manager:
+    saved = manager.restore(40, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore())).state
+  assert int(saved['step']) == 40
+  exported = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  for a, b in zip(jax.tree.leaves(saved['params']), jax.tree.leaves(exported)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The sharded evaluation against the classifier's logits on the host.
+  batches = list(data.eval_pipeline(
       data.get_source(config.data, 'validation'), image_size=32,
       batch_size=32))
-  assert again['top1'] == result['top1'] and again['top5'] == result['top5']
+  logits = np.concatenate([np.asarray(model(jnp.asarray(b['image'])))[
+      b['valid']] for b in batches])
+  labels = np.concatenate([b['label'][b['valid']] for b in batches])
+  top5 = np.argsort(-logits, axis=1)[:, :5]
+  assert result['images'] == len(labels) == 180
+  assert result['top1'] == pytest.approx(np.mean(top5[:, 0] == labels))
+  assert result['top5'] == pytest.approx(np.mean(np.any(
+      top5 == labels[:, None], axis=1)))
   # Done: a rerun reads the result.
   assert finetune.run(config, epath.Path(tmp_path)) == result
 

@@ -66,9 +66,6 @@ def test_every_error_is_a_masktas_error(module):
 # Modules whose `run` is a stage of main.STAGES; report (plots and the
 # summary) and the libraries may be imported by any of them.
 STAGE_MODULES = ('teacher', 'supernet_train', 'search', 'rank', 'finetune')
-# The one import between stages left: rank's 'finetune' yardstick runs the
-# fine-tuning stage on each subnet.
-KNOWN_STAGE_IMPORTS = {('rank', 'finetune')}
 
 
 def test_stages_stand_on_libraries_not_on_each_other():
@@ -78,4 +75,6 @@ def test_stages_stand_on_libraries_not_on_each_other():
   found = {(a, b.split('.')[-1]) for a in STAGE_MODULES
            for b in _imports(f'masktas_jax.{a}')
            if b.split('.')[-1] in STAGE_MODULES}
-  assert found == KNOWN_STAGE_IMPORTS
+  assert not found, found
+  # The walk must see real edges: a stage's libraries.
+  assert 'masktas_jax.finetuning' in _imports('masktas_jax.rank')

@@ -11,7 +11,7 @@ from flax import nnx
 from masktas_jax import config_lib, errors, losses, model_dirs, supernet_train
 from masktas_jax import trainer
 from masktas_jax.models.mae import MAE
-from helpers import demo_config
+from helpers import Interrupted, demo_config, interrupt_after
 
 def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
                                                  monkeypatch):
@@ -21,7 +21,7 @@ def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
                       lambda *a, **k: traces.append(1) or original(*a, **k))
   config = demo_config(teacher_dir, **{'supernet.steps': 50,
                                    'supernet.base_lr': 2e-3})
-  state = supernet_train.run(config, epath.Path(tmp_path))
+  outcome = supernet_train.run(config, epath.Path(tmp_path))
   assert len(traces) == 1  # 50 steps, a fresh subnet each, one compile.
   # The subnets the steps drew (re-derived as the trainer keys them) differ.
   step_key = jax.random.split(jax.random.key(config.seed))[1]
@@ -34,16 +34,25 @@ def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
   loss = [r['loss'] for r in records]
   assert np.mean(loss[-2:]) < 0.9 * np.mean(loss[:2]), loss
   assert {'pixel_loss', 'feature_loss'} <= set(records[-1])
-  # The teacher is a constant of the step, not part of what is trained
-  # or checkpointed.
-  assert set(state) == {'params', 'fixed', 'opt_state'}
-  assert set(state['params']) == {'encoder', 'decoder', 'proj1', 'proj2'}
+  # The teacher is a constant of the step, not part of what is trained.
+  assert set(outcome.params) == {'encoder', 'decoder', 'proj1', 'proj2'}
+  # The trainer's own metrics: the schedule's rate at the step, and norms.
+  last = records[-1]
+  schedule = trainer.warmup_cosine(
+      config.supernet.base_lr * config.supernet.batch_size / 512, 50, 0)
+  assert last['lr'] == pytest.approx(float(schedule(49)), rel=1e-5)
+  assert records[0]['lr'] == pytest.approx(float(schedule(
+      records[0]['step'] - 1)), rel=1e-5)
+  norm = np.sqrt(sum(np.sum(np.asarray(x, np.float64)**2)
+                     for x in jax.tree.leaves(outcome.params)))
+  assert last['param_norm'] == pytest.approx(norm, rel=1e-5)
+  assert 0 < last['grad_norm'] < float('inf')
   assert (tmp_path / 'supernet/loss.png').exists()
 
 
 def test_a_step_moves_only_the_sampled_subnet(teacher_dir, tmp_path):
   config = demo_config(teacher_dir, **{'supernet.steps': 1})
-  state = supernet_train.run(config, epath.Path(tmp_path))
+  state = {'params': supernet_train.run(config, epath.Path(tmp_path)).params}
   # Re-derive what the trainer drew: init key and step-0 subnet.
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
   init = nnx.to_pure_dict(nnx.state(model_dirs.build_student(
@@ -67,16 +76,18 @@ def test_a_step_moves_only_the_sampled_subnet(teacher_dir, tmp_path):
                after['wq'][0, :, arch.num_heads[0]:]) == 0
 
 
-def test_stopped_and_resumed_training_ends_where_one_run_does(teacher_dir,
-                                                             tmp_path):
+def test_stopped_and_resumed_training_ends_where_one_run_does(
+    teacher_dir, tmp_path, monkeypatch):
   config = demo_config(teacher_dir, **{'supernet.steps': 6,
                                    'checkpoint_every': 2})
   straight = supernet_train.run(config, epath.Path(tmp_path / 'a'))
-  assert supernet_train.run(config, epath.Path(tmp_path / 'b'),
-                            stop_at=3) is None
+  interrupt_after(monkeypatch, 3)
+  with pytest.raises(Interrupted):
+    supernet_train.run(config, epath.Path(tmp_path / 'b'))
   resumed = supernet_train.run(config, epath.Path(tmp_path / 'b'))
-  for a, b in zip(jax.tree.leaves(straight['params']),
-                  jax.tree.leaves(resumed['params'])):
+  assert resumed.step == straight.step == 6
+  for a, b in zip(jax.tree.leaves(straight.params),
+                  jax.tree.leaves(resumed.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
@@ -108,26 +119,21 @@ def test_bfloat16_compute_keeps_float32_weights_and_close_losses():
            'supernet.decoder_embed_dim': 32}
   teacher_model = MAE(model_dirs.mae_config(demo_config('', **small)),
                       rngs=nnx.Rngs(0))
-  teacher_def, teacher_state = nnx.split(teacher_model)
-  teacher_state = nnx.to_pure_dict(teacher_state)
-  batch = {'image': jax.random.normal(jax.random.key(0), (4, 32, 32, 3))}
+  batch = {'image': jax.random.normal(jax.random.key(0), (8, 32, 32, 3))}
   results = {}
   for dtype in ('float32', 'bfloat16'):
     config = demo_config('', **small, **{'supernet.compute_dtype': dtype})
-    student_def, params, fixed = nnx.split(
-        model_dirs.build_student(config, 64, nnx.Rngs(1)), nnx.Param, ...)
-    params = nnx.to_pure_dict(params)
-    opt = trainer.adamw(1e-3, 10, 1, 0.05)
-    state = {'params': params, 'fixed': nnx.to_pure_dict(fixed),
-             'opt_state': opt.init(params)}
-    step = supernet_train.make_step(config, student_def, teacher_def, opt)
-    args = (state, batch, jax.random.key(3), teacher_state)
+    task = supernet_train.make_task(config, teacher_model, 10, 1, 16)
+    prog = trainer.program(task)
+    state = prog.init(jax.random.key(1), None)
+    args = (state, batch, jax.random.key(3), task.constants)
     # Every matmul of teacher, student and backward runs in the compute dtype.
-    assert _matmul_dtypes(jax.make_jaxpr(step)(*args).jaxpr) == {(dtype,
-                                                                  dtype)}
-    new_state, metrics = jax.jit(step)(*args)
+    assert _matmul_dtypes(jax.make_jaxpr(prog.step)(*args).jaxpr) == {
+        (dtype, dtype)}
+    new_state, metrics = prog.step(*args)
     assert {x.dtype for x in jax.tree.leaves(new_state['params'])} == {
         np.dtype('float32')}
     results[dtype] = {k: float(v) for k, v in metrics.items()}
-  for key, value in results['float32'].items():
-    assert results['bfloat16'][key] == pytest.approx(value, rel=2e-2), key
+  for key in ('loss', 'pixel_loss', 'feature_loss'):
+    assert results['bfloat16'][key] == pytest.approx(results['float32'][key],
+                                                     rel=2e-2), key

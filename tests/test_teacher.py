@@ -18,6 +18,7 @@ from masktas_jax import trainer
 from masktas_jax.models import vit
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from helpers import Interrupted, interrupt_after  # noqa: E402
 from torch_mae import TorchMAE  # noqa: E402  pylint: disable=g-import-not-at-top
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -80,13 +81,17 @@ def test_teacher_stage_lowers_the_reconstruction_loss(tmp_path):
                              atol=1e-6)
 
 
-def test_training_resumed_from_a_checkpoint_ends_where_one_run_does(tmp_path):
+def test_training_resumed_from_a_checkpoint_ends_where_one_run_does(
+    tmp_path, monkeypatch):
   """Data order, RNG and optimizer state all come back from the checkpoint."""
   config = demo_config(**{'teacher.steps': 6, 'teacher.batch_size': 16,
                           'checkpoint_every': 2, 'log_every': 2})
   straight = teacher.run(config, epath.Path(tmp_path / 'a'))
-  # The same run, stopped at step 3 (checkpointed there), then resumed.
-  assert teacher.run(config, epath.Path(tmp_path / 'b'), stop_at=3) is None
+  # The same run, killed after step 3 (the last checkpoint is step 2), then
+  # resumed.
+  interrupt_after(monkeypatch, 3)
+  with pytest.raises(Interrupted):
+    teacher.run(config, epath.Path(tmp_path / 'b'))
   assert not (tmp_path / 'b/teacher/model').exists()
   # The resumed run also traces two steps: profiling must not change them.
   config.profile_steps = 2

@@ -91,7 +91,7 @@ def test_transfer_pipeline_searches_the_given_supernet_and_fine_tunes(
   log = capsys.readouterr().out
   # No teacher or supernet trained here: the given ones are used.
   assert f'teacher: using {config.teacher.checkpoint}' in log
-  assert f'supernet: {given} exists; not training again' in log
+  assert f'supernet: using {given}; not training' in log
   assert not (out / 'teacher').exists() and not (out / 'supernet').exists()
   assert files() == before
   # The search scored the target's training images.

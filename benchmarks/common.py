@@ -1,0 +1,79 @@
+"""What the benchmark scripts share: configs, timing, the peak and the
+command line they record."""
+
+from __future__ import annotations
+
+import pathlib
+import shlex
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from masktas_jax import config_lib, data
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def command() -> str:
+  """This run's command line, relative to the repository, for the record."""
+  script = pathlib.Path(sys.argv[0]).resolve()
+  shown = script.relative_to(REPO) if script.is_relative_to(REPO) else (
+      sys.argv[0])
+  return 'python ' + shlex.join([str(shown), *sys.argv[1:]])
+
+
+def load_config(spec: str, check: bool = True, **overrides):
+  """A config by file ('configs/tiny.py', 'configs/paper.py:small', relative
+  to the repository) or by name ('demo' -> configs/demo.py), `overrides`
+  applied as in `config_lib.load_config`."""
+  if not spec.split(':')[0].endswith('.py'):
+    spec = f'configs/{spec}.py'
+  path = pathlib.Path(spec.split(':')[0])
+  if not path.is_absolute():
+    spec = str(REPO / spec)
+  return config_lib.load_config(spec, check=check, **overrides)
+
+
+def timed(fn, *args):
+  """(seconds, outputs) of one call, waited for."""
+  start = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start, out
+
+
+def measure_peak(size: int, dtype, reps: int = 10) -> float:
+  """FLOP/s of a jitted (size x size) @ (size x size) matmul, median of
+  `reps` after a warm-up."""
+  a, b = (jax.random.normal(jax.random.key(i), (size, size), dtype)
+          for i in (0, 1))
+  matmul = jax.jit(jnp.matmul)
+  jax.block_until_ready(matmul(a, b))
+  return 2 * size**3 / statistics.median(
+      timed(matmul, a, b)[0] for _ in range(reps))
+
+
+def xla_flops(compiled) -> float:
+  """XLA's FLOP count of a compiled function (one iteration of any loop in
+  it: not a model FLOP count); NaN where the backend gives none."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per computation.
+    cost = cost[0]
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+
+def random_batches(config, images: int, batch: int, seed: int):
+  """`images` normalised uniform-noise images in batches of `batch`, the
+  format of `fitness.eval_batches` ('image', 'label', 'valid')."""
+  rng = np.random.default_rng(seed)
+  size = config.space.image_size
+  out = []
+  for lo in range(0, images, batch):
+    pixels = rng.integers(0, 256, (batch, size, size, 3), np.uint8)
+    out.append({'image': data.normalize(pixels),
+                'label': np.zeros(batch, np.int32),
+                'valid': np.arange(lo, lo + batch) < images})
+  return out

@@ -1,0 +1,241 @@
+"""Fine-tuning a subnet as a classifier, and evaluating it: the library
+behind mode=finetune and rank's 'finetune' yardstick.
+
+The Arch is extracted from the trained supernet into a dense
+`VisionTransformer` (or built at random, `finetune.from_scratch`), a new
+head is added, and the whole network is fine-tuned with labels: AdamW with
+warm-up + cosine, layer-wise learning-rate decay, drop path, label
+smoothing and optional mixup/cutmix. Then top-1 / top-5 on the held-out
+split.
+
+`fine_tune(config, workdir, arch)` writes `workdir/finetune/checkpoints`
+(resume), `metrics.jsonl`, `loss.png`, `metrics.json` (the evaluation) and
+`model/`, the classifier alone: `model_dirs.load_classifier(path)` gives it
+back for inference without any supernet code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from etils import epath
+from flax import nnx
+
+from masktas_jax import artifacts, config_lib, data, evaluator, model_dirs
+from masktas_jax import parallel, trainer
+from masktas_jax.errors import FinetuneError
+from masktas_jax.models import vit
+from masktas_jax.space import Arch, SearchSpace
+
+
+def build_classifier(space: SearchSpace, arch: Arch, num_classes: int,
+                     drop_path: float, rngs: nnx.Rngs) -> vit.VisionTransformer:
+  return vit.VisionTransformer(
+      embed_dim=arch.embed_dim, num_heads=arch.num_heads,
+      mlp_dims=arch.mlp_dims, image_size=space.image_size,
+      patch_size=space.patch_size, num_classes=num_classes,
+      in_chans=space.in_chans, rngs=rngs, drop_path_rate=drop_path)
+
+
+def initial_weights(classifier: vit.VisionTransformer,
+                    inherited: dict | None) -> tuple[dict, dict]:
+  """(params, other variables) of `classifier` as pure dicts, every weight
+  but the head replaced by `inherited` (an extracted encoder's parameters),
+  when given."""
+  _, params, rest = nnx.split(classifier, nnx.Param, ...)
+  params = nnx.to_pure_dict(params)
+  if inherited is not None:
+    params.update({k: v for k, v in inherited.items()
+                   if k in params and k != 'head'})
+  return params, nnx.to_pure_dict(rest)
+
+
+def layer_ids(params: Any, depth: int) -> Any:
+  """Each parameter's layer for layer-wise lr decay: 0 for the embeddings,
+  i + 1 for block i, depth + 1 for the final norm and the head."""
+
+  def layer(path, _):
+    top = str(getattr(path[0], 'key', path[0]))
+    if top == 'blocks':
+      return int(getattr(path[1], 'key', path[1])) + 1
+    return depth + 1 if top in ('norm', 'head') else 0
+
+  return jax.tree_util.tree_map_with_path(layer, params)
+
+
+def optimizer(params: Any, depth: int, *, schedule: optax.Schedule,
+              weight_decay: float, layer_decay: float):
+  """AdamW (no decay on biases, norms, tokens) at `schedule`'s rate, the
+  rate of layer l scaled by layer_decay ** (depth + 1 - l)."""
+  scales = jax.tree.map(lambda l: float(layer_decay**(depth + 1 - l)),
+                        layer_ids(params, depth))
+  return optax.chain(
+      optax.scale_by_adam(b1=0.9, b2=0.999),
+      optax.add_decayed_weights(weight_decay, trainer.decay_mask),
+      optax.stateless(lambda u, _: jax.tree.map(lambda x, s: x * s, u,
+                                                scales)),
+      optax.scale_by_schedule(lambda n: -schedule(n)))
+
+
+def mix(rng: jax.Array, images: jax.Array, targets: jax.Array, mixup: float,
+        cutmix: float) -> tuple[jax.Array, jax.Array]:
+  """Mixup (alpha `mixup`) or CutMix (alpha `cutmix`), one of them per batch
+  at random when both are on, pairing each image with its neighbour in the
+  batch. images (B, S, S, C), targets (B, K) soft labels."""
+  if not mixup and not cutmix:
+    return images, targets
+  pick, beta_key, box_key = jax.random.split(rng, 3)
+  use_cutmix = (jax.random.bernoulli(pick) if mixup and cutmix else
+                jnp.asarray(bool(cutmix)))
+  alpha = jnp.where(use_cutmix, cutmix or 1.0, mixup or 1.0)
+  lam = jax.random.beta(beta_key, alpha, alpha)
+  other_images, other_targets = (jnp.roll(images, 1, 0),
+                                 jnp.roll(targets, 1, 0))
+  size = images.shape[1]
+  # CutMix box of area (1 - lam), clipped; lam is then the kept area.
+  cut = jnp.sqrt(1 - lam) * size
+  cy, cx = jax.random.uniform(box_key, (2,), maxval=size)
+  y0, y1 = jnp.clip(cy - cut / 2, 0, size), jnp.clip(cy + cut / 2, 0, size)
+  x0, x1 = jnp.clip(cx - cut / 2, 0, size), jnp.clip(cx + cut / 2, 0, size)
+  grid = jnp.arange(size) + 0.5
+  inside = ((grid[:, None] > y0) & (grid[:, None] < y1) &
+            (grid[None, :] > x0) & (grid[None, :] < x1))
+  box_lam = 1 - jnp.mean(inside)
+  mixed = jnp.where(use_cutmix,
+                    jnp.where(inside[None, :, :, None], other_images, images),
+                    lam * images + (1 - lam) * other_images)
+  weight = jnp.where(use_cutmix, box_lam, lam)
+  return mixed, weight * targets + (1 - weight) * other_targets
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array,
+                 valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(top-1, top-5) counts of correct predictions among the valid examples;
+  top-5 is top-min(5, classes)."""
+  k = min(5, logits.shape[-1])
+  top = jax.lax.top_k(logits, k)[1]
+  hit = top == labels[:, None]
+  return (jnp.sum(hit[:, 0] & valid),
+          jnp.sum(jnp.any(hit, axis=-1) & valid))
+
+
+def evaluate(model: vit.VisionTransformer, batches, mesh=None) -> dict:
+  """top1 / top5 (fractions) and the count of images, over `batches`."""
+  graphdef, state = nnx.split(model)
+
+  def counts(state, batch, _):
+    logits = nnx.merge(graphdef, state)(batch['image'])
+    return jnp.stack([*topk_correct(logits, batch['label'], batch['valid']),
+                      jnp.sum(batch['valid'])])
+
+  run = evaluator.Evaluator(counts, mesh)
+  top1, top5, images = run.sum(batches, run.place(state)).astype(float)
+  return {'top1': top1 / images, 'top5': top5 / images, 'images': int(images)}
+
+
+def finished(workdir: epath.Path) -> dict[str, Any] | None:
+  """metrics.json of a fine-tuning already done in `workdir`, else None."""
+  metrics = artifacts.finetune_metrics(workdir)
+  if not metrics.exists():
+    return None
+  parallel.log(f'finetune: {metrics} exists; not training again')
+  return json.loads(metrics.read_text())
+
+
+def make_task(config, space: SearchSpace, arch: Arch, num_classes: int,
+              steps: int, warmup: int, inherited: dict | None
+              ) -> trainer.Task:
+  """Fine-tuning as a trainer.Task: the classifier for `arch` (its encoder
+  from `inherited`, an extracted encoder's parameters, when given: an
+  argument of the jitted init), cross-entropy on smoothed, optionally mixed
+  labels, AdamW with layer-wise lr decay."""
+  f = config.finetune
+  graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(
+      lambda: build_classifier(space, arch, num_classes, f.drop_path,
+                               nnx.Rngs(0))), nnx.Param, ...)
+  schedule = trainer.warmup_cosine(f.lr, steps, warmup)
+
+  def init(rng, inherited):
+    return initial_weights(build_classifier(
+        space, arch, num_classes, f.drop_path, nnx.Rngs(rng)), inherited)
+
+  def loss(params, fixed, batch, rng, _):
+    mix_key, drop_key = jax.random.split(rng)
+    targets = optax.smooth_labels(
+        jax.nn.one_hot(batch['label'], num_classes), f.label_smoothing)
+    images, targets = mix(mix_key, batch['image'], targets, f.mixup, f.cutmix)
+    logits = nnx.merge(graphdef, params, fixed)(images, rng=drop_key)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    return jnp.mean(optax.softmax_cross_entropy(logits, targets)), {
+        'train_top1': jax.lax.stop_gradient(accuracy)}
+
+  return trainer.Task(
+      init=init, loss=loss, schedule=schedule, init_inputs=inherited,
+      optimizer=optimizer(nnx.to_pure_dict(abstract_params), arch.depth,
+                          schedule=schedule, weight_decay=f.weight_decay,
+                          layer_decay=f.layer_decay))
+
+
+def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
+  """Fine-tunes `arch` by `config.finetune` (or resumes), exports the
+  classifier and evaluates it, in `workdir/finetune/`; returns
+  metrics.json's content, read back when it exists."""
+  f = config.finetune
+  done = finished(workdir)
+  if done is not None:
+    return done
+  space = config_lib.space_from_config(config)
+  metrics = artifacts.finetune_metrics(workdir)
+  train_source = data.get_source(config.data, config.data.train_split)
+  num_classes = train_source.num_classes
+  if not num_classes:
+    raise FinetuneError(f'config.data: {config.data.name!r} has no labels; '
+                        'fine-tuning needs them')
+  data_iter, steps, warmup = data.training_input(
+      config, 'finetune', config.seed + 7, source=train_source)
+  exported = artifacts.model_dir(workdir, 'finetune')
+
+  def task():
+    inherited = None
+    if not f.from_scratch:
+      extracted = model_dirs.load_student(
+          artifacts.supernet_model(config, workdir),
+          config).encoder.extract(arch)
+      inherited = nnx.to_pure_dict(nnx.state(extracted, nnx.Param))
+    return make_task(config, space, arch, num_classes, steps, warmup,
+                     inherited)
+
+  def save(params, fixed, path):
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_classifier(
+        space, arch, num_classes, f.drop_path, nnx.Rngs(0))))
+    model_dirs.save_classifier(nnx.merge(graphdef, params, fixed), space,
+                               arch, path)
+
+  trainer.train(
+      trainer.LoopConfig.from_config(config, 'finetune',
+                                     artifacts.stage_dir(workdir, 'finetune'),
+                                     steps, f.batch_size),
+      task, data_iter, seed=config.seed + 8,
+      export=trainer.Export(exported, 'classifier', save))
+
+  # --- evaluation of the exported classifier ---------------------------------
+  model = model_dirs.load_classifier(exported)
+  split = f.eval_split or config.data.eval_split
+  result = evaluate(model, data.eval_pipeline(
+      data.get_source(config.data, split), image_size=space.image_size,
+      batch_size=parallel.check_batch_size(f.batch_size,
+                                           'finetune.batch_size')))
+  result.update({'split': split, 'arch': arch.to_dict(),
+                 'params': space.count_params(arch),
+                 'macs': space.count_macs(arch), 'steps': steps,
+                 'inherited': not f.from_scratch})
+  if jax.process_index() == 0:
+    metrics.write_text(json.dumps(result, indent=2))
+  parallel.log(f'finetune: top-1 {100 * result["top1"]:.2f}%, top-5 '
+               f'{100 * result["top5"]:.2f}% on {result["images"]} images of '
+               f'{split!r}; wrote {metrics} and {exported}')
+  return result
