@@ -27,6 +27,8 @@ setup(
         'pillow>=10',
         'scikit-learn>=1.4',
         'matplotlib>=3.8',
+        # TensorBoard event files without TensorFlow (masktas_jax/tensorboard.py).
+        'tensorboardX>=2.6',
     ],
     extras_require={
         # torch 2.13.0's CPU build is the PyTorch reference of the MAE

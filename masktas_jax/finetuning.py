@@ -26,7 +26,7 @@ from etils import epath
 from flax import nnx
 
 from masktas_jax import artifacts, config_lib, data, evaluator, model_dirs
-from masktas_jax import parallel, trainer
+from masktas_jax import parallel, tensorboard, trainer
 from masktas_jax.errors import FinetuneError
 from masktas_jax.models import vit
 from masktas_jax.space import Arch, SearchSpace
@@ -233,6 +233,8 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
                  'params': space.count_params(arch),
                  'macs': space.count_macs(arch), 'steps': steps,
                  'inherited': not f.from_scratch})
+  tensorboard.write_series(metrics.parent, [(steps, {
+      f'{split}/top1': result['top1'], f'{split}/top5': result['top5']})])
   if jax.process_index() == 0:
     metrics.write_text(json.dumps(result, indent=2))
   parallel.log(f'finetune: top-1 {100 * result["top1"]:.2f}%, top-5 '

@@ -23,7 +23,7 @@ import jax
 from etils import epath
 
 from masktas_jax import artifacts, config_lib, losses, parallel, report
-from masktas_jax import trainer
+from masktas_jax import tensorboard, trainer
 from masktas_jax.evolution import Evolution, SearchError, Window, check_window
 from masktas_jax.fitness import check_teacher_entropy, relation_from_config
 from masktas_jax.fitness import scorer_from_config
@@ -61,6 +61,21 @@ def write_outputs(out: epath.Path, evolution: Evolution,
     report.search_plots(evolution.history, out)
   _write_json(out / artifacts.BEST_ARCH, best)
   return best
+
+
+def progress(history: list[dict[str, Any]]):
+  """(generation, scalars) per generation of a search's history: the best
+  fitness so far, the generation's mean fitness, and the parameters (M) of
+  the best so far; what fitness.png shows, for TensorBoard."""
+  best = None
+  for g in sorted({e['generation'] for e in history}):
+    scored = [e for e in history if e['generation'] == g]
+    top = max(scored, key=lambda e: e['fitness'])
+    if best is None or top['fitness'] > best['fitness']:
+      best = top
+    yield g, {'best_fitness': best['fitness'],
+              'mean_fitness': sum(e['fitness'] for e in scored) / len(scored),
+              'best_params_m': best['params'] / 1e6}
 
 
 def _relation_dict(relation: losses.Relation) -> dict[str, Any]:
@@ -139,6 +154,7 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
         f'{best_fitness:.4f} ({space.count_params(best_arch) / 1e6:.2f}M '
         f'params), ETA {trainer.format_eta(eta)}')
   best = write_outputs(out, evolution, scoring)
+  tensorboard.write_series(out, progress(evolution.history))
   parallel.log(f'search: best Arch {best["arch"]} fitness '
                f'{best["fitness"]:.4f}; wrote {out / artifacts.BEST_ARCH}')
   return best

@@ -26,7 +26,7 @@ import optax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from masktas_jax import artifacts, parallel, report
+from masktas_jax import artifacts, parallel, report, tensorboard
 from masktas_jax.errors import MaskTASError
 
 _DECAYED = {'wq', 'wk', 'wv', 'wo', 'w1', 'w2'}
@@ -262,14 +262,16 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
     state = prog.init(init_key, jax.device_put(task.init_inputs, rep))
 
   # --- loop -----------------------------------------------------------------
+  writer = tensorboard.ScalarWriter(loop.directory)
   try:
-    state = _loop(loop, prog, manager, state, start, data_iter, step_key,
-                  constants)
+    state = _loop(loop, prog, manager, writer, state, start, data_iter,
+                  step_key, constants)
   finally:
     # Also on an exception: the checkpoint in flight completes, so the next
     # run resumes from it.
     manager.wait_until_finished()
     manager.close()
+    writer.close()
   if jax.process_index() == 0:
     report.loss_figure(loop.directory / artifacts.METRICS_LOG,
                        loop.directory / artifacts.LOSS_PLOT, loop.name)
@@ -282,10 +284,10 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
   return Outcome(state['params'], state['fixed'], loop.steps)
 
 
-def _loop(loop: LoopConfig, prog: Program, manager, state, start: int,
-          data_iter, step_key, constants):
-  """Steps `start`..`loop.steps` with logging (metrics.jsonl, the progress
-  line) and checkpoints; returns the state."""
+def _loop(loop: LoopConfig, prog: Program, manager, writer, state,
+          start: int, data_iter, step_key, constants):
+  """Steps `start`..`loop.steps` with logging (metrics.jsonl, TensorBoard,
+  the progress line) and checkpoints; returns the state."""
   is_main = jax.process_index() == 0
   metrics_file = loop.directory / artifacts.METRICS_LOG
   end = loop.steps
@@ -320,6 +322,7 @@ def _loop(loop: LoopConfig, prog: Program, manager, state, start: int,
       elapsed = time.perf_counter() - t0
       rate = (n - start) * loop.batch_size / max(elapsed, 1e-9)
       eta = elapsed / (n - start) * (loop.steps - n)
+      writer.write(n, {**values, 'images_per_s': rate})
       if is_main:
         with metrics_file.open('a') as f:
           f.write(json.dumps({'step': n, **values,

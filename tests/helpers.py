@@ -98,3 +98,21 @@ def interrupt_after(monkeypatch, n: int) -> None:
 
   monkeypatch.setattr(data, 'training_input', training_input)
 
+
+def read_scalars(directory) -> dict[str, dict[int, float]]:
+  """tag -> {step: value} of every TensorBoard event file directly in
+  `directory`, parsed from the TFRecord framing (length, CRC, Event proto)."""
+  # pylint: disable=g-import-not-at-top
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in sorted(pathlib.Path(directory).glob('events.out.tfevents.*')):
+    raw = path.read_bytes()
+    at = 0
+    while at < len(raw):
+      (length,) = struct.unpack('<Q', raw[at:at + 8])
+      event = event_pb2.Event.FromString(raw[at + 12:at + 12 + length])
+      at += 12 + length + 4
+      for value in event.summary.value:
+        out.setdefault(value.tag, {})[event.step] = value.simple_value
+  return out

@@ -14,7 +14,7 @@ from flax import nnx
 from masktas_jax import artifacts, config_lib, data, errors, finetune
 from masktas_jax import finetuning, model_dirs, trainer
 from masktas_jax.space import Arch
-from helpers import search_config
+from helpers import read_scalars, search_config
 
 
 def test_topk_against_a_hand_checked_example():
@@ -107,6 +107,8 @@ def test_finetune_lowers_the_loss_evaluates_and_exports(workdir, tmp_path):  # n
   assert result == json.loads((tmp_path / 'finetune/metrics.json').read_text())
   assert result['images'] == 180 and result['arch'] == arch.to_dict()
   assert 0 <= result['top1'] <= result['top5'] <= 1
+  assert read_scalars(tmp_path / 'finetune')['validation/top1'] == {
+      40: pytest.approx(result['top1'])}
 
   # The classifier it started from (the trainer's init key, the inherited
   # weights) against the one it exported: lower loss on the same images.

@@ -10,7 +10,7 @@ from masktas_jax import artifacts, config_lib, errors, fitness, losses, rank
 from masktas_jax import search
 from masktas_jax.evolution import SearchError, Window
 from masktas_jax.space import Arch
-from helpers import search_config
+from helpers import read_scalars, search_config
 
 
 @pytest.mark.parametrize('strategy', ['vmap', 'map'])
@@ -74,6 +74,14 @@ def test_search_stays_in_the_window_and_resumes_to_the_same_result(
   assert json.loads((out / 'best_arch.json').read_text()) == straight
   for png in ('fitness.png', 'pareto.png'):
     assert (out / png).read_bytes()[:4] == b'\x89PNG'
+  # TensorBoard: per generation, the best so far and the generation's mean.
+  scalars = read_scalars(out)
+  for g in (0, 1, 2):
+    seen = [h['fitness'] for h in history if h['generation'] <= g]
+    now = [h['fitness'] for h in history if h['generation'] == g]
+    assert scalars['best_fitness'][g] == pytest.approx(max(seen), rel=1e-6)
+    assert scalars['mean_fitness'][g] == pytest.approx(np.mean(now),
+                                                       rel=1e-5)
 
   # Killed after its second generation: the next run picks up from there.
   calls = []

@@ -11,7 +11,7 @@ from flax import nnx
 from masktas_jax import config_lib, errors, losses, model_dirs, supernet_train
 from masktas_jax import trainer
 from masktas_jax.models.mae import MAE
-from helpers import Interrupted, demo_config, interrupt_after
+from helpers import Interrupted, demo_config, interrupt_after, read_scalars
 
 def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
                                                  monkeypatch):
@@ -47,6 +47,12 @@ def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
                      for x in jax.tree.leaves(outcome.params)))
   assert last['param_norm'] == pytest.approx(norm, rel=1e-5)
   assert 0 < last['grad_norm'] < float('inf')
+  # The same scalars as TensorBoard events beside metrics.jsonl.
+  scalars = read_scalars(tmp_path / 'supernet')
+  for record in records:
+    for key in ('loss', 'feature_loss', 'lr', 'grad_norm'):
+      assert scalars[key][record['step']] == pytest.approx(record[key],
+                                                           rel=1e-6)
   assert (tmp_path / 'supernet/loss.png').exists()
 
 
