@@ -9,15 +9,13 @@ touched.
 from __future__ import annotations
 
 import importlib
-import sys
 
 import jax
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from masktas_jax import artifacts, config_lib, data, errors, evolution, finetune
-from masktas_jax import model_dirs, parallel, rank
+from masktas_jax import artifacts, cli, config_lib, parallel, preflight
 from masktas_jax.errors import MaskTASError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -50,45 +48,6 @@ STAGES = {
 PIPELINE = ('space', 'teacher', 'supernet', 'search', 'finetune', 'summary')
 
 
-# Stages that read the training images, and whose global batch must split
-# over the devices.
-_DATA_STAGES = ('teacher', 'supernet', 'search', 'rank', 'finetune')
-_BATCHED_STAGES = ('teacher', 'supernet', 'search', 'finetune')
-
-
-def _check_inputs(config, modes, workdir: epath.Path) -> None:
-  """Raises DataError / ConfigError / ... for inputs that cannot work,
-  before anything is written."""
-  if modes == ('finetune',):
-    finetune.resolve_arch(config, workdir, config_lib.space_from_config(config))
-  # Existing models the stages would read: before anything is written.
-  uses = set(modes)
-  for field, readers, check, error in (
-      ('teacher.checkpoint', {'teacher', 'supernet', 'search', 'rank'},
-       model_dirs.read_teacher_config, errors.TeacherError),
-      ('search.supernet', {'supernet', 'search', 'rank', 'finetune'},
-       model_dirs.read_student_meta, errors.SupernetError)):
-    path = config[field]
-    if path and uses & readers:
-      try:
-        check(path, config)
-      except error as e:
-        message = str(e)
-        raise error(message if message.startswith('config.') else
-                    f'config.{field}: {message}') from e
-  if 'search' in modes or 'rank' in modes:
-    evolution.check_window(config_lib.space_from_config(config),
-                           evolution.Window.from_config(config.search))
-  if 'rank' in modes:
-    rank.check_labels(config)
-  if not any(m in _DATA_STAGES for m in modes):
-    return
-  data.get_source(config.data, config.data.train_split)
-  for mode in modes:
-    if mode in _BATCHED_STAGES:
-      parallel.check_batch_size(config[mode].batch_size, f'{mode}.batch_size')
-
-
 def run(config, workdir: str) -> None:
   """Validates `config`, then runs `config.mode` (a stage or the pipeline).
 
@@ -99,7 +58,7 @@ def run(config, workdir: str) -> None:
   config_lib.validate(config)
   modes = PIPELINE if config.mode == 'pipeline' else (config.mode,)
   workdir = epath.Path(workdir)
-  _check_inputs(config, modes, workdir)
+  preflight.check_inputs(config, modes, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (workdir / artifacts.CONFIG).write_text(
@@ -107,11 +66,6 @@ def run(config, workdir: str) -> None:
   for mode in modes:
     module, function = STAGES[mode].split(':')
     getattr(importlib.import_module(module), function)(config, workdir)
-
-
-def _fail(message: str) -> None:
-  print(f'masktas_jax: error: {" ".join(message.split())}', file=sys.stderr)
-  sys.exit(2)
 
 
 def main(argv: list[str]) -> None:
@@ -128,42 +82,14 @@ def main(argv: list[str]) -> None:
     _ = config.mode
   except OSError as e:
     reason = str(e).strip().splitlines()[-1].strip()
-    _fail(f'--config: cannot load the config file: {reason}')
+    cli.fail(f'--config: cannot load the config file: {reason}')
   try:
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                     _PROCESS_ID.value)
     run(config, _WORKDIR.value)
   except MaskTASError as e:
-    _fail(str(e))
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing whose config errors end in one line, exit code 2."""
-  try:
-    return flags.FLAGS(argv)
-  except AttributeError as e:
-    # ml_collections reports an override of a field the locked config lacks
-    # with the key and a suggestion in a quoted repr.
-    parts = str(e).replace('\\n', '\n').strip('\'"').split('\n')
-    key = parts[0].strip('\'"\\')
-    overridden = [a.split('=')[0] for a in argv if a.startswith('--config.')]
-    if any(path.split('.')[-1] == key or f'.{key}.' in path + '.'
-           for path in overridden):
-      hint = f' ({parts[1].strip()})' if len(parts) > 1 else ''
-      _fail(f'--config: no field {key!r} in the config{hint}')
-    _fail(f'--config: the config file raised AttributeError: {e}')
-  except (flags.Error, KeyError, TypeError, ValueError) as e:
-    message = str(e)
-    if 'Error whilst parsing config file' in message:
-      # get_config raised (e.g. a bad `:ARG`): its traceback ends with the
-      # exception, the one line worth showing.
-      last = message.strip().splitlines()[-1].strip()
-      _fail(f'--config: the config file raised {last}')
-    _fail(message)
-  except Exception as e:  # pylint: disable=broad-except
-    # Anything else comes from executing the user's config file.
-    _fail(f'--config: the config file raised {type(e).__name__}: {e}')
+    cli.fail(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

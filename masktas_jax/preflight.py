@@ -1,0 +1,48 @@
+"""Checks of a run's inputs before anything is written: the existing models
+it would read, the search window, labels, data and batch sizes."""
+
+from __future__ import annotations
+
+from etils import epath
+
+from masktas_jax import config_lib, data, errors, evolution, finetune
+from masktas_jax import model_dirs, parallel, rank
+
+
+# Stages that read the training images, and whose global batch must split
+# over the devices.
+_DATA_STAGES = ('teacher', 'supernet', 'search', 'rank', 'finetune')
+_BATCHED_STAGES = ('teacher', 'supernet', 'search', 'finetune')
+
+
+def check_inputs(config, modes, workdir: epath.Path) -> None:
+  """Raises DataError / ConfigError / ... for inputs that cannot work,
+  before anything is written."""
+  if modes == ('finetune',):
+    finetune.resolve_arch(config, workdir, config_lib.space_from_config(config))
+  # Existing models the stages would read: before anything is written.
+  uses = set(modes)
+  for field, readers, check, error in (
+      ('teacher.checkpoint', {'teacher', 'supernet', 'search', 'rank'},
+       model_dirs.read_teacher_config, errors.TeacherError),
+      ('search.supernet', {'supernet', 'search', 'rank', 'finetune'},
+       model_dirs.read_student_meta, errors.SupernetError)):
+    path = config[field]
+    if path and uses & readers:
+      try:
+        check(path, config)
+      except error as e:
+        message = str(e)
+        raise error(message if message.startswith('config.') else
+                    f'config.{field}: {message}') from e
+  if 'search' in modes or 'rank' in modes:
+    evolution.check_window(config_lib.space_from_config(config),
+                           evolution.Window.from_config(config.search))
+  if 'rank' in modes:
+    rank.check_labels(config)
+  if not any(m in _DATA_STAGES for m in modes):
+    return
+  data.get_source(config.data, config.data.train_split)
+  for mode in modes:
+    if mode in _BATCHED_STAGES:
+      parallel.check_batch_size(config[mode].batch_size, f'{mode}.batch_size')
