@@ -30,12 +30,12 @@ def load_config(spec: str, check: bool = True, **overrides):
   """A config by file ('configs/tiny.py', 'configs/paper.py:small', relative
   to the repository) or by name ('demo' -> configs/demo.py), `overrides`
   applied as in `config_lib.load_config`."""
-  if not spec.split(':')[0].endswith('.py'):
-    spec = f'configs/{spec}.py'
-  path = pathlib.Path(spec.split(':')[0])
-  if not path.is_absolute():
-    spec = str(REPO / spec)
-  return config_lib.load_config(spec, check=check, **overrides)
+  file, colon, arg = spec.partition(':')
+  if not file.endswith('.py'):
+    file = f'configs/{file}.py'
+  if not pathlib.Path(file).exists():  # Else relative to the repository.
+    file = str(REPO / file)
+  return config_lib.load_config(file + colon + arg, check=check, **overrides)
 
 
 def timed(fn, *args):

@@ -33,6 +33,7 @@ from masktas_jax.space import Arch
 
 import common  # pylint: disable=g-bad-import-order
 
+
 def _variant(config, workdir: epath.Path, arch: Arch, from_scratch: bool):
   """`config` fine-tuning `arch` from the workdir's supernet (or from
   scratch)."""

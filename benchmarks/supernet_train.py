@@ -57,7 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from masktas_jax import config_lib, flops, model_dirs, supernet_train, trainer
+from masktas_jax import config_lib, flops, model_dirs, parallel, supernet_train
+from masktas_jax import trainer
 from masktas_jax.models.mae import MAE, MAEConfig
 from masktas_jax.space import Arch, SearchSpace
 
@@ -95,7 +96,7 @@ def dense_task(task: trainer.Task, config, dense_def,
 
 
 def drawn_arch(space: SearchSpace, rng: jax.Array) -> Arch:
-  """The Arch the supernet step draws from `rng`, drawn as `make_step` does
+  """The Arch the supernet step draws from `rng`, drawn as `supernet_train.make_loss` does
   (first half of `split(rng)`), here on the host for counting FLOPs."""
   return space.decode(jax.device_get(
       space.sample_encoded(jax.random.split(rng)[0])))
@@ -183,7 +184,9 @@ def main():
   teacher_def = nnx.graphdef(teacher)
   # The schedule's length does not change the step's work.
   task = supernet_train.make_task(config, teacher, 1000, 100, args.batch)
-  program = trainer.program(task)
+  # One device, as the utilisation is measured against one device's peak.
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  program = trainer.program(task, mesh)
   state = program.init(jax.random.key(args.seed + 1), None)
   del teacher
   teacher_only = task.constants
@@ -245,7 +248,7 @@ def main():
                       nnx.to_pure_dict(dense_fixed)))
     dense = trainer.program(dataclasses.replace(
         dense_task(task, config, dense_def, teacher_def),
-        init=lambda _, weights: weights, init_inputs=weights))
+        init=lambda _, weights: weights, init_inputs=weights), mesh)
     dense_state = dense.init(step_key, weights)
     dense_step = dense.step.lower(dense_state, batch, step_key,
                                   teacher_only).compile()

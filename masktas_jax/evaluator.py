@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from masktas_jax import parallel
+from masktas_jax.errors import DataError
 
 
 class Evaluator:
@@ -64,4 +65,7 @@ class Evaluator:
     for out in self.map(batches, inputs, seed):
       total = out if total is None else jax.tree.map(lambda a, b: a + b,
                                                      total, out)
+    if total is None:
+      raise DataError('nothing to evaluate: the split gave no batches (fewer '
+                      'images than processes?)')
     return jax.tree.map(np.asarray, jax.device_get(total))

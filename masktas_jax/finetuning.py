@@ -137,6 +137,19 @@ def evaluate(model: vit.VisionTransformer, batches, mesh=None) -> dict:
   return {'top1': top1 / images, 'top5': top5 / images, 'images': int(images)}
 
 
+def check_export(path: epath.Path, arch: Arch, num_classes: int) -> None:
+  """Raises FinetuneError unless the classifier at `path` is of `arch` and
+  `num_classes` (a finished fine-tuning of another Arch is not evaluated
+  as this one's)."""
+  meta = artifacts.read_meta(path, 'classifier', FinetuneError)
+  theirs = (Arch.from_dict(meta['arch']), meta['num_classes'])
+  if theirs != (arch, num_classes):
+    raise FinetuneError(
+        f'{path}: holds a classifier of {theirs[0].to_dict()} with '
+        f'{theirs[1]} classes, not {arch.to_dict()} with {num_classes}; use '
+        'another workdir')
+
+
 def finished(workdir: epath.Path) -> dict[str, Any] | None:
   """metrics.json of a fine-tuning already done in `workdir`, else None."""
   metrics = artifacts.finetune_metrics(workdir)
@@ -220,7 +233,9 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
                                      artifacts.stage_dir(workdir, 'finetune'),
                                      steps, f.batch_size),
       task, data_iter, seed=config.seed + 8,
-      export=trainer.Export(exported, 'classifier', save))
+      export=trainer.Export(exported, 'classifier', save,
+                            check=lambda path: check_export(path, arch,
+                                                            num_classes)))
 
   # --- evaluation of the exported classifier ---------------------------------
   model = model_dirs.load_classifier(exported)

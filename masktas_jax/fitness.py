@@ -191,8 +191,9 @@ class PopulationScorer:
         lambda _, batch, __: (batch['z_teacher'], batch['valid']), self.mesh)
 
     def valid_rows(outputs):
-      return np.concatenate([np.asarray(z)[np.asarray(v)]
-                             for z, v in jax.device_get(list(outputs))])
+      # Fetched one batch at a time, as they come.
+      return np.concatenate([np.asarray(z)[np.asarray(v)] for z, v in (
+          jax.device_get(o) for o in outputs)])
 
     teacher = valid_rows(gathered.map(self.batches, None))
     students = np.stack([valid_rows(run.map(

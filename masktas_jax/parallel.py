@@ -72,9 +72,12 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over all devices of all processes, axis 'data'."""
-  return Mesh(np.asarray(jax.devices()), (DATA,))
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh, axis 'data', over `devices` (default: all devices of all
+  processes; e.g. one device for a benchmark, or a compile-only topology's
+  devices)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices),
+              (DATA,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -161,8 +161,10 @@ class FeatureExtractor:
     padded = list(archs) + [archs[-1]] * (self.capacity - len(archs))
     encoded = self.space.encode_batch(padded)
     feats, labels = [], []
-    for out, valid, label in jax.device_get(list(self.evaluator.map(
-        batches, (self.state, encoded)))):
+    # One batch at a time: the (P, b, D) outputs of every batch at once
+    # would not fit on a device at real sizes.
+    for outputs in self.evaluator.map(batches, (self.state, encoded)):
+      out, valid, label = jax.device_get(outputs)
       feats.append(np.asarray(out)[:len(archs), valid])
       labels.append(np.asarray(label)[valid])
     return np.concatenate(feats, axis=1), np.concatenate(labels)
@@ -220,7 +222,7 @@ def check_labels(config) -> None:
 
 def finetune_dir(config, workdir: epath.Path, arch: Arch) -> epath.Path:
   """Where the 'finetune' yardstick fine-tunes `arch`: a workdir of its own
-  (`finetune.run` writes `finetune/` in it), keyed by steps and Arch."""
+  (`finetuning.fine_tune` writes `finetune/` in it), keyed by steps and Arch."""
   return artifacts.rank_finetune_dir(workdir, config.rank.finetune_steps,
                                      arch.to_json())
 

@@ -138,4 +138,6 @@ def run(config, workdir: epath.Path) -> trainer.Outcome | None:
           config, 'supernet', artifacts.stage_dir(workdir, 'supernet'), steps,
           s.batch_size),
       task, data_iter, seed=config.seed,
-      export=trainer.Export(out, 'student', save))
+      # A supernet/model of another space is refused, not skipped over.
+      export=trainer.Export(out, 'student', save, check=lambda path: (
+          model_dirs.read_student_meta(path, config))))

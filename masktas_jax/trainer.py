@@ -38,6 +38,10 @@ class NonFiniteLoss(MaskTASError, RuntimeError):
   """Training produced a non-finite loss; the last good checkpoint stays."""
 
 
+class CheckpointMismatch(MaskTASError, ValueError):
+  """A stage's checkpoint is not of the model this run trains."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   """What a stage trains, and how one step changes it.
@@ -71,11 +75,14 @@ class Task:
 class Export:
   """The model a finished stage writes, `save(params, fixed, directory)`, a
   model directory of `kind` (artifacts.is_model_dir): a stage whose export
-  exists is done and is not trained again."""
+  exists is done and is not trained again, once `check(directory)` (if
+  given) has found it to be what this run would have written (else it
+  raises a MaskTASError naming the difference)."""
 
   directory: epath.Path
   kind: str
   save: Callable[[Tree, Tree, epath.Path], None]
+  check: Callable[[epath.Path], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,15 +234,16 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
 
   Returns at once (`skipped`) when `export` already exists; `task` may be a
   function that builds the Task, called only when there is training to do
-  (when building it is costly: loading a teacher or a supernet). Each step's
-  RNG
-  is `fold_in(key(seed), step)` and the data iterator's position is saved
-  with every checkpoint, so a resumed run draws what an uninterrupted one
-  would. A run stopped by an exception (a kill, Ctrl-C) waits for the
+  (when building it is costly: loading a teacher or a supernet). Each
+  step's RNG is `fold_in(key(seed), step)` and the data iterator's position
+  is saved with every checkpoint, so a resumed run draws what an
+  uninterrupted one would. A run stopped by an exception (a kill, Ctrl-C) waits for the
   checkpoint being written, and the next run resumes from it.
   """
   if export is not None and artifacts.is_model_dir(export.directory,
                                                    export.kind):
+    if export.check is not None:
+      export.check(export.directory)
     parallel.log(f'{loop.name}: {export.directory} exists; not training '
                  'again')
     return Outcome(None, None, loop.steps, skipped=True)
@@ -251,9 +259,17 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
   manager = _checkpoints(loop)
   start = manager.latest_step()
   if start is not None:
-    restored = manager.restore(start, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(prog.abstract_state),
-        data=ocp.args.JsonRestore()))
+    try:
+      restored = manager.restore(start, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(prog.abstract_state),
+          data=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointMismatch(
+          f'{loop.name}: the checkpoint of step {start} in '
+          f'{loop.directory / artifacts.CHECKPOINTS} does not match this '
+          'run\'s model or optimizer (another config or version); it is '
+          'left as it is: use another workdir, or remove that directory to '
+          'start over') from e
     state = restored.state
     data_iter.set_state(restored.data)
     parallel.log(f'{loop.name}: resumed from step {start}')
@@ -309,15 +325,22 @@ def _loop(loop: LoopConfig, prog: Program, manager, writer, state,
     save = n % loop.checkpoint_every == 0 or n == end
     if n % loop.log_every == 0 or save:
       # A host sync, only at log and save points.
-      values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not all(math.isfinite(v) for v in values.values()):
+      fetched = jax.device_get(metrics)
+      # The stage's loss and terms first, the trainer's own metrics last.
+      own = ('lr', 'grad_norm', 'param_norm')
+      values = {k: float(fetched[k]) for k in (
+          ['loss'] + [k for k in fetched if k not in own + ('loss',)] +
+          list(own))}
+      bad = [k for k, v in values.items() if not math.isfinite(v)]
+      if bad:
         manager.wait_until_finished()
         last = manager.latest_step()
+        what = 'loss' if 'loss' in bad else ', '.join(bad)
         raise NonFiniteLoss(
-            f'{loop.name}: non-finite loss at step {n} ({values}); the last '
-            f'good checkpoint is step {last} in {loop.directory}/checkpoints'
-            if last is not None else
-            f'{loop.name}: non-finite loss at step {n} ({values}); no '
+            f'{loop.name}: non-finite {what} at step {n} ({values}); the '
+            f'last good checkpoint is step {last} in '
+            f'{loop.directory}/checkpoints' if last is not None else
+            f'{loop.name}: non-finite {what} at step {n} ({values}); no '
             'checkpoint was written')
       elapsed = time.perf_counter() - t0
       rate = (n - start) * loop.batch_size / max(elapsed, 1e-9)

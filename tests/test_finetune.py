@@ -146,6 +146,17 @@ def test_finetune_lowers_the_loss_evaluates_and_exports(workdir, tmp_path):  # n
       top5 == labels[:, None], axis=1)))
   # Done: a rerun reads the result.
   assert finetune.run(config, epath.Path(tmp_path)) == result
+  # Without metrics.json the export is evaluated again, but only if it is
+  # of the Arch asked for.
+  (tmp_path / 'finetune/metrics.json').unlink()
+  other = next(a for a in (space.sample(np.random.default_rng(i))
+                           for i in range(10, 40)) if a != arch)
+  config.finetune.arch = json.dumps(other.to_dict())
+  with pytest.raises(errors.FinetuneError, match='holds a classifier of'):
+    finetune.run(config, epath.Path(tmp_path))
+  assert not (tmp_path / 'finetune/metrics.json').exists()
+  config.finetune.arch = json.dumps(arch.to_dict())
+  assert finetune.run(config, epath.Path(tmp_path)) == result
 
 
 def test_a_missing_or_foreign_arch_is_a_clear_error(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from etils import epath
 
 from masktas_jax import artifacts, config_lib, errors, fitness, losses, rank
-from masktas_jax import search
+from masktas_jax import evaluator, search, supernet_train
 from masktas_jax.evolution import SearchError, Window
 from masktas_jax.space import Arch
 from helpers import read_scalars, search_config
@@ -140,6 +140,18 @@ def test_a_supernet_of_another_space_is_refused(workdir):
   with pytest.raises(errors.SupernetError,
                      match='config.space.embed_dims'):
     fitness.load_models(config, epath.Path(workdir))
+  # The supernet stage does not skip over a supernet/model of another space.
+  config.search.supernet = ''
+  with pytest.raises(errors.SupernetError, match='config.space.embed_dims'):
+    supernet_train.run(config, epath.Path(workdir))
+
+
+def test_evaluating_no_batches_is_a_clear_error():
+  run = evaluator.Evaluator(lambda inputs, batch, rng: batch['x'])
+  with pytest.raises(errors.DataError, match='nothing to evaluate'):
+    run.sum([], None)
+  total = run.sum([{'x': np.arange(8.0)}, {'x': np.ones(8)}], None)
+  np.testing.assert_array_equal(total, np.arange(8.0) + 1)
 
 
 def test_knn_top1_against_a_hand_checked_example():

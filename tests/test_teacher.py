@@ -150,3 +150,20 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):
   with pytest.raises(trainer.NonFiniteLoss, match=r'non-finite loss at step'):
     teacher.run(config, epath.Path(tmp_path))
   assert not (tmp_path / 'teacher/model').exists()
+
+
+def test_a_checkpoint_of_another_model_is_refused_and_kept(tmp_path,
+                                                          monkeypatch):
+  config = demo_config(**{'teacher.steps': 4, 'teacher.batch_size': 16,
+                          'checkpoint_every': 2, 'log_every': 2})
+  interrupt_after(monkeypatch, 3)
+  with pytest.raises(Interrupted):
+    teacher.run(config, epath.Path(tmp_path))
+  saved = sorted(str(p) for p in (tmp_path / 'teacher/checkpoints').rglob('*'))
+  config.teacher.depth += 1
+  with pytest.raises(trainer.CheckpointMismatch,
+                     match=r'^teacher: the checkpoint of step 2 in .* does '
+                     r'not match'):
+    teacher.run(config, epath.Path(tmp_path))
+  assert sorted(str(p) for p in (tmp_path / 'teacher/checkpoints').rglob(
+      '*')) == saved
