@@ -53,6 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.train_split = 'train'
   # Held-out split for fine-tuning evaluation (top-1 / top-5).
   c.data.eval_split = 'validation'
+  # Host input pipeline: threads decoding and augmenting batches (0: one
+  # per CPU core), and batches prepared ahead of the step. Host memory
+  # holds about threads + prefetch batches (uint8) whatever the pause.
+  c.data.threads = 0
+  c.data.prefetch = 2
 
   c.space = ml_collections.ConfigDict()
   # Square input size in pixels.
@@ -343,6 +348,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(config[field] > 0, field, 'must be positive', config[field])
   _check(config.profile_steps >= 0, 'profile_steps', 'must be >= 0',
          config.profile_steps)
+  _check(config.data.threads >= 0, 'data.threads', 'must be >= 0 (0: one '
+         'per CPU core)', config.data.threads)
+  _check(config.data.prefetch >= 1, 'data.prefetch', 'must be >= 1',
+         config.data.prefetch)
   space_from_config(config)
   for stage in ('teacher', 'supernet'):
     ratio = config[stage].mask_ratio

@@ -1,8 +1,10 @@
 """Image sources and grain pipelines.
 
 Sources map an index to `{'image': (H, W, 3) uint8, 'label': int}`; the
-pipelines shard them per process, shuffle, augment, normalise and batch,
-with iterator state that checkpoints save for exact resume.
+pipelines shard them per process, shuffle, augment and batch, with iterator
+state that checkpoints save for exact resume. Batches leave the host as
+uint8 (a quarter of float32's bytes to copy); `prepare` normalises them on
+the device, inside the jitted step or evaluation.
 
 Sources, by `config.data.name`: the bundled scikit-learn digits ('digits'),
 a folder of images ('folder', under `config.data.data_dir`), and any other
@@ -163,12 +165,32 @@ def normalize(images: np.ndarray) -> np.ndarray:
   return (images.astype(np.float32) / 255 - MEAN) / STD
 
 
-def train_pipeline(source, *, image_size: int, batch_size: int, seed: int,
-                   min_scale: float = 0.2, flip: bool = True):
-  """Endless shuffled, augmented batches: this process's share of each
-  global batch.
+def prepare(batch: dict[str, Any]) -> dict[str, Any]:
+  """A batch as models take it, inside jitted code: uint8 images (the
+  pipelines' output) normalised to float32; float images (already
+  normalised, e.g. tests' and benchmarks' own) pass unchanged."""
+  image = batch.get('image')
+  if image is None or image.dtype != np.uint8:
+    return batch
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return {**batch, 'image': (image.astype(jnp.float32) / 255 - MEAN) / STD}
 
-  Yields `{'image': (b, S, S, 3) float32, 'label': (b,) int32}` with b the
+
+def read_options(threads: int = 0, prefetch: int = 2) -> grain.ReadOptions:
+  """grain's read options with the buffer counted in batches: its default
+  (500 elements, each a whole batch here) grows host memory by gigabytes
+  whenever the consumer pauses. threads 0: one per CPU core."""
+  return grain.ReadOptions(num_threads=threads or os.cpu_count() or 1,
+                           prefetch_buffer_size=prefetch)
+
+
+def train_pipeline(source, *, image_size: int, batch_size: int, seed: int,
+                   min_scale: float = 0.2, flip: bool = True,
+                   threads: int = 0, prefetch: int = 2):
+  """Endless shuffled, augmented batches: this process's share of each
+  global batch, `threads` and `prefetch` as in `read_options`.
+
+  Yields `{'image': (b, S, S, 3) uint8, 'label': (b,) int32}` with b the
   per-process batch; a new order each epoch. Iterate with `iter(...)`; the iterator's
   `get_state()` / `set_state()` make resume exact.
   """
@@ -177,7 +199,8 @@ def train_pipeline(source, *, image_size: int, batch_size: int, seed: int,
                                 scale=(min_scale, 1.0))
     if flip and rng.random() < 0.5:
       image = image[:, ::-1]
-    return {'image': normalize(image), 'label': np.int32(example['label'])}
+    return {'image': np.ascontiguousarray(image),
+            'label': np.int32(example['label'])}
 
   # One global order: every process shuffles and augments alike (grain
   # derives an element's randomness from its index) and takes every P-th
@@ -185,7 +208,8 @@ def train_pipeline(source, *, image_size: int, batch_size: int, seed: int,
   # number of processes. Elements are lazy: a process decodes only its own.
   batches = (grain.MapDataset.source(source).seed(seed).shuffle().repeat()
              .random_map(augment).batch(batch_size, drop_remainder=True))
-  return batches[jax.process_index()::jax.process_count()].to_iter_dataset()
+  return batches[jax.process_index()::jax.process_count()].to_iter_dataset(
+      read_options(threads, prefetch))
 
 
 def center_crop(image: np.ndarray, size: int,
@@ -203,8 +227,9 @@ def eval_pipeline(source, *, image_size: int, batch_size: int,
                   crop_fraction: float = 0.875):
   """One pass over this process's share of `source`, centre-cropped.
 
-  Yields `{'image', 'label', 'valid'}` batches of exactly `batch_size`; the
-  last one is padded with copies and `valid` (b,) marks the real examples.
+  Yields `{'image': (b, S, S, 3) uint8, 'label', 'valid'}` batches of
+  exactly `batch_size`; the last one is padded with copies and `valid` (b,)
+  marks the real examples.
   """
   shard = grain.MapDataset.source(source)[jax.process_index()::
                                           jax.process_count()]
@@ -213,8 +238,8 @@ def eval_pipeline(source, *, image_size: int, batch_size: int,
 
   def view(i):
     example = shard[min(i, n - 1)]
-    return {'image': normalize(center_crop(example['image'], image_size,
-                                           crop_fraction)),
+    return {'image': center_crop(example['image'], image_size,
+                                 crop_fraction),
             'label': np.int32(example['label']), 'valid': np.bool_(i < n)}
 
   return grain.MapDataset.range(padded).map(view).batch(batch_size)
@@ -239,5 +264,7 @@ def training_input(config, stage: str, seed: int, source=None):
   batches = train_pipeline(source, image_size=config.space.image_size,
                            batch_size=local_batch, seed=seed,
                            min_scale=section.get('crop_min_scale', 0.2),
-                           flip=section.get('flip', True))
+                           flip=section.get('flip', True),
+                           threads=config.data.threads,
+                           prefetch=config.data.prefetch)
   return iter(batches), steps, warmup

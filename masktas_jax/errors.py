@@ -14,6 +14,11 @@ class MaskTASError(Exception):
   the field or file."""
 
 
+class Preempted(Exception):
+  """A run stopped on SIGTERM (a preemptible VM, SLURM's time limit) after
+  saving a checkpoint: not an error; the same command resumes it."""
+
+
 class ConfigError(MaskTASError, ValueError):
   """A config field holds a value the run cannot use."""
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 import jax
 import numpy as np
 
-from masktas_jax import parallel
+from masktas_jax import data, parallel
 from masktas_jax.errors import DataError
 
 
@@ -21,7 +21,7 @@ class Evaluator:
   """`fn(inputs, batch, rng) -> outputs`, jitted once, over many batches.
 
   `inputs` is replicated; `batch` a dict of arrays (b, ...) split over the
-  mesh's 'data' axis (this process's numpy share, or global arrays already
+  mesh's 'data' axis, uint8 images normalised on device (`data.prepare`) (this process's numpy share, or global arrays already
   placed); `rng` is `fold_in(key(seed), i)` for the i-th batch, for
   functions that draw (e.g. masks). Outputs are replicated, or split over
   'data' like the batch with `sharded_outputs` (to keep them on device for
@@ -38,7 +38,7 @@ class Evaluator:
 
     def counted(inputs, batch, rng):
       self.traces += 1
-      return fn(inputs, batch, rng)
+      return fn(inputs, data.prepare(batch), rng)
 
     self.fn = jax.jit(counted, in_shardings=(rep, sharded, rep),
                       out_shardings=sharded if sharded_outputs else rep)

@@ -42,8 +42,8 @@ def eval_batches(config, split: str, num_images: int, batch_size: int,
   """This process's share of `num_images` images of `split` (a seeded random
   subset), centre-cropped, in global batches of `batch_size`.
 
-  Each dict has 'image' (b, S, S, 3), 'label' (b,) and 'valid' (b,), b the
-  per-process batch; the last batch is padded ('valid' False).
+  Each dict has 'image' (b, S, S, 3) uint8, 'label' (b,) and 'valid' (b,),
+  b the per-process batch; the last batch is padded ('valid' False).
   """
   source = data.get_source(config.data, split)
   n = min(num_images, len(source))

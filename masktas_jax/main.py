@@ -16,7 +16,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from masktas_jax import artifacts, cli, config_lib, parallel, preflight
-from masktas_jax.errors import MaskTASError
+from masktas_jax.errors import MaskTASError, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A configs/*.py file; override fields with '
@@ -87,6 +87,8 @@ def main(argv: list[str]) -> None:
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                     _PROCESS_ID.value)
     run(config, _WORKDIR.value)
+  except Preempted as e:
+    parallel.log(str(e))  # Exit 0: the scheduler may restart the job.
   except MaskTASError as e:
     cli.fail(str(e))
 

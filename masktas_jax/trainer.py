@@ -17,17 +17,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import optax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from masktas_jax import artifacts, parallel, report, tensorboard
-from masktas_jax.errors import MaskTASError
+from masktas_jax import artifacts, data, parallel, report, tensorboard
+from masktas_jax.errors import MaskTASError, Preempted
 
 _DECAYED = {'wq', 'wk', 'wv', 'wo', 'w1', 'w2'}
 
@@ -187,7 +190,8 @@ def program(task: Task, mesh=None) -> Program:
   def step(state, batch, rng, constants):
 
     def loss_fn(params):
-      return task.loss(params, state['fixed'], batch, rng, constants)
+      return task.loss(params, state['fixed'], data.prepare(batch), rng,
+                       constants)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state['params'])
@@ -215,6 +219,35 @@ def program(task: Task, mesh=None) -> Program:
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
           abstract, shardings),
       mesh=mesh)
+
+
+class _Preemption:
+  """Whether to stop after a step because the job got SIGTERM.
+
+  One process: a signal handler sets a flag (installed for the run, the
+  previous handler restored after). Several processes: JAX's preemption
+  sync point, so that every process stops after the same step.
+  """
+
+  def __init__(self):
+    self.signalled = False
+    self.previous = None
+    if jax.process_count() == 1 and (
+        threading.current_thread() is threading.main_thread()):
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, *_):
+    self.signalled = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.signalled
+
+  def close(self) -> None:
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+      self.previous = None
 
 
 def _checkpoints(loop: LoopConfig) -> ocp.CheckpointManager:
@@ -279,15 +312,17 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
 
   # --- loop -----------------------------------------------------------------
   writer = tensorboard.ScalarWriter(loop.directory)
+  preemption = _Preemption()
   try:
-    state = _loop(loop, prog, manager, writer, state, start, data_iter,
-                  step_key, constants)
+    state = _loop(loop, prog, manager, writer, preemption, state, start,
+                  data_iter, step_key, constants)
   finally:
     # Also on an exception: the checkpoint in flight completes, so the next
     # run resumes from it.
     manager.wait_until_finished()
     manager.close()
     writer.close()
+    preemption.close()
   if jax.process_index() == 0:
     report.loss_figure(loop.directory / artifacts.METRICS_LOG,
                        loop.directory / artifacts.LOSS_PLOT, loop.name)
@@ -300,8 +335,8 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
   return Outcome(state['params'], state['fixed'], loop.steps)
 
 
-def _loop(loop: LoopConfig, prog: Program, manager, writer, state,
-          start: int, data_iter, step_key, constants):
+def _loop(loop: LoopConfig, prog: Program, manager, writer, preemption,
+          state, start: int, data_iter, step_key, constants):
   """Steps `start`..`loop.steps` with logging (metrics.jsonl, TensorBoard,
   the progress line) and checkpoints; returns the state."""
   is_main = jax.process_index() == 0
@@ -322,7 +357,8 @@ def _loop(loop: LoopConfig, prog: Program, manager, writer, state,
       jax.profiler.stop_trace()
       parallel.log(f'{loop.name}: traced steps {trace[0] + 1}-{n} into '
                    f'{loop.directory / artifacts.PROFILE}')
-    save = n % loop.checkpoint_every == 0 or n == end
+    stop = preemption.reached(n) and n < end
+    save = n % loop.checkpoint_every == 0 or n == end or stop
     if n % loop.log_every == 0 or save:
       # A host sync, only at log and save points.
       fetched = jax.device_get(metrics)
@@ -357,4 +393,10 @@ def _loop(loop: LoopConfig, prog: Program, manager, writer, state,
       manager.save(n, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           data=ocp.args.JsonSave(data_iter.get_state())))
+    if stop:
+      manager.wait_until_finished()
+      raise Preempted(
+          f'{loop.name}: stopped by SIGTERM after step {n} of {loop.steps}; '
+          f'checkpoint saved in {loop.directory / artifacts.CHECKPOINTS}; '
+          'run the same command to resume')
   return state

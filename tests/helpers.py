@@ -62,18 +62,21 @@ class Interrupted(Exception):
 
 
 class _Interrupting:
-  """A training data iterator that raises `Interrupted` on its (n+1)-th
-  batch, forwarding the iterator state that checkpoints save."""
+  """A training data iterator that calls `action` (default: raise
+  `Interrupted`) on its (n+1)-th batch, forwarding the iterator state that
+  checkpoints save."""
 
-  def __init__(self, inner, n: int):
-    self.inner, self.left = inner, n
+  def __init__(self, inner, n: int, action=None):
+    self.inner, self.left, self.action = inner, n, action
 
   def __iter__(self):
     return self
 
   def __next__(self):
     if self.left == 0:
-      raise Interrupted
+      if self.action is None:
+        raise Interrupted
+      self.action()
     self.left -= 1
     return next(self.inner)
 
@@ -84,9 +87,10 @@ class _Interrupting:
     self.inner.set_state(state)
 
 
-def interrupt_after(monkeypatch, n: int) -> None:
+def interrupt_after(monkeypatch, n: int, action=None) -> None:
   """Makes the next training stage stop as if killed after `n` steps (the
-  data iterator raises `Interrupted` when step n + 1 asks for its batch)."""
+  data iterator raises `Interrupted` when step n + 1 asks for its batch),
+  or do `action` there instead (e.g. send this process SIGTERM)."""
   # pylint: disable=g-import-not-at-top
   from masktas_jax import data
   original = data.training_input
@@ -94,7 +98,7 @@ def interrupt_after(monkeypatch, n: int) -> None:
   def training_input(*args, **kwargs):
     batches, steps, warmup = original(*args, **kwargs)
     monkeypatch.setattr(data, 'training_input', original)
-    return _Interrupting(batches, n), steps, warmup
+    return _Interrupting(batches, n, action), steps, warmup
 
   monkeypatch.setattr(data, 'training_input', training_input)
 

@@ -3,7 +3,9 @@
 import json
 import pickle
 import shutil
+import time
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -72,7 +74,7 @@ def test_folder_source_labels_modes_and_errors(tmp_path):
     data.get_source(_config('imagenet'), 'train')
 
 
-def test_train_pipeline_resumes_exactly_and_normalises():
+def test_train_pipeline_resumes_exactly_in_uint8():
   src = data.get_source(_config('digits'), 'train')
   make = lambda: iter(data.train_pipeline(src, image_size=16, batch_size=8,
                                           seed=3))
@@ -88,9 +90,51 @@ def test_train_pipeline_resumes_exactly_and_normalises():
     np.testing.assert_array_equal(got['image'], w['image'])
     np.testing.assert_array_equal(got['label'], w['label'])
   assert want[0]['image'].shape == (8, 16, 16, 3)
-  assert want[0]['image'].dtype == np.float32
-  # ImageNet normalisation of uint8 pixels: 0 maps to -mean/std.
-  assert want[0]['image'].min() >= (0 - data.MEAN.max()) / data.STD.min() - 1e-5
+  # Batches leave the host as uint8; normalisation is on device.
+  assert want[0]['image'].dtype == np.uint8
+
+
+def test_prepare_normalises_uint8_on_device_and_passes_floats():
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), np.uint8)
+  got = jax.jit(data.prepare)({'image': pixels, 'label': np.arange(2)})
+  # float64 reference of ImageNet normalisation.
+  want = (pixels / 255.0 - data.MEAN.astype(np.float64)) / data.STD.astype(
+      np.float64)
+  assert got['image'].dtype == np.float32
+  np.testing.assert_allclose(got['image'], want, atol=1e-5)
+  np.testing.assert_array_equal(got['label'], np.arange(2))
+  floats = np.asarray(want, np.float32)
+  np.testing.assert_array_equal(data.prepare({'image': floats})['image'],
+                                floats)
+
+
+class _CountingSource:
+  """Digits, counting how many examples the pipeline has read."""
+
+  def __init__(self):
+    self.inner = data.get_source(_config('digits'), 'train')
+    self.reads = 0
+
+  def __len__(self):
+    return len(self.inner)
+
+  def __getitem__(self, i):
+    self.reads += 1
+    return self.inner[i]
+
+
+def test_an_unconsumed_pipeline_stops_at_threads_plus_prefetch_batches():
+  """Host memory stays bounded whatever the pause: a consumer that stops
+  leaves at most `threads + prefetch` batches read ahead."""
+  src = _CountingSource()
+  it = iter(data.train_pipeline(src, image_size=8, batch_size=4, seed=0,
+                                threads=2, prefetch=2))
+  next(it)
+  time.sleep(3)  # A pause (evaluation, a checkpoint save, a slow step).
+  first = src.reads
+  time.sleep(2)
+  assert src.reads == first  # Stopped growing...
+  assert first <= (1 + 2 + 2 + 1) * 4, first  # ...at a few batches.
 
 
 def test_eval_pipeline_covers_each_example_once_with_padding():
@@ -103,8 +147,7 @@ def test_eval_pipeline_covers_each_example_once_with_padding():
   assert valid.sum() == 180
   np.testing.assert_array_equal(labels, [src[i]['label'] for i in range(180)])
   # At crop fraction 1 and the source size, the view is the image itself.
-  np.testing.assert_allclose(batches[0]['image'][0],
-                             data.normalize(src[0]['image']), atol=1e-6)
+  np.testing.assert_array_equal(batches[0]['image'][0], src[0]['image'])
 
 
 def test_center_crop_takes_the_middle():
@@ -218,9 +261,8 @@ def test_tfds_source_feeds_the_pipelines(cifar10_dir):
   np.testing.assert_array_equal(
       labels, [tfds_fixture.example('test', i)['label'] for i in range(5)])
   # Crop fraction 1 at the stored size: the view is the stored image.
-  np.testing.assert_allclose(
-      batches[1]['image'][0],
-      data.normalize(tfds_fixture.example('test', 4)['image']), atol=1e-6)
+  np.testing.assert_array_equal(batches[1]['image'][0],
+                                tfds_fixture.example('test', 4)['image'])
 
 
 @pytest.mark.parametrize('name, split, field, expected', [

@@ -87,7 +87,7 @@ def _train_loss(model, config, num_images=128):
   batch = next(iter(data.eval_pipeline(
       data.get_source(config.data, 'train'), image_size=32,
       batch_size=num_images)))
-  logits = model(jnp.asarray(batch['image']))
+  logits = model(jnp.asarray(data.normalize(batch['image'])))
   return float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
       logits, jnp.asarray(batch['label']))))
 
@@ -136,8 +136,8 @@ def test_finetune_lowers_the_loss_evaluates_and_exports(workdir, tmp_path):  # n
   batches = list(data.eval_pipeline(
       data.get_source(config.data, 'validation'), image_size=32,
       batch_size=32))
-  logits = np.concatenate([np.asarray(model(jnp.asarray(b['image'])))[
-      b['valid']] for b in batches])
+  logits = np.concatenate([np.asarray(model(jnp.asarray(data.normalize(
+      b['image']))))[b['valid']] for b in batches])
   labels = np.concatenate([b['label'][b['valid']] for b in batches])
   top5 = np.argsort(-logits, axis=1)[:, :5]
   assert result['images'] == len(labels) == 180

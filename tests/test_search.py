@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from etils import epath
 
-from masktas_jax import artifacts, config_lib, errors, fitness, losses, rank
-from masktas_jax import evaluator, search, supernet_train
+from masktas_jax import artifacts, config_lib, data, errors, fitness, losses
+from masktas_jax import evaluator, rank, search, supernet_train
 from masktas_jax.evolution import SearchError, Window
 from masktas_jax.space import Arch
 from helpers import read_scalars, search_config
@@ -180,7 +180,7 @@ def test_features_are_the_extracted_subnets_mean_pooled_tokens(workdir,
                                   strategy=strategy)
   features, labels = extract(archs, batches)
   assert features.shape == (3, 20, space.max_embed)
-  images = np.concatenate([b['image'] for b in batches])[:20]
+  images = data.normalize(np.concatenate([b['image'] for b in batches])[:20])
   np.testing.assert_array_equal(
       labels, np.concatenate([b['label'] for b in batches])[:20])
   for arch, got in zip(archs, features):

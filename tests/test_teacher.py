@@ -4,6 +4,7 @@ import gzip
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -13,8 +14,8 @@ import pytest
 import torch
 from etils import epath
 
-from masktas_jax import config_lib, convert_mae, losses, model_dirs, teacher
-from masktas_jax import trainer
+from masktas_jax import config_lib, convert_mae, errors, losses, model_dirs
+from masktas_jax import teacher, trainer
 from masktas_jax.models import vit
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -167,3 +168,33 @@ def test_a_checkpoint_of_another_model_is_refused_and_kept(tmp_path,
     teacher.run(config, epath.Path(tmp_path))
   assert sorted(str(p) for p in (tmp_path / 'teacher/checkpoints').rglob(
       '*')) == saved
+
+
+def test_sigterm_saves_where_it_stopped_and_resumes_exactly(tmp_path,
+                                                           monkeypatch):
+  """A preempted job (SIGTERM during step 4) finishes the step, checkpoints
+  step 4 (not a checkpoint_every multiple), says so, and the same call
+  resumes to the losses and weights of an uninterrupted run."""
+  config = demo_config(**{'teacher.steps': 8, 'teacher.batch_size': 16,
+                          'checkpoint_every': 3, 'log_every': 1})
+  straight = teacher.run(config, epath.Path(tmp_path / 'a'))
+  interrupt_after(monkeypatch, 3,
+                  action=lambda: os.kill(os.getpid(), signal.SIGTERM))
+  with pytest.raises(errors.Preempted,
+                     match=r'^teacher: stopped by SIGTERM after step 4 of 8; '
+                     r'checkpoint saved in .*; run the same command to resume'):
+    teacher.run(config, epath.Path(tmp_path / 'b'))
+  steps = sorted(int(p.name) for p in (tmp_path / 'b/teacher/checkpoints')
+                 .iterdir() if p.name.isdigit())
+  assert steps == [3, 4]
+  assert signal.getsignal(signal.SIGTERM) is not None  # Handler restored.
+  resumed = teacher.run(config, epath.Path(tmp_path / 'b'))
+  for a, b in zip(jax.tree.leaves(nnx_state(straight)),
+                  jax.tree.leaves(nnx_state(resumed))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+  losses_of = lambda d: {r['step']: r['loss'] for r in map(json.loads, (
+      tmp_path / d / 'teacher/metrics.jsonl').read_text().splitlines())}
+  straight_losses, resumed_losses = losses_of('a'), losses_of('b')
+  assert set(resumed_losses) == set(range(1, 9))
+  for step, loss in straight_losses.items():
+    assert resumed_losses[step] == pytest.approx(loss, rel=1e-5), step
