@@ -198,3 +198,26 @@ def test_sigterm_saves_where_it_stopped_and_resumes_exactly(tmp_path,
   assert set(resumed_losses) == set(range(1, 9))
   for step, loss in straight_losses.items():
     assert resumed_losses[step] == pytest.approx(loss, rel=1e-5), step
+
+
+def test_sigterm_to_the_cli_ends_with_one_line_and_exit_0(tmp_path):
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'masktas_jax.main', '--config=configs/demo.py',
+       f'--workdir={tmp_path}', '--config.mode=teacher',
+       '--config.teacher.steps=100000', '--config.log_every=1'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  try:
+    for line in proc.stdout:  # Training is under way: the job is preempted.
+      if line.startswith('teacher step '):
+        proc.send_signal(signal.SIGTERM)
+        break
+    out, err = proc.communicate(timeout=300)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, err
+  last = out.strip().splitlines()[-1]
+  assert last.startswith('teacher: stopped by SIGTERM after step '), out
+  step = int(last.split('after step ')[1].split()[0])
+  assert (tmp_path / f'teacher/checkpoints/{step}').is_dir()
+  assert not (tmp_path / 'teacher/model').exists()
