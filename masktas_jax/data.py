@@ -224,8 +224,10 @@ def center_crop(image: np.ndarray, size: int,
 
 
 def eval_pipeline(source, *, image_size: int, batch_size: int,
-                  crop_fraction: float = 0.875):
-  """One pass over this process's share of `source`, centre-cropped.
+                  crop_fraction: float = 0.875, threads: int = 0,
+                  prefetch: int = 2):
+  """One pass over this process's share of `source`, centre-cropped, read
+  with `threads` and `prefetch` as in `read_options`.
 
   Yields `{'image': (b, S, S, 3) uint8, 'label', 'valid'}` batches of
   exactly `batch_size`; the last one is padded with copies and `valid` (b,)
@@ -242,7 +244,8 @@ def eval_pipeline(source, *, image_size: int, batch_size: int,
                                  crop_fraction),
             'label': np.int32(example['label']), 'valid': np.bool_(i < n)}
 
-  return grain.MapDataset.range(padded).map(view).batch(batch_size)
+  return grain.MapDataset.range(padded).map(view).batch(
+      batch_size).to_iter_dataset(read_options(threads, prefetch))
 
 
 def training_input(config, stage: str, seed: int, source=None):

@@ -243,7 +243,8 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
   result = evaluate(model, data.eval_pipeline(
       data.get_source(config.data, split), image_size=space.image_size,
       batch_size=parallel.check_batch_size(f.batch_size,
-                                           'finetune.batch_size')))
+                                           'finetune.batch_size'),
+      threads=config.data.threads, prefetch=config.data.prefetch))
   result.update({'split': split, 'arch': arch.to_dict(),
                  'params': space.count_params(arch),
                  'macs': space.count_macs(arch), 'steps': steps,

@@ -53,7 +53,9 @@ def eval_batches(config, split: str, num_images: int, batch_size: int,
   local = parallel.check_batch_size(batch_size, 'search.batch_size')
   return list(data.eval_pipeline(_Subset(source, indices),
                                  image_size=config.space.image_size,
-                                 batch_size=local))
+                                 batch_size=local,
+                                 threads=config.data.threads,
+                                 prefetch=config.data.prefetch))
 
 
 # How one compiled call covers a population: 'vmap' runs the supernet's
