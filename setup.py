@@ -27,7 +27,7 @@ setup(
         'pillow>=10',
         'scikit-learn>=1.4',
         'matplotlib>=3.8',
-        # TensorBoard event files without TensorFlow (masktas_jax/tensorboard.py).
+        # TensorBoard event files without TensorFlow (tensorboard.py).
         'tensorboardX>=2.6',
     ],
     extras_require={

@@ -5,9 +5,10 @@ What is timed is the step `mode=supernet` trains with: the jitted step of
 `trainer.program(supernet_train.make_task(...))` (teacher forward under
 stop_gradient, student supernet forward + backward on the subnet drawn in
 the step, AdamW with `freeze_inactive`), the train state donated and the
-teacher's weights an undonated argument. Space, image size, patch, mask ratio, decoder and teacher come from
-the config (configs/tiny.py: AutoFormer-T space, 224 px, patch 16, 90%
-masking, ViT-B-sized MAE teacher); weights are random, the data is noise.
+teacher's weights an undonated argument, on one device. Space, image size,
+patch, mask ratio, decoder and teacher come from the config
+(configs/tiny.py: AutoFormer-T space, 224 px, patch 16, 90% masking,
+ViT-B-sized MAE teacher); weights are random, the data is noise.
 
 It reports:
 
@@ -29,8 +30,9 @@ It reports:
     argument) vs a dense train step of the subnet alone: the dense student
     (`Student.extract`: the extracted ViT, the decoder and projector at the
     subnet's width), the same teacher, loss and AdamW (no freeze mask:
-    every dense weight is active), compiled for that Arch, donated. The three steps
-    (drawn, forced, dense) are timed in turn, rotating their order every
+    every dense weight is active), compiled for that Arch, donated. The
+    three steps (drawn, forced, dense) are timed in turn, rotating their
+    order every
     iteration, with the forced and dense steps on the same masks; medians
     over `--iters`. Before timing, each supernet step runs every branch of
     its `lax.switch`es once and each dense step runs once (first executions
@@ -96,8 +98,9 @@ def dense_task(task: trainer.Task, config, dense_def,
 
 
 def drawn_arch(space: SearchSpace, rng: jax.Array) -> Arch:
-  """The Arch the supernet step draws from `rng`, drawn as `supernet_train.make_loss` does
-  (first half of `split(rng)`), here on the host for counting FLOPs."""
+  """The Arch the supernet step draws from `rng`, drawn as
+  `supernet_train.make_loss` does (first half of `split(rng)`), here on the
+  host for counting FLOPs."""
   return space.decode(jax.device_get(
       space.sample_encoded(jax.random.split(rng)[0])))
 
@@ -166,8 +169,8 @@ def main():
   print(f'device: {device.platform} {device.device_kind} '
         f'({jax.device_count()} device(s), 1 used), jax {jax.__version__}')
   print(f'config {args.config}: {space.image_size} px, patch '
-        f'{space.patch_size}, mask {s.mask_ratio} ({flop_model.visible} visible '
-        f'patches + CLS), space embed {space.embed_dims} depth '
+        f'{space.patch_size}, mask {s.mask_ratio} ({flop_model.visible} '
+        f'visible patches + CLS), space embed {space.embed_dims} depth '
         f'{space.depths} heads {space.num_heads} ratio {space.mlp_ratios}; '
         f'teacher {t.embed_dim}x{t.depth} ({args.teacher}); decoder '
         f'{s.decoder_embed_dim}x{s.decoder_depth}; batch {args.batch}, '

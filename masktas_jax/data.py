@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -172,7 +173,6 @@ def prepare(batch: dict[str, Any]) -> dict[str, Any]:
   image = batch.get('image')
   if image is None or image.dtype != np.uint8:
     return batch
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   return {**batch, 'image': (image.astype(jnp.float32) / 255 - MEAN) / STD}
 
 

@@ -21,8 +21,8 @@ class Evaluator:
   """`fn(inputs, batch, rng) -> outputs`, jitted once, over many batches.
 
   `inputs` is replicated; `batch` a dict of arrays (b, ...) split over the
-  mesh's 'data' axis, uint8 images normalised on device (`data.prepare`) (this process's numpy share, or global arrays already
-  placed); `rng` is `fold_in(key(seed), i)` for the i-th batch, for
+  mesh's 'data' axis (this process's numpy share, or global arrays already
+  placed), its uint8 images normalised on device (`data.prepare`); `rng` is `fold_in(key(seed), i)` for the i-th batch, for
   functions that draw (e.g. masks). Outputs are replicated, or split over
   'data' like the batch with `sharded_outputs` (to keep them on device for
   later calls).

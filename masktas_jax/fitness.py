@@ -63,6 +63,26 @@ def eval_batches(config, split: str, num_images: int, batch_size: int,
 # suit accelerators; 'map' loops over them inside the call on the `switch`
 # path, each at its own subnet's FLOPs, which suits CPUs.
 STRATEGIES = ('vmap', 'map')
+# The supernet path each strategy runs its candidates on.
+ENCODE_MODES = {'vmap': 'mask', 'map': 'switch'}
+
+
+def resolve_strategy(strategy: str) -> str:
+  """'auto' -> 'map' on CPU, else 'vmap'; anything else must be one of
+  STRATEGIES."""
+  if strategy == 'auto':
+    return 'map' if jax.default_backend() == 'cpu' else 'vmap'
+  if strategy not in STRATEGIES:
+    raise ValueError(f'config.search.scoring: expected one of '
+                     f"{('auto',) + STRATEGIES}, got {strategy!r}")
+  return strategy
+
+
+def over_population(one, archs, strategy: str):
+  """`one(arch)` for each of the stacked encoded `archs`, stacked: vmapped
+  ('vmap') or looped inside the call ('map')."""
+  return jax.vmap(one)(archs) if strategy == 'vmap' else jax.lax.map(
+      one, archs)
 
 
 class PopulationScorer:
@@ -81,11 +101,7 @@ class PopulationScorer:
                batches: Sequence[dict[str, np.ndarray]], *,
                relation: losses.Relation, mask_ratio: float, seed: int,
                capacity: int, strategy: str = 'auto', mesh=None):
-    if strategy == 'auto':
-      strategy = 'map' if jax.default_backend() == 'cpu' else 'vmap'
-    if strategy not in STRATEGIES:
-      raise ValueError(f'config.search.scoring: expected one of '
-                       f"{('auto',) + STRATEGIES}, got {strategy!r}")
+    strategy = resolve_strategy(strategy)
     self.space, self.capacity, self.relation = space, capacity, relation
     self.strategy, self.encoder = strategy, encoder
     self.mesh = mesh or parallel.make_mesh()
@@ -122,7 +138,7 @@ class PopulationScorer:
     """The jitted scoring of stacked Archs by `strategy`, made once (and
     once more for single Archs, `alone`, so each counts its own traces)."""
     if (strategy, alone) not in self._scorers:
-      mode = 'mask' if strategy == 'vmap' else 'switch'
+      mode = ENCODE_MODES[strategy]
 
       def score(inputs, batch, _):
         """(P, 2) summed fitness and student entropy of the stacked Archs
@@ -139,8 +155,7 @@ class PopulationScorer:
           return jnp.sum(jnp.where(batch['valid'][:, None], per_image, 0.0),
                          axis=0)
 
-        return jax.vmap(one)(archs) if strategy == 'vmap' else (
-            jax.lax.map(one, archs))
+        return over_population(one, archs, strategy)
 
       self._scorers[strategy, alone] = evaluator.Evaluator(score, self.mesh)
     return self._scorers[strategy, alone]

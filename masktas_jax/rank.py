@@ -133,11 +133,10 @@ class FeatureExtractor:
 
   def __init__(self, encoder, space, capacity: int, strategy: str = 'auto',
                mesh=None):
-    if strategy == 'auto':
-      strategy = 'map' if jax.default_backend() == 'cpu' else 'vmap'
+    strategy = fitness.resolve_strategy(strategy)
     self.space, self.capacity = space, capacity
     graphdef, state = nnx.split(encoder)
-    mode = 'mask' if strategy == 'vmap' else 'switch'
+    mode = fitness.ENCODE_MODES[strategy]
 
     def features(inputs, batch, _):
       state, archs = inputs
@@ -147,10 +146,9 @@ class FeatureExtractor:
         return jnp.mean(encoder.encode(batch['image'], arch, mode=mode)[:, 1:],
                         1)
 
-      mapped = jax.vmap if strategy == 'vmap' else (
-          lambda f: lambda xs: jax.lax.map(f, xs))
       # Gathered to every process: the probes run on the host.
-      return mapped(one)(archs), batch['valid'], batch['label']
+      return (fitness.over_population(one, archs, strategy), batch['valid'],
+              batch['label'])
 
     self.evaluator = evaluator.Evaluator(features, mesh)
     self.state = self.evaluator.place(nnx.to_pure_dict(state))
@@ -222,7 +220,8 @@ def check_labels(config) -> None:
 
 def finetune_dir(config, workdir: epath.Path, arch: Arch) -> epath.Path:
   """Where the 'finetune' yardstick fine-tunes `arch`: a workdir of its own
-  (`finetuning.fine_tune` writes `finetune/` in it), keyed by steps and Arch."""
+  (`finetuning.fine_tune` writes `finetune/` in it), keyed by steps and
+  Arch."""
   return artifacts.rank_finetune_dir(workdir, config.rank.finetune_steps,
                                      arch.to_json())
 

@@ -33,6 +33,8 @@ from masktas_jax import artifacts, data, parallel, report, tensorboard
 from masktas_jax.errors import MaskTASError, Preempted
 
 _DECAYED = {'wq', 'wk', 'wv', 'wo', 'w1', 'w2'}
+# Metrics every step reports beside the stage's loss and its terms.
+_OWN_METRICS = ('lr', 'grad_norm', 'param_norm')
 
 Tree = Any  # A pytree of arrays (plain nested dicts).
 
@@ -270,8 +272,9 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
   (when building it is costly: loading a teacher or a supernet). Each
   step's RNG is `fold_in(key(seed), step)` and the data iterator's position
   is saved with every checkpoint, so a resumed run draws what an
-  uninterrupted one would. A run stopped by an exception (a kill, Ctrl-C) waits for the
-  checkpoint being written, and the next run resumes from it.
+  uninterrupted one would. A run stopped by an exception (a kill, Ctrl-C)
+  waits for the checkpoint being written, and the next run resumes from it.
+  On SIGTERM it checkpoints the step it is at and raises Preempted.
   """
   if export is not None and artifacts.is_model_dir(export.directory,
                                                    export.kind):
@@ -283,7 +286,7 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
   if not isinstance(task, Task):
     task = task()
   prog = program(task, mesh)
-  mesh, rep = prog.mesh, parallel.replicated(prog.mesh)
+  rep = parallel.replicated(prog.mesh)
   init_key, step_key = jax.random.split(jax.random.key(seed))
   constants = jax.device_put(task.constants, rep)
   loop.directory.mkdir(parents=True, exist_ok=True)
@@ -363,21 +366,20 @@ def _loop(loop: LoopConfig, prog: Program, manager, writer, preemption,
       # A host sync, only at log and save points.
       fetched = jax.device_get(metrics)
       # The stage's loss and terms first, the trainer's own metrics last.
-      own = ('lr', 'grad_norm', 'param_norm')
       values = {k: float(fetched[k]) for k in (
-          ['loss'] + [k for k in fetched if k not in own + ('loss',)] +
-          list(own))}
+          ['loss'] + [k for k in fetched if k not in _OWN_METRICS + ('loss',)]
+          + list(_OWN_METRICS))}
       bad = [k for k, v in values.items() if not math.isfinite(v)]
       if bad:
         manager.wait_until_finished()
         last = manager.latest_step()
-        what = 'loss' if 'loss' in bad else ', '.join(bad)
+        where = ('no checkpoint was written' if last is None else
+                 f'the last good checkpoint is step {last} in '
+                 f'{loop.directory / artifacts.CHECKPOINTS}')
         raise NonFiniteLoss(
-            f'{loop.name}: non-finite {what} at step {n} ({values}); the '
-            f'last good checkpoint is step {last} in '
-            f'{loop.directory}/checkpoints' if last is not None else
-            f'{loop.name}: non-finite {what} at step {n} ({values}); no '
-            'checkpoint was written')
+            f'{loop.name}: non-finite '
+            f'{"loss" if "loss" in bad else ", ".join(bad)} at step {n} '
+            f'({values}); {where}')
       elapsed = time.perf_counter() - t0
       rate = (n - start) * loop.batch_size / max(elapsed, 1e-9)
       eta = elapsed / (n - start) * (loop.steps - n)
