@@ -53,11 +53,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.train_split = 'train'
   # Held-out split for fine-tuning evaluation (top-1 / top-5).
   c.data.eval_split = 'validation'
-  # Host input pipeline: threads decoding and augmenting batches (0: one
-  # per CPU core), and batches prepared ahead of the step. Host memory
-  # holds about threads + prefetch batches (uint8) whatever the pause.
+  # Host input pipeline (`data.Reading`): worker processes (None: one per
+  # core for image files, none for in-memory digits), threads per worker
+  # or process (0: the cores shared among the workers), and batches each
+  # keeps ready. A paused pipeline holds at most
+  # max(workers, 1) * (max(threads, prefetch) + 4) uint8 batches.
   c.data.threads = 0
   c.data.prefetch = 2
+  c.data.workers = ml_collections.config_dict.placeholder(int)
 
   c.space = ml_collections.ConfigDict()
   # Square input size in pixels.
@@ -319,13 +322,18 @@ def _check(ok: bool, field: str, message: str, value: Any) -> None:
     raise ConfigError(f'config.{field}: {message}, got {value!r}')
 
 
+# Fields whose None means "derived at run time", not "required".
+_DERIVED = ('data.workers',)
+
+
 def _unset(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
-  """Dotted names of the fields left None (`config_dict.placeholder`)."""
+  """Dotted names of the required fields left None
+  (`config_dict.placeholder`)."""
   names = []
   for key, value in config.items():
     if isinstance(value, ml_collections.ConfigDict):
       names += _unset(value, f'{prefix}{key}.')
-    elif value is None:
+    elif value is None and prefix + key not in _DERIVED:
       names.append(prefix + key)
   return names
 
@@ -348,8 +356,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(config[field] > 0, field, 'must be positive', config[field])
   _check(config.profile_steps >= 0, 'profile_steps', 'must be >= 0',
          config.profile_steps)
-  _check(config.data.threads >= 0, 'data.threads', 'must be >= 0 (0: one '
-         'per CPU core)', config.data.threads)
+  workers = config.data.get('workers')
+  _check(workers is None or workers >= 0, 'data.workers', 'must be >= 0 '
+         '(0: no worker processes; None: one per CPU core)', workers)
+  _check(config.data.threads >= 0, 'data.threads', 'must be >= 0 (0: the '
+         'CPU cores shared among the workers)', config.data.threads)
   _check(config.data.prefetch >= 1, 'data.prefetch', 'must be >= 1',
          config.data.prefetch)
   space_from_config(config)

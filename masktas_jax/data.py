@@ -1,10 +1,12 @@
 """Image sources and grain pipelines.
 
-Sources map an index to `{'image': (H, W, 3) uint8, 'label': int}`; the
-pipelines shard them per process, shuffle, augment and batch, with iterator
-state that checkpoints save for exact resume. Batches leave the host as
-uint8 (a quarter of float32's bytes to copy); `prepare` normalises them on
-the device, inside the jitted step or evaluation.
+Sources map an index to `{'image', 'label': int}`, the image an (H, W, 3)
+uint8 array or an `imaging.Encoded` file that the crop decodes; the
+pipelines shard them per process, shuffle, augment and batch, read ahead
+by threads and worker processes (`Reading`), with iterator state that
+checkpoints save for exact resume. Batches leave the host as uint8 (a
+quarter of float32's bytes to copy); `prepare` normalises them on the
+device, inside the jitted step or evaluation.
 
 Sources, by `config.data.name`: the bundled scikit-learn digits ('digits'),
 a folder of images ('folder', under `config.data.data_dir`), and any other
@@ -15,6 +17,7 @@ access from its array_record copy under `config.data.data_dir`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -24,9 +27,9 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
+from absl import flags
 
-from masktas_jax import parallel
+from masktas_jax import imaging, parallel
 from masktas_jax.errors import DataError
 
 if TYPE_CHECKING:  # Imported at run time only when a tfds name is used.
@@ -73,23 +76,28 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 class FolderSource:
   """Images under a folder, recursively (JPEG and PNG, any case).
 
-  Grey, palette and RGBA images are converted to RGB (alpha dropped). When
-  every image sits in a sub-folder of the root, the first-level sub-folder
-  names, sorted, are the classes; otherwise the images are unlabelled
-  (label -1).
+  `source[i]['image']` is an `imaging.Encoded` file, decoded by the crop
+  that uses it: grey, palette and RGBA images are converted to RGB (alpha
+  dropped), and a corrupt or truncated file stops the run with a
+  `DataError` naming it. When every image sits in a sub-folder of the root,
+  the first-level sub-folder names, sorted, are the classes; otherwise the
+  images are unlabelled (label -1).
   """
 
   def __init__(self, root: str):
     if not root or not os.path.isdir(root):
       raise DataError(f'config.data.data_dir: image folder {root!r} does not '
                       'exist')
-    files = []
+    files, others = [], []
     for folder, _, names in os.walk(root):
-      files += [os.path.join(folder, n) for n in names
-                if n.lower().endswith(IMAGE_SUFFIXES)]
+      for n in names:
+        (files if n.lower().endswith(IMAGE_SUFFIXES) else others).append(
+            os.path.join(folder, n))
     if not files:
+      found = (f' (found {len(others)} other files, such as '
+               f'{os.path.relpath(min(others), root)!r})' if others else '')
       raise DataError(f'config.data.data_dir: {root} contains no JPEG or PNG '
-                      'images')
+                      f'images{found}')
     self.files = sorted(files)
     parts = [os.path.relpath(f, root).split(os.sep) for f in self.files]
     if all(len(p) > 1 for p in parts):
@@ -104,13 +112,7 @@ class FolderSource:
     return len(self.files)
 
   def __getitem__(self, i: int) -> dict[str, Any]:
-    path = self.files[i]
-    try:
-      with Image.open(path) as image:
-        rgb = np.asarray(image.convert('RGB'))
-    except (OSError, ValueError) as e:
-      raise DataError(f'{path}: unreadable image ({e})') from e
-    return {'image': rgb,
+    return {'image': imaging.Encoded(self.files[i]),
             'label': -1 if self.labels is None else self.labels[i]}
 
 
@@ -142,25 +144,6 @@ def get_source(data_config, split: str
   return tfds_source.TfdsSource(name, split, data_config.data_dir, field)
 
 
-def _resize(image: np.ndarray, size: int, box=None) -> np.ndarray:
-  return np.asarray(Image.fromarray(image).resize(
-      (size, size), Image.BICUBIC, box=box))
-
-
-def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
-                        scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
-  """Crop of random area fraction and aspect ratio, resized to (size, size)."""
-  h, w = image.shape[:2]
-  for _ in range(10):
-    area = h * w * rng.uniform(*scale)
-    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-    cw, ch = np.sqrt(area * aspect), np.sqrt(area / aspect)
-    if cw <= w and ch <= h:
-      x, y = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
-      return _resize(image, size, box=(x, y, x + cw, y + ch))
-  return _resize(image, size)
-
-
 def normalize(images: np.ndarray) -> np.ndarray:
   """uint8 (..., 3) -> float32, ImageNet mean/std."""
   return (images.astype(np.float32) / 255 - MEAN) / STD
@@ -176,27 +159,127 @@ def prepare(batch: dict[str, Any]) -> dict[str, Any]:
   return {**batch, 'image': (image.astype(jnp.float32) / 255 - MEAN) / STD}
 
 
-def read_options(threads: int = 0, prefetch: int = 2) -> grain.ReadOptions:
-  """grain's read options with the buffer counted in batches: its default
-  (500 elements, each a whole batch here) grows host memory by gigabytes
-  whenever the consumer pauses. threads 0: one per CPU core."""
-  return grain.ReadOptions(num_threads=threads or os.cpu_count() or 1,
-                           prefetch_buffer_size=prefetch)
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  """How a process reads a pipeline ahead of its consumer.
+
+  `workers` processes (grain's multiprocessing prefetch; 0: none, this
+  process reads) each run `threads` threads that read whole batches, and
+  keep up to `prefetch` batches ready. Which batches a run sees does not
+  depend on any of the three. A paused pipeline holds at most
+  `max_batches()` batches: grain's default buffer (500 elements, each a
+  whole batch here) grew host memory by gigabytes whenever the consumer
+  paused.
+  """
+  threads: int = 1
+  workers: int = 0
+  prefetch: int = 2
+
+  def max_batches(self) -> int:
+    """Batches a paused pipeline holds at most: per reader its buffer
+    (at least one per thread) and, with workers, one in its queue, one
+    being put there and two in this process's interleaving."""
+    return max(self.workers, 1) * (max(self.threads, self.prefetch) + 4)
+
+  def iterate(self, batches: grain.MapDataset) -> grain.IterDataset:
+    """`batches`, read ahead as this says."""
+    # Below one buffered batch per thread, grain leaves threads idle.
+    out = batches.to_iter_dataset(grain.ReadOptions(
+        num_threads=self.threads,
+        prefetch_buffer_size=max(self.threads, self.prefetch)))
+    if self.workers:
+      # grain's workers read absl flags, which a library caller (a test, a
+      # notebook) has not parsed.
+      if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+      out = out.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=self.workers, per_worker_buffer_size=1))
+    return out
+
+
+# A worker process: Python, numpy, PIL and jax imported, plus its batches.
+_WORKER_BYTES = 1 << 30
+
+
+def reading(data_config, source) -> Reading:
+  """`config.data`'s threads, workers and prefetch for reading `source`.
+
+  workers None: none for an in-memory source (its images need no
+  decoding, a worker's start-up would cost more), else one per CPU core
+  while each can have 1 GiB of the available memory. threads 0: the cores
+  shared among the workers.
+  """
+  cores = os.cpu_count() or 1
+  workers = data_config.get('workers')
+  if workers is None:
+    try:
+      free = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):  # No such query (macOS).
+      free = cores * _WORKER_BYTES
+    workers = 0 if isinstance(source, ArraySource) else max(
+        1, min(cores, free // _WORKER_BYTES))
+  threads = data_config.get('threads', 0) or max(1, cores // max(workers, 1))
+  return Reading(threads, workers, data_config.get('prefetch', 2))
+
+
+class BatchIterator:
+  """This process's batches of a pipeline, in order, read as `read` says.
+
+  Its state is the number of batches consumed (`{'next_index': n}`, the
+  key grain's own iterators use, so older checkpoints resume): resume is
+  exact whatever the workers, threads or prefetch before and after.
+  """
+
+  def __init__(self, batches: grain.MapDataset, read: Reading):
+    self._batches, self._read, self._next = batches, read, 0
+    self._it = None
+
+  def __iter__(self) -> BatchIterator:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._it is None:
+      self._it = iter(self._read.iterate(self._batches[self._next:]))
+    batch = next(self._it)
+    self._next += 1
+    return batch
+
+  def get_state(self) -> dict[str, int]:
+    return {'next_index': self._next}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    self.close()
+    self._next = int(state['next_index'])
+
+  def close(self) -> None:
+    """Stops the worker processes and threads reading ahead."""
+    if self._it is not None:
+      self._it.close()
+      self._it = None
+
+
+def _closing(dataset: grain.IterDataset):
+  """Iterates `dataset`, stopping its worker processes when done."""
+  it = iter(dataset)
+  try:
+    yield from it
+  finally:
+    it.close()
 
 
 def train_pipeline(source, *, image_size: int, batch_size: int, seed: int,
                    min_scale: float = 0.2, flip: bool = True,
-                   threads: int = 0, prefetch: int = 2):
+                   read: Reading = Reading()) -> BatchIterator:
   """Endless shuffled, augmented batches: this process's share of each
-  global batch, `threads` and `prefetch` as in `read_options`.
+  global batch, read as `read` says.
 
   Yields `{'image': (b, S, S, 3) uint8, 'label': (b,) int32}` with b the
-  per-process batch; a new order each epoch. Iterate with `iter(...)`; the iterator's
-  `get_state()` / `set_state()` make resume exact.
+  per-process batch; a new order each epoch. Its `get_state()` /
+  `set_state()` make resume exact, and `close()` stops its workers.
   """
   def augment(example, rng):
-    image = random_resized_crop(example['image'], image_size, rng,
-                                scale=(min_scale, 1.0))
+    image = imaging.random_resized_crop(example['image'], image_size, rng,
+                                        scale=(min_scale, 1.0))
     if flip and rng.random() < 0.5:
       image = image[:, ::-1]
     return {'image': np.ascontiguousarray(image),
@@ -208,26 +291,14 @@ def train_pipeline(source, *, image_size: int, batch_size: int, seed: int,
   # number of processes. Elements are lazy: a process decodes only its own.
   batches = (grain.MapDataset.source(source).seed(seed).shuffle().repeat()
              .random_map(augment).batch(batch_size, drop_remainder=True))
-  return batches[jax.process_index()::jax.process_count()].to_iter_dataset(
-      read_options(threads, prefetch))
-
-
-def center_crop(image: np.ndarray, size: int,
-                crop_fraction: float = 0.875) -> np.ndarray:
-  """Evaluation view: shorter side to size / crop_fraction, then the central
-  (size, size) crop."""
-  h, w = image.shape[:2]
-  scale = size / crop_fraction / min(h, w)
-  side = size / scale  # The crop's side in source pixels.
-  top, left = (h - side) / 2, (w - side) / 2
-  return _resize(image, size, box=(left, top, left + side, top + side))
+  return BatchIterator(batches[jax.process_index()::jax.process_count()],
+                       read)
 
 
 def eval_pipeline(source, *, image_size: int, batch_size: int,
-                  crop_fraction: float = 0.875, threads: int = 0,
-                  prefetch: int = 2):
+                  crop_fraction: float = 0.875, read: Reading = Reading()):
   """One pass over this process's share of `source`, centre-cropped, read
-  with `threads` and `prefetch` as in `read_options`.
+  as `read` says.
 
   Yields `{'image': (b, S, S, 3) uint8, 'label', 'valid'}` batches of
   exactly `batch_size`; the last one is padded with copies and `valid` (b,)
@@ -240,12 +311,12 @@ def eval_pipeline(source, *, image_size: int, batch_size: int,
 
   def view(i):
     example = shard[min(i, n - 1)]
-    return {'image': center_crop(example['image'], image_size,
-                                 crop_fraction),
+    return {'image': imaging.center_crop(example['image'], image_size,
+                                         crop_fraction),
             'label': np.int32(example['label']), 'valid': np.bool_(i < n)}
 
-  return grain.MapDataset.range(padded).map(view).batch(
-      batch_size).to_iter_dataset(read_options(threads, prefetch))
+  return _closing(read.iterate(
+      grain.MapDataset.range(padded).map(view).batch(batch_size)))
 
 
 def training_input(config, stage: str, seed: int, source=None):
@@ -268,6 +339,5 @@ def training_input(config, stage: str, seed: int, source=None):
                            batch_size=local_batch, seed=seed,
                            min_scale=section.get('crop_min_scale', 0.2),
                            flip=section.get('flip', True),
-                           threads=config.data.threads,
-                           prefetch=config.data.prefetch)
-  return iter(batches), steps, warmup
+                           read=reading(config.data, source))
+  return batches, steps, warmup

@@ -240,11 +240,12 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
   # --- evaluation of the exported classifier ---------------------------------
   model = model_dirs.load_classifier(exported)
   split = f.eval_split or config.data.eval_split
+  source = data.get_source(config.data, split)
   result = evaluate(model, data.eval_pipeline(
-      data.get_source(config.data, split), image_size=space.image_size,
+      source, image_size=space.image_size,
       batch_size=parallel.check_batch_size(f.batch_size,
                                            'finetune.batch_size'),
-      threads=config.data.threads, prefetch=config.data.prefetch))
+      read=data.reading(config.data, source)))
   result.update({'split': split, 'arch': arch.to_dict(),
                  'params': space.count_params(arch),
                  'macs': space.count_macs(arch), 'steps': steps,

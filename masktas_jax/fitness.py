@@ -51,11 +51,10 @@ def eval_batches(config, split: str, num_images: int, batch_size: int,
   n -= n % jax.process_count()
   indices = np.sort(np.random.default_rng(seed).permutation(len(source))[:n])
   local = parallel.check_batch_size(batch_size, 'search.batch_size')
-  return list(data.eval_pipeline(_Subset(source, indices),
-                                 image_size=config.space.image_size,
+  subset = _Subset(source, indices)
+  return list(data.eval_pipeline(subset, image_size=config.space.image_size,
                                  batch_size=local,
-                                 threads=config.data.threads,
-                                 prefetch=config.data.prefetch))
+                                 read=data.reading(config.data, source)))
 
 
 # How one compiled call covers a population: 'vmap' runs the supernet's

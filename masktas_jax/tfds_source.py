@@ -9,15 +9,14 @@ here. Every failure is a one-line `DataError` naming the config field.
 from __future__ import annotations
 
 import difflib
-import io
 import re
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from PIL import Image
 
+from masktas_jax import imaging
 from masktas_jax.errors import DataError
 
 
@@ -77,9 +76,10 @@ def _pick(features, kind, preferred: str) -> str | None:
 class TfdsSource:
   """One split of a prepared tfds dataset, by index.
 
-  `source[i]` is `{'image': (H, W, 3) uint8, 'label': int}`: the dataset's
-  'image' feature (else its first 8-bit Image feature), grey, palette, CMYK
-  and alpha images converted to RGB; its 'label' ClassLabel (else its first
+  `source[i]` is `{'image': imaging.Encoded, 'label': int}`: the dataset's
+  'image' feature (else its first 8-bit Image feature), still encoded,
+  decoding to (H, W, 3) uint8 with grey, palette, CMYK and alpha images
+  converted to RGB; its 'label' ClassLabel (else its first
   ClassLabel), -1 when it has none. `num_classes` and `classes` come from
   that ClassLabel (0 and [] without one).
 
@@ -150,14 +150,10 @@ class TfdsSource:
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     record = self._data[i]
-    try:
-      with Image.open(io.BytesIO(record[self.image_key])) as image:
-        rgb = np.asarray(image.convert('RGB'))
-    except (OSError, ValueError) as e:
-      raise DataError(f'tfds dataset {self.name!r} split {self.split!r} '
-                      f'example {i}: unreadable image ({e})') from e
+    image = imaging.Encoded(record[self.image_key], f'tfds dataset '
+                           f'{self.name!r} split {self.split!r} example {i}')
     label = int(record[self.label_key]) if self.label_key else -1
-    return {'image': rgb, 'label': label}
+    return {'image': image, 'label': label}
 
   def __repr__(self) -> str:
     return (f'TfdsSource({self.name!r}, split={self.split!r}, '

@@ -326,6 +326,8 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
     manager.close()
     writer.close()
     preemption.close()
+    if hasattr(data_iter, 'close'):  # Stops the input's worker processes.
+      data_iter.close()
   if jax.process_index() == 0:
     report.loss_figure(loop.directory / artifacts.METRICS_LOG,
                        loop.directory / artifacts.LOSS_PLOT, loop.name)

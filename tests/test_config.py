@@ -136,6 +136,8 @@ def test_every_field_has_a_comment_above_it():
     (('rank.yardstick', 'probe'), 'rank.yardstick'),
     (('rank.finetune_steps', 0), 'rank.finetune_steps'),
     (('profile_steps', -1), 'profile_steps'),
+    (('data.workers', -1), 'data.workers'),
+    (('data.threads', -2), 'data.threads'),
 ])
 def test_invalid_config_errors_name_the_field(override, field):
   config = load('small')

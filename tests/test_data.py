@@ -1,6 +1,7 @@
 """Data sources and pipelines."""
 
 import json
+import os
 import pickle
 import shutil
 import time
@@ -13,7 +14,7 @@ import tfds_fixture
 from ml_collections import ConfigDict
 from PIL import Image
 
-from masktas_jax import data
+from masktas_jax import data, imaging
 
 
 def _config(name, data_dir='', train_split='train', eval_split='validation'):
@@ -51,10 +52,11 @@ def test_folder_source_labels_modes_and_errors(tmp_path):
   src = data.get_source(_config('folder', str(tmp_path)), 'train')
   assert len(src) == 3 and src.classes == ['cats', 'dogs']
   assert [src[i]['label'] for i in range(3)] == [0, 1, 1]
-  grey = src[0]['image']
+  grey = np.asarray(src[0]['image'])
   assert grey.shape == (9, 7, 3) and np.all(grey[..., 0] == grey[..., 2])
-  assert src[1]['image'].shape == (5, 8, 3)
-  assert src[2]['image'].shape == (6, 6, 3)
+  assert np.asarray(src[1]['image']).shape == (5, 8, 3)
+  assert src[2]['image'].shape == np.asarray(src[2]['image']).shape == (
+      6, 6, 3)
   # A loose image at the root: unlabelled.
   Image.fromarray(rng.integers(0, 255, (4, 4, 3), np.uint8)).save(
       tmp_path / 'd.jpg')
@@ -64,11 +66,17 @@ def test_folder_source_labels_modes_and_errors(tmp_path):
   src = data.get_source(_config('folder', str(tmp_path)), 'train')
   broken = src.files.index(str(tmp_path / 'cats/broken.jpg'))
   with pytest.raises(data.DataError, match='broken.jpg: unreadable image'):
-    src[broken]
+    np.asarray(src[broken]['image'])
   with pytest.raises(data.DataError, match='does not exist'):
     data.get_source(_config('folder', str(tmp_path / 'nope')), 'train')
   (tmp_path / 'empty').mkdir()
-  with pytest.raises(data.DataError, match='contains no JPEG or PNG'):
+  with pytest.raises(data.DataError, match='contains no JPEG or PNG images$'):
+    data.get_source(_config('folder', str(tmp_path / 'empty')), 'train')
+  (tmp_path / 'empty/x.webp').write_bytes(b'RIFF')
+  (tmp_path / 'empty/notes.txt').write_text('')
+  with pytest.raises(data.DataError, match=(
+      "contains no JPEG or PNG images .found 2 other files, such as "
+      "'notes.txt'.$")):
     data.get_source(_config('folder', str(tmp_path / 'empty')), 'train')
   with pytest.raises(data.DataError, match="no tfds dataset 'imagenet'"):
     data.get_source(_config('imagenet'), 'train')
@@ -109,32 +117,39 @@ def test_prepare_normalises_uint8_on_device_and_passes_floats():
 
 
 class _CountingSource:
-  """Digits, counting how many examples the pipeline has read."""
+  """Digits, counting in a file how many examples the pipeline has read
+  (worker processes included)."""
 
-  def __init__(self):
+  def __init__(self, log):
     self.inner = data.get_source(_config('digits'), 'train')
-    self.reads = 0
+    self.log = str(log)
 
   def __len__(self):
     return len(self.inner)
 
   def __getitem__(self, i):
-    self.reads += 1
+    with open(self.log, 'ab') as f:
+      f.write(b'.')
     return self.inner[i]
 
 
-def test_an_unconsumed_pipeline_stops_at_threads_plus_prefetch_batches():
+@pytest.mark.parametrize('workers', [0, 2])
+def test_an_unconsumed_pipeline_stops_at_a_few_batches(tmp_path, workers):
   """Host memory stays bounded whatever the pause: a consumer that stops
-  leaves at most `threads + prefetch` batches read ahead."""
-  src = _CountingSource()
-  it = iter(data.train_pipeline(src, image_size=8, batch_size=4, seed=0,
-                                threads=2, prefetch=2))
+  leaves at most the batches `data.Reading` states read ahead."""
+  log = tmp_path / 'reads'
+  read = data.Reading(threads=2, workers=workers, prefetch=2)
+  it = iter(data.train_pipeline(_CountingSource(log), image_size=8,
+                                batch_size=4, seed=0, read=read))
   next(it)
-  time.sleep(3)  # A pause (evaluation, a checkpoint save, a slow step).
-  first = src.reads
+  time.sleep(4)  # A pause (evaluation, a checkpoint save, a slow step).
+  first = log.stat().st_size
   time.sleep(2)
-  assert src.reads == first  # Stopped growing...
-  assert first <= (1 + 2 + 2 + 1) * 4, first  # ...at a few batches.
+  reads = log.stat().st_size
+  it.close()
+  assert reads == first  # Stopped growing...
+  # ...at a few batches: the consumed one and what `Reading` states.
+  assert reads <= (1 + read.max_batches()) * 4, reads
 
 
 def test_eval_pipeline_covers_each_example_once_with_padding():
@@ -153,7 +168,7 @@ def test_eval_pipeline_covers_each_example_once_with_padding():
 def test_center_crop_takes_the_middle():
   image = np.zeros((40, 60, 3), np.uint8)
   image[:, 10:50] = 255  # A centred 40x40 white square.
-  crop = data.center_crop(image, 20, crop_fraction=1.0)
+  crop = imaging.center_crop(image, 20, crop_fraction=1.0)
   assert crop.shape == (20, 20, 3)
   # Inside: exactly the white square; at its edges the bicubic kernel
   # reaches past the crop (238), far from the black a shifted crop would see.
@@ -176,8 +191,9 @@ def test_tfds_source_reads_what_was_written_under_the_real_name(cifar10_dir):
   for i in range(12):
     want = tfds_fixture.example('train', i)
     got = src[i]
-    assert got['image'].dtype == np.uint8 and got['image'].shape == (32, 32, 3)
-    np.testing.assert_array_equal(got['image'], want['image'])
+    pixels = np.asarray(got['image'])
+    assert pixels.dtype == np.uint8 and pixels.shape == (32, 32, 3)
+    np.testing.assert_array_equal(pixels, want['image'])
     assert got['label'] == want['label'] and isinstance(got['label'], int)
   test = data.get_source(_config('cifar10', cifar10_dir), 'test')
   np.testing.assert_array_equal(test[4]['image'],
@@ -192,7 +208,7 @@ def test_tfds_split_expressions_pass_through(cifar10_dir):
   def images(split):
     src = data.get_source(_config('cifar10', cifar10_dir, train_split=split),
                           split)
-    return [src[i]['image'] for i in range(len(src))]
+    return [np.asarray(src[i]['image']) for i in range(len(src))]
 
   train = [tfds_fixture.example('train', i)['image'] for i in range(12)]
   test = [tfds_fixture.example('test', i)['image'] for i in range(5)]
@@ -221,7 +237,7 @@ def test_tfds_feature_keys_grey_images_and_unlabelled(tmp_path):
   assert (src.image_key, src.label_key) == ('image', 'label')
   assert src.num_classes == 3 and src.classes == ['x', 'y', 'z']
   for i, g in enumerate(grey):
-    rgb = src[i]['image']
+    rgb = np.asarray(src[i]['image'])
     assert rgb.shape == sizes[i] + (3,) and rgb.dtype == np.uint8
     for c in range(3):
       np.testing.assert_array_equal(rgb[..., c], g['image'])
@@ -318,3 +334,88 @@ def test_tfds_errors_for_a_missing_or_sequential_copy(cifar10_dir, tmp_path):
       "^config.data.data_dir: tfds dataset 'cifar10' in .* is stored as "
       'tfrecord, without random access')):
     data.get_source(_config('cifar10', tmp_path), 'train')
+
+
+def _jpeg_folder(root, count, size=(40, 30)):
+  """`count` JPEGs (W, H) = size of smooth colour gradients plus noise in
+  two class folders, as photos compress; returns `root`."""
+  rng = np.random.default_rng(0)
+  w, h = size
+  y, x = np.mgrid[0:h, 0:w] / max(w, h)
+  for i in range(count):
+    freq = rng.uniform(2, 12, 3)
+    smooth = np.stack([np.sin(x * freq[0] + i), np.cos(y * freq[1]),
+                       np.sin((x + y) * freq[2])], -1)
+    pixels = (smooth * 100 + 128 + rng.normal(0, 8, (h, w, 3))).clip(0, 255)
+    folder = root / ('ab'[i % 2])
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8)).save(folder / f'{i:03d}.jpg',
+                                                  quality=90)
+  return root
+
+
+def test_batches_do_not_depend_on_reading_and_resume_across_it(tmp_path):
+  """Workers, threads and prefetch change how fast batches come, never which:
+  a run resumes exactly from a state saved with other reading options."""
+  src = data.FolderSource(str(_jpeg_folder(tmp_path, 20)))
+  make = lambda read: data.train_pipeline(src, image_size=16, batch_size=4,
+                                          seed=5, read=read)
+  serial = make(data.Reading(threads=1, workers=0, prefetch=1))
+  want = [next(serial) for _ in range(8)]  # Two epochs: 5 batches each.
+  serial.close()
+  parallel = make(data.Reading(threads=2, workers=2, prefetch=1))
+  got = [next(parallel) for _ in range(4)]
+  state = parallel.get_state()
+  parallel.close()
+  resumed = make(data.Reading(threads=1, workers=0, prefetch=2))
+  resumed.set_state(state)
+  got += [next(resumed) for _ in range(2)]
+  back = make(data.Reading(threads=1, workers=2, prefetch=1))
+  back.set_state(resumed.get_state())
+  resumed.close()
+  got += [next(back) for _ in range(2)]
+  back.close()
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_array_equal(g['image'], w['image'])
+    np.testing.assert_array_equal(g['label'], w['label'])
+  assert want[0]['image'].dtype == np.uint8
+  assert len({w['image'].tobytes() for w in want}) == 8
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+@pytest.mark.parametrize('damage', ['truncated', 'not an image'])
+def test_an_unreadable_image_stops_the_run_naming_the_file(tmp_path, workers,
+                                                           damage):
+  """The decision: a corrupt or truncated file stops the pipeline with one
+  line naming it (a training stage keeps its last checkpoint), rather than
+  training on silently fewer images."""
+  root = _jpeg_folder(tmp_path, 8)
+  bad = root / 'b' / '003.jpg'
+  whole = bad.read_bytes()
+  bad.write_bytes(whole[:len(whole) // 2] if damage == 'truncated'
+                  else b'<html>not found</html>')
+  src = data.FolderSource(str(root))
+  it = data.train_pipeline(src, image_size=8, batch_size=8, seed=0,
+                           read=data.Reading(threads=1, workers=workers))
+  with pytest.raises(data.DataError) as e:
+    next(it)
+  it.close()
+  message = str(e.value)
+  assert message.startswith(f'{bad}: unreadable image (') and (
+      '\n' not in message), message
+  with pytest.raises(data.DataError, match=f'^{bad}: unreadable image'):
+    list(data.eval_pipeline(src, image_size=8, batch_size=8,
+                            read=data.Reading(threads=1, workers=workers)))
+
+
+def test_default_reading_uses_workers_for_files_not_for_arrays(tmp_path):
+  cores = os.cpu_count()
+  digits = data.get_source(_config('digits'), 'train')
+  folder = data.FolderSource(str(_jpeg_folder(tmp_path, 2)))
+  config = ConfigDict({'threads': 0, 'workers': None, 'prefetch': 3})
+  assert data.reading(config, digits) == data.Reading(cores, 0, 3)
+  files = data.reading(config, folder)
+  assert 1 <= files.workers <= cores and files.prefetch == 3
+  assert files.threads == max(1, cores // files.workers)
+  config.update({'threads': 3, 'workers': 5})
+  assert data.reading(config, folder) == data.Reading(3, 5, 3)

@@ -63,9 +63,12 @@ def test_two_processes_follow_one_process_with_the_same_devices(teacher_dir,
                        timeout=600, check=False)
   assert one.returncode == 0, one.stderr[-2000:]
 
+  # Each of the two reads with a worker process: reading options change
+  # how batches are made, never which.
   port = _free_port()
   procs = [subprocess.Popen(
       _command(tmp_path / 'two', teacher_dir, *steps,
+               '--config.data.workers=1',
                f'--coordinator_address=127.0.0.1:{port}',
                '--num_processes=2', f'--process_id={i}'),
       env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,119 @@
+"""Decoding and cropping one image on the host.
+
+Folder and tfds sources hand out `Encoded` images: the file's bytes or path,
+decoded only by the crop that uses it. The crops then decode straight to
+the pixels they need: a JPEG whose crop spans at least twice the output
+size is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, PIL's
+"draft" mode), and the crop is resized from PIL's image without a detour
+through numpy. In-memory (H, W, 3) uint8 arrays crop alike.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+from masktas_jax.errors import DataError
+
+
+class Encoded:
+  """An image file not yet decoded: a path, or bytes with a name for errors.
+
+  `shape` is (H, W, 3) from the header alone; `np.asarray(encoded)` decodes
+  the whole image to (H, W, 3) uint8 RGB (grey, palette, CMYK converted,
+  alpha dropped). Any read error is a `DataError` naming the file.
+  """
+
+  def __init__(self, data: bytes | str, name: str | None = None):
+    self.data = data
+    self.name = name or str(data)
+    self._size = None
+
+  def open(self) -> Image.Image:
+    source = io.BytesIO(self.data) if isinstance(self.data, bytes) else (
+        self.data)
+    try:
+      image = Image.open(source)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+      raise self.error(e) from e
+    self._size = image.size
+    return image
+
+  def error(self, e: BaseException) -> DataError:
+    return DataError(f'{self.name}: unreadable image ({e}); remove or '
+                     'replace it and run the same command: training resumes '
+                     'from its last checkpoint')
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    if self._size is None:
+      self.open().close()
+    w, h = self._size
+    return h, w, 3
+
+  def __array__(self, dtype=None, copy=None):
+    del copy  # A fresh array every time.
+    with self.open() as image:
+      rgb = _rgb(image, self)
+    return np.asarray(rgb, dtype=dtype)
+
+
+def _rgb(image: Image.Image, encoded: Encoded) -> Image.Image:
+  try:
+    image.load()  # A truncated or corrupt file fails here.
+    return image if image.mode == 'RGB' else image.convert('RGB')
+  except (OSError, ValueError, SyntaxError) as e:
+    raise encoded.error(e) from e
+
+
+def crop_resize(image: np.ndarray | Encoded, size: int,
+                box: tuple[float, float, float, float] | None = None
+                ) -> np.ndarray:
+  """The region `box` (left, top, right, bottom, source pixels; None: all)
+  resized to (size, size, 3) uint8 with a bicubic filter."""
+  if isinstance(image, np.ndarray):
+    return np.asarray(Image.fromarray(image).resize(
+        (size, size), Image.BICUBIC, box=box))
+  with image.open() as pil:
+    w, h = pil.size
+    left, top, right, bottom = box or (0, 0, w, h)
+    # The largest power-of-2 reduction that keeps the crop >= size pixels.
+    scale = 1 << max(0, min(3, int(math.log2(
+        max(min(right - left, bottom - top) / size, 1)))))
+    if scale > 1 and pil.format == 'JPEG':
+      drafted = pil.draft('RGB', (w // scale, h // scale))
+      if drafted:  # PIL reports the original extent in decoded pixels.
+        f = drafted[1][2] / w
+        left, top, right, bottom = left * f, top * f, right * f, bottom * f
+    rgb = _rgb(pil, image)
+    return np.asarray(rgb.resize((size, size), Image.BICUBIC,
+                                 box=(left, top, right, bottom)))
+
+
+def random_resized_crop(image: np.ndarray | Encoded, size: int,
+                        rng: np.random.Generator, scale=(0.2, 1.0),
+                        ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+  """Crop of random area fraction and aspect ratio, resized to (size, size,
+  3) uint8."""
+  h, w = image.shape[:2]
+  for _ in range(10):
+    area = h * w * rng.uniform(*scale)
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    cw, ch = np.sqrt(area * aspect), np.sqrt(area / aspect)
+    if cw <= w and ch <= h:
+      x, y = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+      return crop_resize(image, size, (x, y, x + cw, y + ch))
+  return crop_resize(image, size)
+
+
+def center_crop(image: np.ndarray | Encoded, size: int,
+                crop_fraction: float = 0.875) -> np.ndarray:
+  """Evaluation view: shorter side to size / crop_fraction, then the central
+  (size, size, 3) uint8 crop."""
+  h, w = image.shape[:2]
+  side = min(h, w) * crop_fraction  # The crop's side in source pixels.
+  top, left = (h - side) / 2, (w - side) / 2
+  return crop_resize(image, size, (left, top, left + side, top + side))
