@@ -68,3 +68,25 @@ class SupernetStep:
 
   def __call__(self, arch: Arch, batch: int) -> int:
     return sum(self.parts(arch, batch).values())
+
+
+def mae_step(config, batch: int) -> int:
+  """Model FLOPs of one MAE pre-training step of the teacher (`teacher`):
+  forward + backward (3x the forward) of its encoder on the visible patches
+  and its decoder over all patches."""
+  t = config.teacher
+  space = config_lib.space_from_config(config)
+  n, e, d = space.num_patches, t.embed_dim, t.decoder_embed_dim
+  k = num_visible(n, t.mask_ratio)
+  encoder = encoder_macs(e, [e] * t.depth, [4 * e] * t.depth, k + 1, k,
+                         space.patch_dim)
+  decoder = (k + 1) * e * d + encoder_macs(
+      d, [d] * t.decoder_depth, [4 * d] * t.decoder_depth, n + 1, 0, 0) + (
+          (n + 1) * d * space.patch_dim)
+  return 6 * batch * (encoder + decoder)
+
+
+def finetune_step(space, arch: Arch, batch: int) -> int:
+  """Model FLOPs of one fine-tuning step of `arch`'s classifier: forward +
+  backward of every patch through the encoder and the head."""
+  return 6 * batch * space.count_macs(arch)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from masktas_jax import config_lib, flops, model_dirs
+from masktas_jax import config_lib, finetuning, flops, model_dirs
 from masktas_jax.masking import random_masking
 from masktas_jax.models.mae import MAE
 from masktas_jax.space import HEAD_DIM
@@ -67,3 +67,21 @@ def test_step_flops_are_the_traced_matrix_products():
     assert parts['encoder'] + parts['decoder'] + parts['projector'] == (
         3 * traced), arch
     assert model(arch, batch) == pytest.approx(sum(parts.values()))
+
+
+def test_teacher_and_finetune_steps_are_the_traced_matrix_products():
+  config = search_config()
+  space = config_lib.space_from_config(config)
+  batch = 2
+  images = jax.random.normal(jax.random.key(0), (batch, space.image_size,
+                                                 space.image_size, 3))
+  teacher = MAE(model_dirs.mae_config(config), rngs=nnx.Rngs(0))
+  traced = _matmul_flops(jax.make_jaxpr(lambda x: teacher(
+      x, jax.random.key(1), config.teacher.mask_ratio)[0])(images).jaxpr)
+  assert flops.mae_step(config, batch) == 3 * traced
+  rng = np.random.default_rng(1)
+  for arch in [space.min_arch(), space.sample(rng)]:
+    classifier = finetuning.build_classifier(space, arch, space.num_classes,
+                                             0.0, nnx.Rngs(2))
+    traced = _matmul_flops(jax.make_jaxpr(classifier)(images).jaxpr)
+    assert flops.finetune_step(space, arch, batch) == 3 * traced, arch
