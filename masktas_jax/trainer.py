@@ -340,6 +340,15 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
   return Outcome(state['params'], state['fixed'], loop.steps)
 
 
+@jax.jit
+def _note_non_finite(first_bad: jax.Array, metrics: dict[str, jax.Array],
+                     step: int) -> jax.Array:
+  """`first_bad`, or `step` if it is 0 and a metric is not finite."""
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v))
+                              for v in jax.tree.leaves(metrics)]))
+  return jnp.where((first_bad == 0) & ~finite, step, first_bad)
+
+
 def _loop(loop: LoopConfig, prog: Program, manager, writer, preemption,
           state, start: int, data_iter, step_key, constants):
   """Steps `start`..`loop.steps` with logging (metrics.jsonl, TensorBoard,
@@ -350,6 +359,10 @@ def _loop(loop: LoopConfig, prog: Program, manager, writer, preemption,
   t0 = time.perf_counter()
   trace = (start + 1, min(start + 1 + loop.profile_steps, end)) if (
       loop.profile_steps) else (end, end)
+  # The first step whose metrics were not all finite (0: none), kept on
+  # the device: exact, without a host sync every step.
+  first_bad = jax.device_put(jnp.zeros((), jnp.int32),
+                             parallel.replicated(prog.mesh))
   for i in range(start, end):
     if i == trace[0] < trace[1]:
       jax.profiler.start_trace(str(loop.directory / artifacts.PROFILE))
@@ -357,6 +370,7 @@ def _loop(loop: LoopConfig, prog: Program, manager, writer, preemption,
     state, metrics = prog.step(state, batch, jax.random.fold_in(step_key, i),
                                constants)
     n = i + 1
+    first_bad = _note_non_finite(first_bad, metrics, n)
     if n == trace[1] > trace[0]:
       jax.block_until_ready(state)  # The trace ends with the step's work.
       jax.profiler.stop_trace()
@@ -366,13 +380,13 @@ def _loop(loop: LoopConfig, prog: Program, manager, writer, preemption,
     save = n % loop.checkpoint_every == 0 or n == end or stop
     if n % loop.log_every == 0 or save:
       # A host sync, only at log and save points.
-      fetched = jax.device_get(metrics)
+      fetched, bad_step = jax.device_get((metrics, first_bad))
       # The stage's loss and terms first, the trainer's own metrics last.
       values = {k: float(fetched[k]) for k in (
           ['loss'] + [k for k in fetched if k not in _OWN_METRICS + ('loss',)]
           + list(_OWN_METRICS))}
-      bad = [k for k, v in values.items() if not math.isfinite(v)]
-      if bad:
+      if bad_step:
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
         manager.wait_until_finished()
         last = manager.latest_step()
         where = ('no checkpoint was written' if last is None else
@@ -380,8 +394,8 @@ def _loop(loop: LoopConfig, prog: Program, manager, writer, preemption,
                  f'{loop.directory / artifacts.CHECKPOINTS}')
         raise NonFiniteLoss(
             f'{loop.name}: non-finite '
-            f'{"loss" if "loss" in bad else ", ".join(bad)} at step {n} '
-            f'({values}); {where}')
+            f'{"loss" if "loss" in bad or not bad else ", ".join(bad)} at '
+            f'step {int(bad_step)} (seen at step {n}: {values}); {where}')
       elapsed = time.perf_counter() - t0
       rate = (n - start) * loop.batch_size / max(elapsed, 1e-9)
       eta = elapsed / (n - start) * (loop.steps - n)

@@ -4,6 +4,7 @@ import gzip
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -144,13 +145,36 @@ def test_converted_checkpoint_is_accepted_and_a_conflicting_one_refused(
       'has patch_size 8 but config.space.patch_size is 4')
 
 
-def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):
-  config = demo_config(**{'teacher.steps': 40, 'teacher.batch_size': 16,
-                          'checkpoint_every': 5, 'log_every': 5,
-                          'teacher.base_lr': 1e6})
-  with pytest.raises(trainer.NonFiniteLoss, match=r'non-finite loss at step'):
-    teacher.run(config, epath.Path(tmp_path))
-  assert not (tmp_path / 'teacher/model').exists()
+def test_non_finite_loss_stops_at_its_step_with_the_last_good_checkpoint(
+    tmp_path):
+  """The error names the first non-finite step, though metrics reach the
+  host only at log and save points, and no state from it is saved."""
+  # A learning rate that diverges during the warm-up (~step 20 here).
+  settings = {'teacher.steps': 40, 'teacher.batch_size': 16,
+              'teacher.base_lr': 3000.0, 'teacher.warmup_epochs': 1}
+  # Where it diverges, read from every step's logged metrics.
+  with pytest.raises(trainer.NonFiniteLoss):
+    teacher.run(demo_config(**settings, log_every=1, checkpoint_every=100),
+                epath.Path(tmp_path / 'every'))
+  logged = (tmp_path / 'every/teacher/metrics.jsonl').read_text().splitlines()
+  first = len(logged) + 1
+  assert 5 <= first < 36, first
+  with pytest.raises(trainer.NonFiniteLoss) as e:
+    teacher.run(demo_config(**settings, log_every=10, checkpoint_every=4),
+                epath.Path(tmp_path / 'sparse'))
+  # Seen at the next log or save point; saved up to the one before it.
+  seen = next(n for n in range(first, 41) if n % 10 == 0 or n % 4 == 0)
+  last = (first - 1) // 4 * 4
+  message = str(e.value)
+  assert re.match(rf'teacher: non-finite [a-z_, ]+ at step {first} \(seen '
+                  rf'at step {seen}: ', message), message
+  assert message.endswith(
+      f'the last good checkpoint is step {last} in '
+      f"{tmp_path / 'sparse/teacher/checkpoints'}"), message
+  # Nothing after the last good step was written.
+  assert max(int(p.name) for p in (
+      tmp_path / 'sparse/teacher/checkpoints').iterdir()) == last
+  assert not (tmp_path / 'sparse/teacher/model').exists()
 
 
 def test_a_checkpoint_of_another_model_is_refused_and_kept(tmp_path,
