@@ -55,8 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_split = 'validation'
   # Host input pipeline (`data.Reading`): worker processes (None: one per
   # core for image files, none for in-memory digits), threads per worker
-  # or process (0: the cores shared among the workers), and batches each
-  # keeps ready. A paused pipeline holds at most
+  # or process (0: the cores shared among the workers; one for digits),
+  # and batches each keeps ready. A paused pipeline holds at most
   # max(workers, 1) * (max(threads, prefetch) + 4) uint8 batches.
   c.data.threads = 0
   c.data.prefetch = 2

@@ -413,7 +413,7 @@ def test_default_reading_uses_workers_for_files_not_for_arrays(tmp_path):
   digits = data.get_source(_config('digits'), 'train')
   folder = data.FolderSource(str(_jpeg_folder(tmp_path, 2)))
   config = ConfigDict({'threads': 0, 'workers': None, 'prefetch': 3})
-  assert data.reading(config, digits) == data.Reading(cores, 0, 3)
+  assert data.reading(config, digits) == data.Reading(1, 0, 3)
   files = data.reading(config, folder)
   assert 1 <= files.workers <= cores and files.prefetch == 3
   assert files.threads == max(1, cores // files.workers)
