@@ -54,10 +54,22 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_follow_one_process_with_the_same_devices(teacher_dir,
-                                                                 tmp_path):
-  steps = ('--config.supernet.steps=4', '--config.log_every=1',
-           '--config.checkpoint_every=2')
+def _two_processes(workdir, teacher_dir, *extra):
+  port = _free_port()
+  return [subprocess.Popen(
+      _command(workdir, teacher_dir, *extra,
+               f'--coordinator_address=127.0.0.1:{port}',
+               '--num_processes=2', f'--process_id={i}'),
+      env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for i in range(2)]
+
+
+def test_two_processes_follow_one_process_through_a_preemption(teacher_dir,
+                                                               tmp_path):
+  """Two processes, one of them sent SIGTERM mid-run, then the same command
+  again: the same losses as one uninterrupted process."""
+  steps = ('--config.supernet.steps=8', '--config.log_every=1',
+           '--config.checkpoint_every=4')
   one = subprocess.run(_command(tmp_path / 'one', teacher_dir, *steps),
                        env=_env(4), capture_output=True, text=True,
                        timeout=600, check=False)
@@ -65,28 +77,39 @@ def test_two_processes_follow_one_process_with_the_same_devices(teacher_dir,
 
   # Each of the two reads with a worker process: reading options change
   # how batches are made, never which.
-  port = _free_port()
-  procs = [subprocess.Popen(
-      _command(tmp_path / 'two', teacher_dir, *steps,
-               '--config.data.workers=1',
-               f'--coordinator_address=127.0.0.1:{port}',
-               '--num_processes=2', f'--process_id={i}'),
-      env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  two = (*steps, '--config.data.workers=1')
+  procs = _two_processes(tmp_path / 'two', teacher_dir, *two)
+  shown = []
+  for line in procs[0].stdout:  # Process 0 alone reports.
+    shown.append(line)
+    if line.startswith('supernet step 2/8'):
+      procs[1].send_signal(signal.SIGTERM)  # A preemption notice to one.
+      break
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-2000:]
+  stopped = [l for l in (''.join(shown) + outputs[0][0]).splitlines()
+             if 'stopped by SIGTERM' in l]
+  assert 'supernet step' not in outputs[1][0]
+  assert len(stopped) == 1 and stopped[0].startswith(
+      'supernet: stopped by SIGTERM after step '), outputs[0][0]
+  at = int(stopped[0].split('after step ')[1].split()[0])
+  assert 2 <= at < 8, stopped
+  # Both processes stopped after the same step and saved it.
+  assert str(at) in os.listdir(tmp_path / 'two/supernet/checkpoints')
+
+  procs = _two_processes(tmp_path / 'two', teacher_dir, *two)
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-2000:]
+  assert f'supernet: resumed from step {at}' in outputs[0][0]
 
   # Same global batches (data order), same subnets, same all-reduced
   # gradients: the same trajectory, up to the order of float sums.
   expected = _losses(tmp_path / 'one')
-  assert len(expected) == 4
+  assert len(expected) == 8
   np.testing.assert_allclose(_losses(tmp_path / 'two'), expected, rtol=2e-5)
-  # Process 0 alone reports; both wrote the checkpoint.
-  assert 'supernet step 4/4' in outputs[0][0]
-  assert 'supernet step' not in outputs[1][0]
-  assert sorted(os.listdir(tmp_path / 'two/supernet/checkpoints')) == ['2',
-                                                                       '4']
+  assert sorted(os.listdir(tmp_path / 'two/supernet/checkpoints'))[-1] == '8'
 
 
 def test_a_half_written_checkpoint_is_skipped_on_resume(teacher_dir, tmp_path):
