@@ -365,7 +365,13 @@ def _loop(loop: LoopConfig, prog: Program, manager, writer, preemption,
                              parallel.replicated(prog.mesh))
   for i in range(start, end):
     if i == trace[0] < trace[1]:
-      jax.profiler.start_trace(str(loop.directory / artifacts.PROFILE))
+      options = jax.profiler.ProfileOptions()
+      # No Python tracer: its per-thread profile hooks raced the input
+      # pipeline's threads into a segfault (seen once under Python 3.11),
+      # and the trace is for XLA's ops.
+      options.python_tracer_level = 0
+      jax.profiler.start_trace(str(loop.directory / artifacts.PROFILE),
+                               profiler_options=options)
     batch = parallel.global_batch(next(data_iter), prog.mesh)
     state, metrics = prog.step(state, batch, jax.random.fold_in(step_key, i),
                                constants)
