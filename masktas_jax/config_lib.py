@@ -358,7 +358,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          config.profile_steps)
   workers = config.data.get('workers')
   _check(workers is None or workers >= 0, 'data.workers', 'must be >= 0 '
-         '(0: no worker processes; None: one per CPU core)', workers)
+         '(0: no worker processes; None: derived from the cores, the memory '
+         'and the source)', workers)
   _check(config.data.threads >= 0, 'data.threads', 'must be >= 0 (0: the '
          'CPU cores shared among the workers)', config.data.threads)
   _check(config.data.prefetch >= 1, 'data.prefetch', 'must be >= 1',

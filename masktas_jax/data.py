@@ -165,7 +165,7 @@ class Reading:
 
   `workers` processes (grain's multiprocessing prefetch; 0: none, this
   process reads) each run `threads` threads that read whole batches, and
-  keep up to `prefetch` batches ready. Which batches a run sees does not
+  keep up to max(threads, prefetch) batches ready. Which batches a run sees does not
   depend on any of the three. A paused pipeline holds at most
   `max_batches()` batches: grain's default buffer (500 elements, each a
   whole batch here) grew host memory by gigabytes whenever the consumer
@@ -178,7 +178,8 @@ class Reading:
   def max_batches(self) -> int:
     """Batches a paused pipeline holds at most: per reader its buffer
     (at least one per thread) and, with workers, one in its queue, one
-    being put there and two in this process's interleaving."""
+    being put there and two in this process's interleaving (counted for
+    workers 0 too: a bound, not a tight one)."""
     return max(self.workers, 1) * (max(self.threads, self.prefetch) + 4)
 
   def iterate(self, batches: grain.MapDataset) -> grain.IterDataset:
@@ -188,8 +189,9 @@ class Reading:
         num_threads=self.threads,
         prefetch_buffer_size=max(self.threads, self.prefetch)))
     if self.workers:
-      # grain's workers read absl flags, which a library caller (a test, a
-      # notebook) has not parsed.
+      # Starting workers, grain reads absl flags, which a library caller
+      # (a test, a notebook) has not parsed: they are marked parsed, with
+      # their defaults, for the whole process.
       if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
       out = out.mp_prefetch(grain.MultiprocessingOptions(
@@ -201,24 +203,44 @@ class Reading:
 _WORKER_BYTES = 1 << 30
 
 
+def _cores() -> int:
+  """The CPU cores this process may run on (its affinity, e.g. a SLURM or
+  taskset allocation), not the machine's."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
+
+
+def _available_bytes() -> int | None:
+  """Memory available to new processes (Linux's MemAvailable: free memory
+  plus reclaimable page cache), or None where unknown."""
+  try:
+    with open('/proc/meminfo', encoding='ascii') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
 def reading(data_config, source) -> Reading:
   """`config.data`'s threads, workers and prefetch for reading `source`.
 
   workers None: none for an in-memory source (its images need no
   decoding, a worker's start-up would cost more), else one per CPU core
-  while each can have 1 GiB of the available memory. threads 0: the cores
+  this process may use, while each can have 1 GiB of the available memory
+  (container memory limits are not read). threads 0: the cores
   shared among the workers; one for an in-memory source, whose crops of
   tiny images hold the GIL (digits' fine-tuning batches: 22 ms with one
   thread, 42 ms with two, on 2 cores).
   """
-  cores = os.cpu_count() or 1
+  cores = _cores()
   in_memory = isinstance(source, ArraySource)
   workers = data_config.get('workers')
   if workers is None:
-    try:
-      free = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    except (ValueError, OSError, AttributeError):  # No such query (macOS).
-      free = cores * _WORKER_BYTES
+    free = _available_bytes() or cores * _WORKER_BYTES
     workers = 0 if in_memory else max(1, min(cores, free // _WORKER_BYTES))
   threads = data_config.get('threads', 0) or (
       1 if in_memory else max(1, cores // max(workers, 1)))
@@ -234,7 +256,7 @@ class BatchIterator:
   """
 
   def __init__(self, batches: grain.MapDataset, read: Reading):
-    self._batches, self._read, self._next = batches, read, 0
+    self._batches, self.read, self._next = batches, read, 0
     self._it = None
 
   def __iter__(self) -> BatchIterator:
@@ -242,7 +264,7 @@ class BatchIterator:
 
   def __next__(self) -> dict[str, np.ndarray]:
     if self._it is None:
-      self._it = iter(self._read.iterate(self._batches[self._next:]))
+      self._it = iter(self.read.iterate(self._batches[self._next:]))
     batch = next(self._it)
     self._next += 1
     return batch
@@ -318,6 +340,9 @@ def eval_pipeline(source, *, image_size: int, batch_size: int,
                                          crop_fraction),
             'label': np.int32(example['label']), 'valid': np.bool_(i < n)}
 
+  # A worker costs ~1.5 s to start: none for a pass of a batch or two.
+  batches = padded // batch_size
+  read = dataclasses.replace(read, workers=min(read.workers, batches - 1))
   return _closing(read.iterate(
       grain.MapDataset.range(padded).map(view).batch(batch_size)))
 
@@ -343,4 +368,7 @@ def training_input(config, stage: str, seed: int, source=None):
                            min_scale=section.get('crop_min_scale', 0.2),
                            flip=section.get('flip', True),
                            read=reading(config.data, source))
+  read = batches.read
+  parallel.log(f'{stage}: reading batches of {local_batch} per process with '
+               f'{read.workers} worker processes x {read.threads} threads')
   return batches, steps, warmup

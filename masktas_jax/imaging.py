@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -43,9 +44,11 @@ class Encoded:
     return image
 
   def error(self, e: BaseException) -> DataError:
-    return DataError(f'{self.name}: unreadable image ({e}); remove or '
-                     'replace it and run the same command: training resumes '
-                     'from its last checkpoint')
+    # A file can be fixed; a training stage keeps its last checkpoint.
+    advice = ('' if isinstance(self.data, bytes) else '; remove or replace '
+              'it and run the same command: a training stage resumes from '
+              'its last checkpoint')
+    return DataError(f'{self.name}: unreadable image ({e}){advice}')
 
   @property
   def shape(self) -> tuple[int, int, int]:
@@ -69,16 +72,23 @@ def _rgb(image: Image.Image, encoded: Encoded) -> Image.Image:
     raise encoded.error(e) from e
 
 
+Box = tuple[float, float, float, float]  # left, top, right, bottom
+
+
 def crop_resize(image: np.ndarray | Encoded, size: int,
-                box: tuple[float, float, float, float] | None = None
+                box: Box | Callable[[int, int], Box] | None = None
                 ) -> np.ndarray:
-  """The region `box` (left, top, right, bottom, source pixels; None: all)
-  resized to (size, size, 3) uint8 with a bicubic filter."""
+  """The region `box` (source pixels; a function of the image's (H, W);
+  None: all of it) resized to (size, size, 3) uint8 with a bicubic filter.
+  A file is opened once: its header gives (H, W) before any decoding."""
   if isinstance(image, np.ndarray):
+    h, w = image.shape[:2]
+    box = box(h, w) if callable(box) else box
     return np.asarray(Image.fromarray(image).resize(
         (size, size), Image.BICUBIC, box=box))
   with image.open() as pil:
     w, h = pil.size
+    box = box(h, w) if callable(box) else box
     left, top, right, bottom = box or (0, 0, w, h)
     # The largest power-of-2 reduction that keeps the crop >= size pixels.
     scale = 1 << max(0, min(3, int(math.log2(
@@ -98,22 +108,26 @@ def random_resized_crop(image: np.ndarray | Encoded, size: int,
                         ratio=(3 / 4, 4 / 3)) -> np.ndarray:
   """Crop of random area fraction and aspect ratio, resized to (size, size,
   3) uint8."""
-  h, w = image.shape[:2]
-  for _ in range(10):
-    area = h * w * rng.uniform(*scale)
-    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-    cw, ch = np.sqrt(area * aspect), np.sqrt(area / aspect)
-    if cw <= w and ch <= h:
-      x, y = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
-      return crop_resize(image, size, (x, y, x + cw, y + ch))
-  return crop_resize(image, size)
+  def box(h: int, w: int) -> Box | None:
+    for _ in range(10):
+      area = h * w * rng.uniform(*scale)
+      aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+      cw, ch = np.sqrt(area * aspect), np.sqrt(area / aspect)
+      if cw <= w and ch <= h:
+        x, y = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+        return x, y, x + cw, y + ch
+    return None  # The whole image.
+
+  return crop_resize(image, size, box)
 
 
 def center_crop(image: np.ndarray | Encoded, size: int,
                 crop_fraction: float = 0.875) -> np.ndarray:
   """Evaluation view: shorter side to size / crop_fraction, then the central
   (size, size, 3) uint8 crop."""
-  h, w = image.shape[:2]
-  side = min(h, w) * crop_fraction  # The crop's side in source pixels.
-  top, left = (h - side) / 2, (w - side) / 2
-  return crop_resize(image, size, (left, top, left + side, top + side))
+  def box(h: int, w: int) -> Box:
+    side = min(h, w) * crop_fraction  # The crop's side in source pixels.
+    top, left = (h - side) / 2, (w - side) / 2
+    return left, top, left + side, top + side
+
+  return crop_resize(image, size, box)

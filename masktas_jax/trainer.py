@@ -393,15 +393,17 @@ def _loop(loop: LoopConfig, prog: Program, manager, writer, preemption,
           + list(_OWN_METRICS))}
       if bad_step:
         bad = [k for k, v in values.items() if not math.isfinite(v)]
+        # Named from the metrics fetched now; finite again, they cannot
+        # say which one it was.
+        what = 'loss' if 'loss' in bad else ', '.join(bad) or 'metric'
         manager.wait_until_finished()
         last = manager.latest_step()
         where = ('no checkpoint was written' if last is None else
                  f'the last good checkpoint is step {last} in '
                  f'{loop.directory / artifacts.CHECKPOINTS}')
         raise NonFiniteLoss(
-            f'{loop.name}: non-finite '
-            f'{"loss" if "loss" in bad or not bad else ", ".join(bad)} at '
-            f'step {int(bad_step)} (seen at step {n}: {values}); {where}')
+            f'{loop.name}: non-finite {what} at step {int(bad_step)} (seen '
+            f'at step {n}: {values}); {where}')
       elapsed = time.perf_counter() - t0
       rate = (n - start) * loop.batch_size / max(elapsed, 1e-9)
       eta = elapsed / (n - start) * (loop.steps - n)

@@ -11,6 +11,8 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
+
 from masktas_jax import config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -120,3 +122,16 @@ def read_scalars(directory) -> dict[str, dict[int, float]]:
       for value in event.summary.value:
         out.setdefault(value.tag, {})[event.step] = value.simple_value
   return out
+
+
+def photo(w: int, h: int, seed: int = 0) -> np.ndarray:
+  """(h, w, 3) uint8 that compresses as photos do: smooth colour gradients,
+  a sharp white square at (h/4, w/4) of side h/4, and mild noise."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:h, 0:w] / max(w, h)
+  f = rng.uniform(4, 8, 3)
+  pixels = np.stack([np.sin(f[0] * x), np.cos(f[1] * y),
+                     np.sin(f[2] * (x + y))], -1)
+  pixels = pixels * 90 + 120 + rng.normal(0, 4, (h, w, 3))
+  pixels[h // 4:h // 2, w // 4:w // 4 + h // 4] = 255
+  return pixels.clip(0, 255).astype(np.uint8)

@@ -15,6 +15,7 @@ from ml_collections import ConfigDict
 from PIL import Image
 
 from masktas_jax import data, imaging
+from helpers import photo
 
 
 def _config(name, data_dir='', train_split='train', eval_split='validation'):
@@ -142,12 +143,17 @@ def test_an_unconsumed_pipeline_stops_at_a_few_batches(tmp_path, workers):
   it = iter(data.train_pipeline(_CountingSource(log), image_size=8,
                                 batch_size=4, seed=0, read=read))
   next(it)
-  time.sleep(4)  # A pause (evaluation, a checkpoint save, a slow step).
-  first = log.stat().st_size
-  time.sleep(2)
-  reads = log.stat().st_size
+  # A pause (evaluation, a checkpoint save, a slow step), until reads stop
+  # growing for 2 s: worker processes take a while to start.
+  reads, before = 0, -1
+  for _ in range(15):
+    if reads == before:
+      break
+    before = reads
+    time.sleep(2)
+    reads = log.stat().st_size
   it.close()
-  assert reads == first  # Stopped growing...
+  assert reads == before  # Stopped growing...
   # ...at a few batches: the consumed one and what `Reading` states.
   assert reads <= (1 + read.max_batches()) * 4, reads
 
@@ -337,20 +343,12 @@ def test_tfds_errors_for_a_missing_or_sequential_copy(cifar10_dir, tmp_path):
 
 
 def _jpeg_folder(root, count, size=(40, 30)):
-  """`count` JPEGs (W, H) = size of smooth colour gradients plus noise in
-  two class folders, as photos compress; returns `root`."""
-  rng = np.random.default_rng(0)
-  w, h = size
-  y, x = np.mgrid[0:h, 0:w] / max(w, h)
+  """`count` JPEGs of `size` (W, H) in two class folders; returns `root`."""
   for i in range(count):
-    freq = rng.uniform(2, 12, 3)
-    smooth = np.stack([np.sin(x * freq[0] + i), np.cos(y * freq[1]),
-                       np.sin((x + y) * freq[2])], -1)
-    pixels = (smooth * 100 + 128 + rng.normal(0, 8, (h, w, 3))).clip(0, 255)
     folder = root / ('ab'[i % 2])
     folder.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels.astype(np.uint8)).save(folder / f'{i:03d}.jpg',
-                                                  quality=90)
+    Image.fromarray(photo(*size, seed=i)).save(folder / f'{i:03d}.jpg',
+                                               quality=90)
   return root
 
 
@@ -404,12 +402,12 @@ def test_an_unreadable_image_stops_the_run_naming_the_file(tmp_path, workers,
   assert message.startswith(f'{bad}: unreadable image (') and (
       '\n' not in message), message
   with pytest.raises(data.DataError, match=f'^{bad}: unreadable image'):
-    list(data.eval_pipeline(src, image_size=8, batch_size=8,
+    list(data.eval_pipeline(src, image_size=8, batch_size=2,
                             read=data.Reading(threads=1, workers=workers)))
 
 
 def test_default_reading_uses_workers_for_files_not_for_arrays(tmp_path):
-  cores = os.cpu_count()
+  cores = len(os.sched_getaffinity(0))
   digits = data.get_source(_config('digits'), 'train')
   folder = data.FolderSource(str(_jpeg_folder(tmp_path, 2)))
   config = ConfigDict({'threads': 0, 'workers': None, 'prefetch': 3})

@@ -8,17 +8,7 @@ from PIL import Image, JpegImagePlugin
 
 from masktas_jax import imaging
 from masktas_jax.errors import DataError
-
-
-def _photo(w: int, h: int, seed: int = 0) -> np.ndarray:
-  """(h, w, 3) uint8: smooth gradients, a sharp white square at (h/4, w/4)
-  of side h/4, and mild noise."""
-  rng = np.random.default_rng(seed)
-  y, x = np.mgrid[0:h, 0:w] / max(w, h)
-  pixels = np.stack([np.sin(6 * x), np.cos(5 * y), np.sin(4 * (x + y))], -1)
-  pixels = pixels * 90 + 120 + rng.normal(0, 4, (h, w, 3))
-  pixels[h // 4:h // 2, w // 4:w // 4 + h // 4] = 255
-  return pixels.clip(0, 255).astype(np.uint8)
+from helpers import photo
 
 
 @pytest.fixture
@@ -46,7 +36,7 @@ def drafts(monkeypatch):
 def test_draft_decode_matches_the_full_decode(tmp_path, drafts, box, size,
                                               factor):
   path = tmp_path / 'photo.jpg'
-  Image.fromarray(_photo(960, 720)).save(path, quality=95)
+  Image.fromarray(photo(960, 720)).save(path, quality=95)
   full = np.asarray(Image.open(path).convert('RGB'))
   want = imaging.crop_resize(full, size, box)
   got = imaging.crop_resize(imaging.Encoded(str(path)), size, box)
@@ -63,7 +53,7 @@ def test_draft_decode_matches_the_full_decode(tmp_path, drafts, box, size,
 
 def test_encoded_reads_its_shape_from_the_header_and_decodes_on_demand(
     tmp_path):
-  pixels = _photo(37, 23)
+  pixels = photo(37, 23)
   Image.fromarray(pixels).save(tmp_path / 'a.png')
   buffer = io.BytesIO()
   Image.fromarray(pixels).convert('P').save(buffer, 'PNG')
@@ -78,16 +68,22 @@ def test_encoded_reads_its_shape_from_the_header_and_decodes_on_demand(
     # PNGs are never drafted: crops equal the array path's exactly.
     np.testing.assert_array_equal(
         imaging.center_crop(encoded, 16), imaging.center_crop(want, 16))
-  with pytest.raises(DataError, match=r'^example 7: unreadable image \(.*'
-                     'run the same command'):
+  # Stored bytes are named as given; a file also says how to go on.
+  with pytest.raises(DataError, match=r'^example 7: unreadable image \(.*\)$'):
     imaging.Encoded(b'\x89PNG\r\n\x1a\n broken', 'example 7').shape
+  (tmp_path / 'b.jpg').write_bytes(b'\xff\xd8 broken')
+  with pytest.raises(DataError, match=(
+      rf'^{tmp_path}/b.jpg: unreadable image \(.*\); remove or replace it and '
+      'run the same command: a training stage resumes from its last '
+      'checkpoint$')):
+    imaging.center_crop(imaging.Encoded(str(tmp_path / 'b.jpg')), 8)
 
 
 def test_random_resized_crop_is_the_same_view_for_files_and_arrays(tmp_path):
   """The crop's random draw depends on the image's shape alone, so a file
   and its decoded array give the same view."""
   path = tmp_path / 'p.png'
-  pixels = _photo(120, 90, seed=1)
+  pixels = photo(120, 90, seed=1)
   Image.fromarray(pixels).save(path)
   for seed in range(5):
     got = imaging.random_resized_crop(imaging.Encoded(str(path)), 24,

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -55,13 +56,27 @@ def _free_port():
 
 
 def _two_processes(workdir, teacher_dir, *extra):
+  """The two processes of one run, stderr to files (read with `_err`) so
+  that reading one's stdout line by line cannot block the other on a full
+  pipe; both are killed after 600 s."""
   port = _free_port()
-  return [subprocess.Popen(
-      _command(workdir, teacher_dir, *extra,
-               f'--coordinator_address=127.0.0.1:{port}',
-               '--num_processes=2', f'--process_id={i}'),
-      env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for i in range(2)]
+  workdir.mkdir(parents=True, exist_ok=True)
+  procs = []
+  for i in range(2):
+    with open(workdir / f'stderr{i}.txt', 'a', encoding='utf-8') as err:
+      procs.append(subprocess.Popen(
+          _command(workdir, teacher_dir, *extra,
+                   f'--coordinator_address=127.0.0.1:{port}',
+                   '--num_processes=2', f'--process_id={i}'),
+          env=_env(2), stdout=subprocess.PIPE, stderr=err, text=True))
+  watchdog = threading.Timer(600, lambda: [p.kill() for p in procs])
+  watchdog.daemon = True
+  watchdog.start()
+  return procs
+
+
+def _err(workdir, i):
+  return (workdir / f'stderr{i}.txt').read_text()[-2000:]
 
 
 def test_two_processes_follow_one_process_through_a_preemption(teacher_dir,
@@ -86,8 +101,8 @@ def test_two_processes_follow_one_process_through_a_preemption(teacher_dir,
       procs[1].send_signal(signal.SIGTERM)  # A preemption notice to one.
       break
   outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-2000:]
+  for i, p in enumerate(procs):
+    assert p.returncode == 0, _err(tmp_path / 'two', i)
   stopped = [l for l in (''.join(shown) + outputs[0][0]).splitlines()
              if 'stopped by SIGTERM' in l]
   assert 'supernet step' not in outputs[1][0]
@@ -95,13 +110,14 @@ def test_two_processes_follow_one_process_through_a_preemption(teacher_dir,
       'supernet: stopped by SIGTERM after step '), outputs[0][0]
   at = int(stopped[0].split('after step ')[1].split()[0])
   assert 2 <= at < 8, stopped
-  # Both processes stopped after the same step and saved it.
+  # The stop's step was saved (a checkpoint is one directory both
+  # processes write; resuming from it below checks it is whole).
   assert str(at) in os.listdir(tmp_path / 'two/supernet/checkpoints')
 
   procs = _two_processes(tmp_path / 'two', teacher_dir, *two)
   outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-2000:]
+  for i, p in enumerate(procs):
+    assert p.returncode == 0, _err(tmp_path / 'two', i)
   assert f'supernet: resumed from step {at}' in outputs[0][0]
 
   # Same global batches (data order), same subnets, same all-reduced
