@@ -369,6 +369,7 @@ def training_input(config, stage: str, seed: int, source=None):
                            flip=section.get('flip', True),
                            read=reading(config.data, source))
   read = batches.read
-  parallel.log(f'{stage}: reading batches of {local_batch} per process with '
-               f'{read.workers} worker processes x {read.threads} threads')
+  parallel.log(f'{stage}: reading batches of {local_batch} per process, '
+               f'data.workers {read.workers}, data.threads {read.threads}, '
+               f'data.prefetch {read.prefetch}')
   return batches, steps, warmup

@@ -17,19 +17,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
-import threading
 import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import optax
 import orbax.checkpoint as ocp
 from etils import epath
 
 from masktas_jax import artifacts, data, parallel, report, tensorboard
+from masktas_jax import preemption as preemption_lib
 from masktas_jax.errors import MaskTASError, Preempted
 
 _DECAYED = {'wq', 'wk', 'wv', 'wo', 'w1', 'w2'}
@@ -223,35 +221,6 @@ def program(task: Task, mesh=None) -> Program:
       mesh=mesh)
 
 
-class _Preemption:
-  """Whether to stop after a step because the job got SIGTERM.
-
-  One process: a signal handler sets a flag (installed for the run, the
-  previous handler restored after). Several processes: JAX's preemption
-  sync point, so that every process stops after the same step.
-  """
-
-  def __init__(self):
-    self.signalled = False
-    self.previous = None
-    if jax.process_count() == 1 and (
-        threading.current_thread() is threading.main_thread()):
-      self.previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, *_):
-    self.signalled = True
-
-  def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.signalled
-
-  def close(self) -> None:
-    if self.previous is not None:
-      signal.signal(signal.SIGTERM, self.previous)
-      self.previous = None
-
-
 def _checkpoints(loop: LoopConfig) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       (loop.directory / artifacts.CHECKPOINTS).resolve(),
@@ -315,7 +284,7 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
 
   # --- loop -----------------------------------------------------------------
   writer = tensorboard.ScalarWriter(loop.directory)
-  preemption = _Preemption()
+  preemption = preemption_lib.Preemption()
   try:
     state = _loop(loop, prog, manager, writer, preemption, state, start,
                   data_iter, step_key, constants)
