@@ -32,12 +32,12 @@ It reports:
     subnet's width), the same teacher, loss and AdamW (no freeze mask:
     every dense weight is active), compiled for that Arch, donated. The
     three steps (drawn, forced, dense) are timed in turn, rotating their
-    order every
-    iteration, with the forced and dense steps on the same masks; medians
-    over `--iters`. Before timing, each supernet step runs every branch of
-    its `lax.switch`es once and each dense step runs once (first executions
-    are slow on XLA:CPU); the dense warm-up also checks that the forced and
-    dense steps compute the same loss from the same weights.
+    order every iteration, with the forced and dense steps on the same
+    masks; medians over `--iters`. Before timing, each supernet step runs
+    every branch of its `lax.switch`es once and each dense step runs once
+    (first executions are slow on XLA:CPU); the dense warm-up also checks
+    that the forced and dense steps compute the same loss from the same
+    weights.
 
 Targets (issue #4): masked / dense <= 1.10; utilisation >= 50% of the
 measured peak.

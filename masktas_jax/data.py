@@ -165,8 +165,8 @@ class Reading:
 
   `workers` processes (grain's multiprocessing prefetch; 0: none, this
   process reads) each run `threads` threads that read whole batches, and
-  keep up to max(threads, prefetch) batches ready. Which batches a run sees does not
-  depend on any of the three. A paused pipeline holds at most
+  keep up to max(threads, prefetch) batches ready. Which batches a run
+  sees does not depend on any of the three. A paused pipeline holds at most
   `max_batches()` batches: grain's default buffer (500 elements, each a
   whole batch here) grew host memory by gigabytes whenever the consumer
   paused.

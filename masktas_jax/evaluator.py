@@ -22,10 +22,10 @@ class Evaluator:
 
   `inputs` is replicated; `batch` a dict of arrays (b, ...) split over the
   mesh's 'data' axis (this process's numpy share, or global arrays already
-  placed), its uint8 images normalised on device (`data.prepare`); `rng` is `fold_in(key(seed), i)` for the i-th batch, for
-  functions that draw (e.g. masks). Outputs are replicated, or split over
-  'data' like the batch with `sharded_outputs` (to keep them on device for
-  later calls).
+  placed), its uint8 images normalised on device (`data.prepare`); `rng`
+  is `fold_in(key(seed), i)` for the i-th batch, for functions that draw
+  (e.g. masks). Outputs are replicated, or split over 'data' like the
+  batch with `sharded_outputs` (to keep them on device for later calls).
   """
 
   def __init__(self, fn: Callable[[Any, dict[str, jax.Array], jax.Array],

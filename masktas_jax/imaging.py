@@ -31,7 +31,6 @@ class Encoded:
   def __init__(self, data: bytes | str, name: str | None = None):
     self.data = data
     self.name = name or str(data)
-    self._size = None
 
   def open(self) -> Image.Image:
     source = io.BytesIO(self.data) if isinstance(self.data, bytes) else (
@@ -40,7 +39,6 @@ class Encoded:
       image = Image.open(source)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
       raise self.error(e) from e
-    self._size = image.size
     return image
 
   def error(self, e: BaseException) -> DataError:
@@ -52,9 +50,8 @@ class Encoded:
 
   @property
   def shape(self) -> tuple[int, int, int]:
-    if self._size is None:
-      self.open().close()
-    w, h = self._size
+    with self.open() as image:
+      w, h = image.size
     return h, w, 3
 
   def __array__(self, dtype=None, copy=None):
