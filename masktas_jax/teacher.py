@@ -15,6 +15,31 @@ from masktas_jax import artifacts, data, model_dirs, parallel, trainer
 from masktas_jax.models.mae import MAE
 
 
+def make_task(config, steps: int, warmup: int) -> trainer.Task:
+  """MAE pre-training as a trainer.Task: the MAE of `config.teacher`, its
+  masked pixel loss, AdamW with MAE's recipe (lr scaled by batch / 256,
+  betas (0.9, 0.95))."""
+  t = config.teacher
+  cfg = model_dirs.mae_config(config)
+  graphdef = nnx.split(nnx.eval_shape(lambda: MAE(cfg, rngs=nnx.Rngs(0))),
+                       nnx.Param, ...)[0]
+
+  def init(rng, _):
+    _, params, fixed = nnx.split(MAE(cfg, rngs=nnx.Rngs(rng)), nnx.Param, ...)
+    # `fixed` (sin-cos tables) rides along untrained, outside the optimizer.
+    return nnx.to_pure_dict(params), nnx.to_pure_dict(fixed)
+
+  def loss(params, fixed, batch, rng, _):
+    model = nnx.merge(graphdef, params, fixed)
+    return model(batch['image'], rng, t.mask_ratio)[0], {}
+
+  schedule = trainer.warmup_cosine(t.base_lr * t.batch_size / 256, steps,
+                                   warmup)
+  return trainer.Task(init=init, loss=loss, schedule=schedule,
+                      optimizer=trainer.adamw(schedule, t.weight_decay,
+                                              b2=0.95))
+
+
 def run(config, workdir: epath.Path) -> MAE:
   """mode=teacher: use `config.teacher.checkpoint`, or pre-train a MAE.
 
@@ -31,32 +56,18 @@ def run(config, workdir: epath.Path) -> MAE:
   model_dir = artifacts.model_dir(workdir, 'teacher')
   data_iter, steps, warmup = data.training_input(config, 'teacher',
                                                  config.seed)
-  cfg = model_dirs.mae_config(config)
-  graphdef = nnx.split(nnx.eval_shape(lambda: MAE(cfg, rngs=nnx.Rngs(0))),
+  graphdef = nnx.split(nnx.eval_shape(
+      lambda: MAE(model_dirs.mae_config(config), rngs=nnx.Rngs(0))),
                        nnx.Param, ...)[0]
-
-  def init(rng, _):
-    _, params, fixed = nnx.split(MAE(cfg, rngs=nnx.Rngs(rng)), nnx.Param, ...)
-    # `fixed` (sin-cos tables) rides along untrained, outside the optimizer.
-    return nnx.to_pure_dict(params), nnx.to_pure_dict(fixed)
-
-  def loss(params, fixed, batch, rng, _):
-    model = nnx.merge(graphdef, params, fixed)
-    return model(batch['image'], rng, t.mask_ratio)[0], {}
 
   def save(params, fixed, path):
     model_dirs.save_teacher(nnx.merge(graphdef, params, fixed), path)
 
-  # MAE's recipe: lr scaled by batch / 256, betas (0.9, 0.95).
-  schedule = trainer.warmup_cosine(t.base_lr * t.batch_size / 256, steps,
-                                   warmup)
   outcome = trainer.train(
       trainer.LoopConfig.from_config(
           config, 'teacher', artifacts.stage_dir(workdir, 'teacher'), steps,
           t.batch_size),
-      trainer.Task(init=init, loss=loss, schedule=schedule,
-                   optimizer=trainer.adamw(schedule, t.weight_decay, b2=0.95)),
-      data_iter, seed=config.seed,
+      make_task(config, steps, warmup), data_iter, seed=config.seed,
       export=trainer.Export(model_dir, 'teacher', save))
   if outcome.skipped:
     return model_dirs.load_teacher(model_dir, config)

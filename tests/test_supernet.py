@@ -1,5 +1,7 @@
 """Masked supernet == extracted dense subnet, compiled once for every Arch."""
 
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,19 @@ def _perturbed(space, seed=0, remat=True):
   leaves = [x + 0.02 * jax.random.normal(k, x.shape)
             for x, k in zip(leaves, keys)]
   return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+
+
+def test_gelu_and_its_gradient_against_float64():
+  """The exact GELU, x * Phi(x), not the tanh approximation, over fp32's
+  useful range; its gradient is Phi(x) + x * phi(x)."""
+  x = np.linspace(-12, 12, 4801).astype(np.float32)
+  x64 = x.astype(np.float64)
+  phi = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x64])
+  density = np.exp(-x64**2 / 2) / math.sqrt(2 * math.pi)
+  got = np.asarray(jax.jit(vit.gelu)(x), np.float64)
+  grad = np.asarray(jax.jit(jax.vmap(jax.grad(vit.gelu)))(x), np.float64)
+  np.testing.assert_allclose(got, x64 * phi, rtol=0, atol=2e-6)
+  np.testing.assert_allclose(grad, phi + x64 * density, rtol=0, atol=1e-6)
 
 
 @pytest.fixture(scope='module')

@@ -65,25 +65,26 @@ def _attention(h, p, heads: int, e: int, head_mask=None):
   """
   b, n, e_in = h.shape
   rows = h.reshape(b * n, e_in)
-  q, k, v = ((rows @ p[w][:e_in, :heads].reshape(e_in, heads * HEAD_DIM)
-              ).reshape(b, n, heads, HEAD_DIM) + p[bias][:heads]
+  q, k, v = (vit.rows_linear(rows, p[w][:e_in, :heads], p[bias][:heads]
+                             ).reshape(b, n, heads, HEAD_DIM)
              for w, bias in (('wq', 'bq'), ('wk', 'bk'), ('wv', 'bv')))
   scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) * HEAD_DIM**-0.5
   o = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(scores, -1), v)
   if head_mask is not None:
     o = o * head_mask[:heads, None]
   o = o.reshape(b * n, heads * HEAD_DIM)
-  wo = p['wo'][:heads, :, :e].reshape(heads * HEAD_DIM, e)
-  return (o @ wo).reshape(b, n, e) + p['bo'][:e]
+  return vit.rows_linear(o, p['wo'][:heads, :, :e], p['bo'][:e]).reshape(
+      b, n, e)
 
 
 def _mlp(h, p, mlp: int, e: int, mlp_mask=None):
   """h (B, N, E_h) normed tokens -> MLP output (B, N, e); 2-D GEMMs."""
   b, n, e_in = h.shape
-  a = vit.gelu(h.reshape(b * n, e_in) @ p['w1'][:e_in, :mlp] + p['b1'][:mlp])
+  a = vit.gelu(vit.rows_linear(h.reshape(b * n, e_in), p['w1'][:e_in, :mlp],
+                               p['b1'][:mlp]))
   if mlp_mask is not None:
     a = a * mlp_mask[:mlp]
-  return (a @ p['w2'][:mlp, :e]).reshape(b, n, e) + p['b2'][:e]
+  return vit.rows_linear(a, p['w2'][:mlp, :e], p['b2'][:e]).reshape(b, n, e)
 
 
 def _dense_block(x, p, *, heads: int, mlp: int):

@@ -19,6 +19,7 @@ from masktas_jax.masking import gather_tokens, patchify
 from masktas_jax.space import HEAD_DIM
 
 LN_EPS = 1e-6
+_SQRT_HALF = float(np.sqrt(0.5))
 
 # Xavier-uniform over (inputs, outputs) as MAE does; LinearGeneral applies it
 # to its kernel flattened to 2-D, so multi-axis kernels get the right fans.
@@ -63,8 +64,33 @@ def layer_norm(num_features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 
 def gelu(x: jax.Array) -> jax.Array:
-  """Exact (erf) GELU, elementwise; Flax's default is the tanh approximation."""
-  return jax.nn.gelu(x, approximate=False)
+  """Exact GELU, x * Phi(x), elementwise; Flax's default is the tanh
+  approximation.
+
+  Written with erf rather than `jax.nn.gelu`'s erfc: XLA:CPU expands erfc into
+  exponentials and selects, a third of a small ViT's elementwise time, while
+  erf is one polynomial. Both are within 1e-6 of float64 everywhere; erf's
+  relative error exceeds 1e-5 only for x < -2.4, where |GELU(x)| < 0.02.
+  """
+  return 0.5 * x * (1 + jax.lax.erf(x * _SQRT_HALF))
+
+
+def rows_linear(rows: jax.Array, kernel: jax.Array,
+                bias: jax.Array) -> jax.Array:
+  """rows (R, I) @ kernel (I, *out) + bias (*out) as one 2-D GEMM and a
+  row-wise bias add: -> (R, prod(out)).
+
+  The bias is added to the 2-D product because, added per (head, channel),
+  its gradient is a reduction over a 4-D array, which XLA:CPU runs as a
+  windowed reduction 5-10x slower than the row sum.
+  """
+  return rows @ kernel.reshape(rows.shape[-1], -1) + bias.reshape(-1)
+
+
+def project(lin: nnx.LinearGeneral, rows: jax.Array) -> jax.Array:
+  """`lin` applied to rows (R, D_in): -> (R, D_out), D_in and D_out the
+  products of its input and output axes (`rows_linear`)."""
+  return rows_linear(rows, lin.kernel[...], lin.bias[...])
 
 
 class PatchEmbed(nnx.Module):
@@ -103,12 +129,12 @@ class Attention(nnx.Module):
     # Projections on (B*N, D) rows: plain GEMMs, whose weight gradients
     # XLA:CPU computes ~2x faster than contractions over (B, N).
     rows = x.reshape(b * n, -1)
-    q, k, v = (f(rows).reshape(b, n, -1, self.head_dim)
+    q, k, v = (project(f, rows).reshape(b, n, -1, self.head_dim)
                for f in (self.query, self.key, self.value))  # (B, N, H, hd)
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) * self.head_dim**-0.5
     weights = jax.nn.softmax(scores, axis=-1)
     o = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
-    return self.out(o.reshape(b * n, *o.shape[2:])).reshape(b, n, -1)
+    return project(self.out, o.reshape(b * n, -1)).reshape(b, n, -1)
 
 
 class Mlp(nnx.Module):
