@@ -3,30 +3,36 @@
   python -m masktas_jax.convert_mae --checkpoint mae_pretrain_vit_base.pth \
       --output /tmp/teacher_vit_b
 
-Reads `{'model': state_dict}` or a bare state dict, encoder-only
-(`mae_pretrain_vit_*.pth`) or with the decoder (`*_full.pth`, visualize
-checkpoints), infers the shapes (width, depth, heads, patch and image size)
-from the tensors, checks every key and shape, and writes a teacher directory
-(`model_dirs.save_teacher`) usable as `--config.teacher.checkpoint=DIR`.
+Reads `{'model': state_dict}`, a bare state dict or MAE's training
+checkpoints (`{'model', 'optimizer', 'epoch', 'scaler', 'args'}`), in the
+zip or the legacy format, encoder-only (`mae_pretrain_vit_*.pth`) or with
+the decoder (`*_full.pth`, visualize checkpoints); infers the shapes (width,
+depth, heads, patch and image size) from the tensors, checks every key and
+shape, writes a teacher directory (`model_dirs.save_teacher`) usable as
+`--config.teacher.checkpoint=DIR`, and prints one line saying what it read,
+wrote and assumed.
 Reading `.pth` files needs PyTorch (CPU build is enough):
 `pip install -e '.[torch]'`.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import functools
 import re
-import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from etils import epath
 from flax import nnx
 
-from masktas_jax import model_dirs
+from masktas_jax import cli, model_dirs
 from masktas_jax.errors import MaskTASError
+from masktas_jax.models import vit
 from masktas_jax.models.mae import MAE, MAEConfig
 
 # Widths whose heads are not width / 64 (ViT-H/14: 16 heads of 80).
@@ -39,8 +45,48 @@ class CheckpointError(MaskTASError, ValueError):
   """A file that is not a usable MAE checkpoint."""
 
 
-def read_state_dict(path: epath.PathLike) -> dict[str, np.ndarray]:
-  """Tensors of a `.pth` file as float32 NumPy arrays, keyed by name."""
+@dataclasses.dataclass(frozen=True)
+class Read:
+  """What a `.pth` file held: its float32 tensors by name, and a phrase
+  saying what the file was (for the conversion's one line)."""
+  state_dict: dict[str, np.ndarray]
+  what: str
+
+
+# The one non-tensor object MAE's training checkpoints hold: `main_pretrain`'s
+# argparse arguments, under 'args'. Nothing else is unpickled.
+_SAFE_GLOBALS = (argparse.Namespace,)
+
+
+def _load_error(path: epath.Path, e: Exception) -> CheckpointError:
+  """The one-line CheckpointError for what torch.load raised on `path`."""
+  text = ' '.join(str(e).split())
+  refused = re.search(r'Unsupported global: GLOBAL (\S+)', text)
+  if refused:
+    return CheckpointError(
+        f'{path}: holds a pickled {refused.group(1)}, which is not read '
+        '(weights-only loading: tensors, containers, numbers, strings and '
+        "MAE's argparse.Namespace); save the state dict alone with "
+        "torch.save(model.state_dict(), ...)")
+  if (isinstance(e, EOFError) or 'central directory' in text or
+      'unexpected eof' in text.lower()):
+    return CheckpointError(f'{path}: truncated or corrupt checkpoint (torch: '
+                           f'{_first_sentence(text) or type(e).__name__})')
+  return CheckpointError(f'{path}: not a PyTorch checkpoint (torch: '
+                         f'{_first_sentence(text) or type(e).__name__})')
+
+
+def _first_sentence(text: str) -> str:
+  """`text` up to its first full stop, so no message ends mid-sentence."""
+  head, dot, _ = text.partition('. ')
+  return head + ('.' if dot else '')
+
+
+def read_checkpoint(path: epath.PathLike) -> Read:
+  """The tensors of a `.pth` file: a bare state dict, `{'model': state_dict}`
+  (released checkpoints) or MAE's training checkpoints (`{'model',
+  'optimizer', 'epoch', 'scaler', 'args'}`), in the zip or the legacy
+  format."""
   path = epath.Path(path)
   if not path.exists():
     raise CheckpointError(f'{path}: no such file')
@@ -50,25 +96,36 @@ def read_state_dict(path: epath.PathLike) -> dict[str, np.ndarray]:
     raise CheckpointError(
         f'{path}: reading PyTorch checkpoints needs torch; install it with '
         "pip install -e '.[torch]' (the CPU build is enough)") from e
+  with path.open('rb') as f:
+    zipped = f.read(2) == b'PK'
   try:
-    # mmap: tensors stay on disk until converted, halving peak memory.
-    obj = torch.load(str(path), map_location='cpu', weights_only=True,
-                     mmap=True)
+    with torch.serialization.safe_globals(list(_SAFE_GLOBALS)):
+      # mmap (zip format only): tensors stay on disk until converted,
+      # halving peak memory. The legacy format is read whole.
+      obj = torch.load(str(path), map_location='cpu', weights_only=True,
+                       mmap=zipped)
   except Exception as e:  # pylint: disable=broad-except
-    reason = ' '.join(str(e).split())[:200]
-    if 'central directory' in reason or 'unexpected EOF' in reason.lower():
-      raise CheckpointError(f'{path}: truncated or corrupt checkpoint '
-                            f'({reason})') from e
-    raise CheckpointError(f'{path}: not a PyTorch checkpoint ({reason})') from e
-  if isinstance(obj, dict) and 'model' in obj and isinstance(obj['model'],
-                                                             dict):
+    raise _load_error(path, e) from e
+  notes = [] if zipped else ['legacy format']
+  kind = 'a state dict'
+  if isinstance(obj, dict) and isinstance(obj.get('model'), dict):
+    kind = "a {'model': state dict}"
+    if 'epoch' in obj or 'optimizer' in obj:
+      kind = 'an MAE training checkpoint'
+      notes.insert(0, f'epoch {obj.get("epoch", "?")}')
     obj = obj['model']
+  what = kind + (f' ({", ".join(notes)})' if notes else '')
   if not isinstance(obj, dict) or not obj or not all(
       isinstance(v, torch.Tensor) for v in obj.values()):
     raise CheckpointError(
         f'{path}: expected a state dict of tensors or {{"model": state_dict}}'
         f', got {type(obj).__name__}')
-  return {k: v.detach().float().numpy() for k, v in obj.items()}
+  return Read({k: v.detach().float().numpy() for k, v in obj.items()}, what)
+
+
+def read_state_dict(path: epath.PathLike) -> dict[str, np.ndarray]:
+  """Tensors of a `.pth` file as float32 NumPy arrays, keyed by name."""
+  return read_checkpoint(path).state_dict
 
 
 def _block_count(sd: dict[str, Any], prefix: str) -> int:
@@ -246,6 +303,20 @@ def to_pure_state(sd: dict[str, np.ndarray], c: MAEConfig) -> dict[str, Any]:
   return state
 
 
+def to_model(sd: dict[str, np.ndarray], path: str = 'checkpoint',
+             num_heads: int = 0,
+             decoder_num_heads: int = DEFAULT_DECODER_HEADS) -> MAE:
+  """The MAE whose tensors `sd` holds, after checking every key and shape."""
+  config = infer_config(sd, path, num_heads, decoder_num_heads)
+  check_keys(sd, config, path)
+  pure = to_pure_state(sd, config)
+  model = nnx.eval_shape(lambda: MAE(config, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+  nnx.replace_by_pure_dict(
+      state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), pure))
+  return nnx.merge(graphdef, state)
+
+
 def load_pytorch_checkpoint(path: epath.PathLike, num_heads: int = 0,
                             decoder_num_heads: int = DEFAULT_DECODER_HEADS
                             ) -> MAE:
@@ -254,16 +325,27 @@ def load_pytorch_checkpoint(path: epath.PathLike, num_heads: int = 0,
   `model.encode(images)` maps (B, H, W, C) normalised images to the final-
   normed tokens (B, 1 + N, D), CLS first, patches in raster order.
   """
-  sd = read_state_dict(path)
-  config = infer_config(sd, str(path), num_heads, decoder_num_heads)
-  check_keys(sd, config, str(path))
-  pure = to_pure_state(sd, config)
-  del sd
-  model = nnx.eval_shape(lambda: MAE(config, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(model)
-  nnx.replace_by_pure_dict(
-      state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), pure))
-  return nnx.merge(graphdef, state)
+  return to_model(read_state_dict(path), str(path), num_heads,
+                  decoder_num_heads)
+
+
+def describe(model: MAE, heads_given: bool, decoder_heads_given: bool
+             ) -> str:
+  """The conversion's one line: the inferred shape, and what the tensors
+  cannot tell (head counts, LayerNorm eps) and was assumed."""
+  c = model.config
+  heads = 'given' if heads_given else (
+      'width / 64' if c.num_heads * 64 == c.embed_dim else 'ViT-H')
+  line = (f'ViT width {c.embed_dim}, depth {c.depth}, {c.num_heads} heads '
+          f'({heads}), patch {c.patch_size}, image {c.image_size}')
+  if c.decoder_depth:
+    assumed = ('given' if decoder_heads_given else
+               "MAE's; the tensors cannot tell: --decoder_num_heads if not")
+    line += (f'; decoder width {c.decoder_embed_dim}, depth '
+             f'{c.decoder_depth}, {c.decoder_num_heads} heads ({assumed})')
+  else:
+    line += '; no decoder'
+  return f'{line}; LayerNorm eps {vit.LN_EPS:g} (MAE\'s)'
 
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'MAE .pth file.')
@@ -276,23 +358,33 @@ _OVERWRITE = flags.DEFINE_bool(
     'overwrite', False, 'Replace an existing --output (only once the new one '
     'is complete).')
 
+_PROG = 'convert_mae'
+
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}', _PROG)
+  missing = [f'--{name}' for name in ('checkpoint', 'output')
+             if not flags.FLAGS[name].value]
+  if missing:
+    cli.fail(f'{" and ".join(missing)} required: python -m '
+             'masktas_jax.convert_mae --checkpoint=FILE.pth --output=DIR',
+             _PROG)
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   try:
-    model = load_pytorch_checkpoint(_CHECKPOINT.value, _NUM_HEADS.value,
-                                    _DECODER_HEADS.value)
+    read = read_checkpoint(_CHECKPOINT.value)
+    what = read.what
+    model = to_model(read.state_dict, _CHECKPOINT.value, _NUM_HEADS.value,
+                     _DECODER_HEADS.value)
+    del read  # The model holds its own copies of the tensors.
     out = model_dirs.save_teacher(model, _OUTPUT.value, _OVERWRITE.value)
   except (CheckpointError, FileExistsError, ValueError) as e:
-    print(f'convert_mae: error: {" ".join(str(e).split())}', file=sys.stderr)
-    sys.exit(2)
-  c = model.config
-  print(f'converted {_CHECKPOINT.value}: ViT width {c.embed_dim}, depth '
-        f'{c.depth}, {c.num_heads} heads, patch {c.patch_size}, image '
-        f'{c.image_size}, decoder depth {c.decoder_depth} -> {out}')
+    cli.fail(str(e), _PROG)
+  print(f'convert_mae: read {_CHECKPOINT.value}, {what}; wrote {out}: ' +
+        describe(model, flags.FLAGS['num_heads'].present,
+                 flags.FLAGS['decoder_num_heads'].present))
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['checkpoint', 'output'])
-  app.run(main)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, prog=_PROG))

@@ -1,5 +1,6 @@
 """MAE checkpoint conversion: parity with a PyTorch reference, and errors."""
 
+import argparse
 import os
 import pathlib
 import subprocess
@@ -113,6 +114,46 @@ def test_converted_teacher_round_trips_through_the_cli(reference, tmp_path):
   assert _rel_err(model_dirs.load_teacher(out).encode(images), want) <= 1e-5
 
 
+def test_training_and_legacy_checkpoints_convert_in_one_line(reference,
+                                                             tmp_path):
+  """MAE's own training checkpoints (with their argparse Namespace) and
+  files in PyTorch's legacy format convert, each in one line saying what
+  was read, written and assumed."""
+  ref_model, _ = reference
+  training = tmp_path / 'checkpoint-799.pth'
+  torch.save({'model': ref_model.state_dict(),
+              'optimizer': {'state': {}, 'param_groups': [{'lr': 1e-4}]},
+              'epoch': 799, 'scaler': {'scale': 65536.0},
+              'args': argparse.Namespace(model='mae_vit_base_patch16',
+                                         mask_ratio=0.75)}, training)
+  legacy = tmp_path / 'legacy.pth'
+  torch.save(ref_model.state_dict(), legacy,
+             _use_new_zipfile_serialization=False)
+  images = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype(
+      np.float32)
+  with torch.no_grad():
+    want = ref_model.forward_encoder(torch.from_numpy(images).permute(
+        0, 3, 1, 2)).numpy()
+  for ckpt, read, heads in (
+      (training, 'an MAE training checkpoint (epoch 799)', '4 heads (given)'),
+      (legacy, 'a state dict (legacy format)', "16 heads (MAE's; the tensors "
+       'cannot tell: --decoder_num_heads if not)')):
+    out = tmp_path / f'{ckpt.stem}_teacher'
+    given = ['--decoder_num_heads=4'] if ckpt == training else []
+    result = subprocess.run(
+        [sys.executable, '-m', 'masktas_jax.convert_mae',
+         f'--checkpoint={ckpt}', f'--output={out}', *given], cwd=ROOT,
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ''
+    assert result.stdout.splitlines() == [
+        f'convert_mae: read {ckpt}, {read}; wrote {out}: ViT width 128, depth '
+        '2, 2 heads (width / 64), patch 8, image 32; decoder width 64, depth '
+        f"2, {heads}; LayerNorm eps 1e-06 (MAE's)"]
+    assert _rel_err(model_dirs.load_teacher(out).encode(images), want) <= 1e-5
+
+
 def _cli_error(*args):
   result = subprocess.run(
       [sys.executable, '-m', 'masktas_jax.convert_mae', *args], cwd=ROOT,
@@ -136,11 +177,25 @@ def test_bad_checkpoints_give_one_line_errors(reference, tmp_path):
                      add={'head.weight': torch.zeros(10, 128)})
   bad_shape = _save(ref_model, tmp_path / 'shape.pth',
                     add={'blocks.0.attn.qkv.weight': torch.zeros(300, 128)})
+  legacy = tmp_path / 'legacy.pth'
+  torch.save(ref_model.state_dict(), legacy,
+             _use_new_zipfile_serialization=False)
+  truncated_legacy = tmp_path / 'truncated_legacy.pth'
+  truncated_legacy.write_bytes(legacy.read_bytes()[:1000])
+  # Any object weights-only loading refuses, here a path beside the model.
+  pickled = tmp_path / 'pickled.pth'
+  torch.save({'model': ref_model.state_dict(),
+              'data': pathlib.PurePosixPath('/data')}, pickled)
   out = tmp_path / 'out'
   cases = [
       (tmp_path / 'nope.pth', 'no such file'),
       (junk, 'not a PyTorch checkpoint'),
-      (truncated, 'truncated or corrupt'),
+      # torch's reason, to the end of its sentence (it was once cut short).
+      (truncated, 'truncated or corrupt checkpoint (torch: PytorchStreamReader'
+                  ' failed reading zip archive: failed finding central '
+                  'directory.)'),
+      (truncated_legacy, 'truncated or corrupt'),
+      (pickled, 'holds a pickled pathlib.PurePosixPath, which is not read'),
       (missing, 'missing keys: blocks.1.attn.proj.bias, norm.weight'),
       (unexpected, 'unexpected keys: head.weight'),
       (bad_shape, 'shapes do not form a ViT: blocks.0.attn.qkv.weight '
@@ -148,8 +203,13 @@ def test_bad_checkpoints_give_one_line_errors(reference, tmp_path):
   ]
   for ckpt, message in cases:
     line = _cli_error(f'--checkpoint={ckpt}', f'--output={out}')
-    assert line.startswith('convert_mae: error: ') and message in line, line
+    assert line.startswith(f'convert_mae: error: {ckpt}: ') and (
+        message in line), line
     assert not out.exists()
+  assert _cli_error(f'--checkpoint={path}') == (
+      'convert_mae: error: --output required: python -m '
+      'masktas_jax.convert_mae --checkpoint=FILE.pth --output=DIR')
+  assert not out.exists()
   assert not list(tmp_path.glob('.out.tmp*'))
 
 
