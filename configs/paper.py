@@ -1,7 +1,11 @@
 """The paper's ImageNet settings on one of AutoFormer's search spaces.
 
   python -m masktas_jax.main --config=configs/paper.py:small \
-      --workdir=/tmp/masktas_small --config.data.data_dir=/path/to/tfds
+      --workdir=/tmp/masktas_small --config.data.data_dir=/path/to/tfds \
+      --config.teacher.checkpoint=/tmp/teacher_vit_b
+
+The teacher is the MAE authors' ViT-B converted with convert_mae (see
+configs/tiny.py); `--config.teacher.pretrain=True` pre-trains one instead.
 
 The argument is the space: `tiny`, `small` or `base` (supernet-T, -S, -B;
 config_lib.AUTOFORMER_SPACES). configs/tiny.py, small.py and base.py are the

@@ -1,7 +1,16 @@
 """Supernet-T on ImageNet, the paper's settings: configs/paper.py:tiny.
 
+The teacher is the MAE authors' ViT-B, as in the paper: download
+mae_pretrain_vit_base.pth (README: "The teacher") and convert it once.
+
+  python -m masktas_jax.convert_mae --checkpoint=mae_pretrain_vit_base.pth \
+      --output=/tmp/teacher_vit_b
   python -m masktas_jax.main --config=configs/tiny.py --workdir=/tmp/masktas_tiny \
-      --config.data.data_dir=/path/to/tensorflow_datasets
+      --config.data.data_dir=/path/to/tensorflow_datasets \
+      --config.teacher.checkpoint=/tmp/teacher_vit_b
+
+Without a teacher checkpoint the run stops at once and says so;
+`--config.teacher.pretrain=True` pre-trains one here instead (400 epochs).
 """
 
 from masktas_jax import config_lib

@@ -81,8 +81,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.space.mlp_ratios = (3.5, 4.0)
 
   c.teacher = ml_collections.ConfigDict()
-  # Converted or trained teacher checkpoint dir; '' = pre-train one here.
+  # Converted or trained teacher checkpoint dir; '' = pre-train one here,
+  # when `pretrain` allows it.
   c.teacher.checkpoint = ''
+  # Without a checkpoint, pre-train a MAE here (the demo does). The paper
+  # configs set False: the paper distils from the MAE authors' ViT-B, and
+  # pre-training one on ImageNet takes 400 epochs.
+  c.teacher.pretrain = True
   # Teacher encoder width (MAE ViT-B: 768).
   c.teacher.embed_dim = 768
   # Teacher encoder depth.
@@ -266,6 +271,9 @@ def paper_config(name: str) -> ml_collections.ConfigDict:
   # The AutoFormer space.
   for key, value in space.items():
     config.space[key] = value
+  # Paper: the teacher is the released MAE ViT-B, converted
+  # (convert_mae) and given as teacher.checkpoint; not pre-trained here.
+  config.teacher.pretrain = False
   # Paper: mask 90%, 100 epochs with 20 warm-up, AdamW with wd 0.05.
   config.supernet.mask_ratio = 0.9
   config.supernet.epochs = 100

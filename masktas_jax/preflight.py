@@ -9,6 +9,10 @@ from masktas_jax import config_lib, data, errors, evolution, finetune
 from masktas_jax import model_dirs, parallel, rank
 
 
+# The MAE authors' ViT-B encoder, the paper's teacher (encoder only).
+MAE_VIT_B_URL = ('https://dl.fbaipublicfiles.com/mae/pretrain/'
+                 'mae_pretrain_vit_base.pth')
+
 # Stages that read the training images, and whose global batch must split
 # over the devices.
 _DATA_STAGES = ('teacher', 'supernet', 'search', 'rank', 'finetune')
@@ -20,8 +24,17 @@ def check_inputs(config, modes, workdir: epath.Path) -> None:
   before anything is written."""
   if modes == ('finetune',):
     finetune.resolve_arch(config, workdir, config_lib.space_from_config(config))
-  # Existing models the stages would read: before anything is written.
   uses = set(modes)
+  t = config.teacher
+  if 'teacher' in uses and not t.checkpoint and not t.pretrain:
+    raise errors.TeacherError(
+        'config.teacher.checkpoint: this config distils from a converted MAE '
+        'teacher, as the paper does, and none is given: download '
+        f'{MAE_VIT_B_URL}, run python -m masktas_jax.convert_mae '
+        '--checkpoint=mae_pretrain_vit_base.pth --output=DIR, and pass '
+        '--config.teacher.checkpoint=DIR; or pre-train a MAE here with '
+        f'--config.teacher.pretrain=True ({t.epochs} epochs)')
+  # Existing models the stages would read: before anything is written.
   for field, readers, check, error in (
       ('teacher.checkpoint', {'teacher', 'supernet', 'search', 'rank'},
        model_dirs.read_teacher_config, errors.TeacherError),

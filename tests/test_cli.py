@@ -159,3 +159,32 @@ def test_unreadable_image_is_one_line_naming_the_file(tmp_path):
   assert last.startswith(f'masktas_jax: error: {images}/junk.png: unreadable '
                          'image (cannot identify image file'), last
   assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('config', ['configs/tiny.py', 'configs/paper.py:base'])
+def test_paper_configs_need_a_teacher_checkpoint_or_an_opt_in(tmp_path,
+                                                               config):
+  """The paper distils from the released MAE: its configs refuse to start a
+  400-epoch pre-training nobody asked for, and say how to get the teacher."""
+  workdir = tmp_path / 'wd'
+  result = run(f'--config={config}', f'--workdir={workdir}',
+               f'--config.data.data_dir={tmp_path}')
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith(
+      'masktas_jax: error: config.teacher.checkpoint: this config distils '
+      'from a converted MAE teacher'), lines[0]
+  for part in ('mae_pretrain_vit_base.pth', 'masktas_jax.convert_mae',
+               '--config.teacher.checkpoint=DIR',
+               '--config.teacher.pretrain=True (400 epochs)'):
+    assert part in lines[0]
+  assert not workdir.exists()
+  # Opting into pre-training passes this check; the next one (no ImageNet
+  # in this data_dir) stops the run instead.
+  result = run(f'--config={config}', f'--workdir={workdir}',
+               f'--config.data.data_dir={tmp_path}',
+               '--config.teacher.pretrain=True')
+  assert result.returncode == 2, result.stderr
+  assert 'teacher' not in result.stderr and 'imagenet2012' in result.stderr
+  assert not workdir.exists()

@@ -31,9 +31,15 @@ def test_config_is_valid_locked_and_documented(name):
     assert field in (config[section] if section else config), key
   with pytest.raises(AttributeError):
     config.search.populaton = 3  # Locked: a typo cannot add a field.
-  assert f'python -m masktas_jax.main --config=configs/{name}.py' in (
-      (CONFIGS / f'{name}.py').read_text())
+  text = (CONFIGS / f'{name}.py').read_text()
+  assert f'python -m masktas_jax.main --config=configs/{name}.py' in text
   assert config.mode == 'pipeline'
+  # The demo pre-trains its teacher; the paper's configs are given the
+  # released one, and their commands show how.
+  assert config.teacher.pretrain == (name == 'demo')
+  if name != 'demo':
+    assert '--config.teacher.checkpoint=/tmp/teacher_vit_b' in text
+    assert 'python -m masktas_jax.convert_mae' in text
 
 
 @pytest.mark.parametrize('name, space', [
