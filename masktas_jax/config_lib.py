@@ -13,6 +13,7 @@ import ml_collections
 
 from masktas_jax.errors import ConfigError
 from masktas_jax.losses import RELATION_FORMS
+from masktas_jax.models.vit import POOLS
 from masktas_jax.space import ArchError, SearchSpace
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -206,6 +207,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.rank.eval_images = 5_000
 
   c.finetune = ml_collections.ConfigDict()
+  # The paper gives AdamW, weight decay, epochs, batch, lr and drop path
+  # ("paper:" below); the rest is DeiT's and MAE's fine-tuning convention,
+  # which the paper does not state ("beyond the paper:").
   # Arch JSON to fine-tune; '' = the search's best_arch.json.
   c.finetune.arch = ''
   # Fine-tuning length in epochs (paper: 100); steps > 0 overrides it.
@@ -215,26 +219,32 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.batch_size = 2048
   # Peak learning rate (paper: 5e-3).
   c.finetune.lr = 5e-3
-  # Warm-up epochs.
+  # Warm-up epochs (beyond the paper: DeiT's and MAE's 5).
   c.finetune.warmup_epochs = 5
   # AdamW weight decay (paper: 0.05).
   c.finetune.weight_decay = 0.05
   # Drop-path rate (paper: 0.1).
   c.finetune.drop_path = 0.1
   # Layer-wise lr decay: layer l of L gets lr * layer_decay ** (L + 1 - l)
-  # (1.0: none).
+  # (1.0: none; beyond the paper: MAE's ViT-B fine-tuning uses 0.65-0.75).
   c.finetune.layer_decay = 0.75
-  # Label smoothing, and mixup / cutmix alphas (0: off; DeiT: 0.8 / 1.0).
+  # Label smoothing, and mixup / cutmix alphas (0: off; beyond the paper:
+  # DeiT's 0.1, 0.8 / 1.0).
   c.finetune.label_smoothing = 0.1
   c.finetune.mixup = 0.8
   c.finetune.cutmix = 1.0
-  # Training crops: random resized crop of at least this area, and flips.
+  # Training crops: random resized crop of at least this area, and flips
+  # (beyond the paper: DeiT's 0.08 and flips).
   c.finetune.crop_min_scale = 0.08
   c.finetune.flip = True
   # Split for top-1 / top-5 ('' = data.eval_split).
   c.finetune.eval_split = ''
   # Train the same Arch from random weights instead (what inheriting buys).
   c.finetune.from_scratch = False
+  # Classifier input: 'cls' (the CLS token: DeiT, and the paper, which says
+  # nothing else) or 'mean' (the mean of the final-normed patch tokens:
+  # AutoFormer's --gp; MAE's fine-tuning pools too, normalising after).
+  c.finetune.pool = 'cls'
   return c
 
 
@@ -435,4 +445,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f[field])
   _check(0 < f.crop_min_scale <= 1, 'finetune.crop_min_scale',
          'expected 0 < scale <= 1', f.crop_min_scale)
+  _check(f.pool in POOLS, 'finetune.pool', f'expected one of {POOLS}',
+         f.pool)
   return config

@@ -33,12 +33,14 @@ from masktas_jax.space import Arch, SearchSpace
 
 
 def build_classifier(space: SearchSpace, arch: Arch, num_classes: int,
-                     drop_path: float, rngs: nnx.Rngs) -> vit.VisionTransformer:
+                     drop_path: float, rngs: nnx.Rngs,
+                     pool: str = 'cls') -> vit.VisionTransformer:
   return vit.VisionTransformer(
       embed_dim=arch.embed_dim, num_heads=arch.num_heads,
       mlp_dims=arch.mlp_dims, image_size=space.image_size,
       patch_size=space.patch_size, num_classes=num_classes,
-      in_chans=space.in_chans, rngs=rngs, drop_path_rate=drop_path)
+      in_chans=space.in_chans, rngs=rngs, drop_path_rate=drop_path,
+      pool=pool)
 
 
 def initial_weights(classifier: vit.VisionTransformer,
@@ -137,17 +139,19 @@ def evaluate(model: vit.VisionTransformer, batches, mesh=None) -> dict:
   return {'top1': top1 / images, 'top5': top5 / images, 'images': int(images)}
 
 
-def check_export(path: epath.Path, arch: Arch, num_classes: int) -> None:
-  """Raises FinetuneError unless the classifier at `path` is of `arch` and
-  `num_classes` (a finished fine-tuning of another Arch is not evaluated
-  as this one's)."""
+def check_export(path: epath.Path, arch: Arch, num_classes: int,
+                 pool: str = 'cls') -> None:
+  """Raises FinetuneError unless the classifier at `path` is of `arch`,
+  `num_classes` and `pool` (a finished fine-tuning of another classifier is
+  not evaluated as this one's)."""
   meta = artifacts.read_meta(path, 'classifier', FinetuneError)
-  theirs = (Arch.from_dict(meta['arch']), meta['num_classes'])
-  if theirs != (arch, num_classes):
+  theirs = (Arch.from_dict(meta['arch']), meta['num_classes'],
+            meta.get('pool', 'cls'))
+  if theirs != (arch, num_classes, pool):
     raise FinetuneError(
         f'{path}: holds a classifier of {theirs[0].to_dict()} with '
-        f'{theirs[1]} classes, not {arch.to_dict()} with {num_classes}; use '
-        'another workdir')
+        f'{theirs[1]} classes pooled by {theirs[2]!r}, not {arch.to_dict()} '
+        f'with {num_classes} pooled by {pool!r}; use another workdir')
 
 
 def finished(workdir: epath.Path) -> dict[str, Any] | None:
@@ -169,12 +173,13 @@ def make_task(config, space: SearchSpace, arch: Arch, num_classes: int,
   f = config.finetune
   graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(
       lambda: build_classifier(space, arch, num_classes, f.drop_path,
-                               nnx.Rngs(0))), nnx.Param, ...)
+                               nnx.Rngs(0), f.pool)), nnx.Param, ...)
   schedule = trainer.warmup_cosine(f.lr, steps, warmup)
 
   def init(rng, inherited):
     return initial_weights(build_classifier(
-        space, arch, num_classes, f.drop_path, nnx.Rngs(rng)), inherited)
+        space, arch, num_classes, f.drop_path, nnx.Rngs(rng), f.pool),
+                           inherited)
 
   def loss(params, fixed, batch, rng, _):
     mix_key, drop_key = jax.random.split(rng)
@@ -224,7 +229,7 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
 
   def save(params, fixed, path):
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_classifier(
-        space, arch, num_classes, f.drop_path, nnx.Rngs(0))))
+        space, arch, num_classes, f.drop_path, nnx.Rngs(0), f.pool)))
     model_dirs.save_classifier(nnx.merge(graphdef, params, fixed), space,
                                arch, path)
 
@@ -234,8 +239,8 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
                                      steps, f.batch_size),
       task, data_iter, seed=config.seed + 8,
       export=trainer.Export(exported, 'classifier', save,
-                            check=lambda path: check_export(path, arch,
-                                                            num_classes)))
+                            check=lambda path: check_export(
+                                path, arch, num_classes, f.pool)))
 
   # --- evaluation of the exported classifier ---------------------------------
   model = model_dirs.load_classifier(exported)

@@ -159,11 +159,11 @@ def build_student(config, teacher_dim: int, rngs: nnx.Rngs) -> Student:
 
 def save_classifier(model: vit.VisionTransformer, space: SearchSpace,
                     arch: Arch, path: epath.PathLike) -> None:
-  """`path/classifier.json` (Arch, image and patch size, classes) +
-  Orbax `path/params/`."""
+  """`path/classifier.json` (Arch, image and patch size, classes, pooling)
+  + Orbax `path/params/`."""
   meta = {'arch': arch.to_dict(), 'image_size': space.image_size,
           'patch_size': space.patch_size, 'in_chans': space.in_chans,
-          'num_classes': model.head.out_features}
+          'num_classes': model.head.out_features, 'pool': model.pool}
   artifacts.save_model(path, 'classifier', meta,
                        nnx.to_pure_dict(nnx.state(model, nnx.Param)),
                        overwrite=True)
@@ -180,7 +180,9 @@ def load_classifier(path: epath.PathLike) -> vit.VisionTransformer:
       embed_dim=arch.embed_dim, num_heads=arch.num_heads,
       mlp_dims=arch.mlp_dims, image_size=meta['image_size'],
       patch_size=meta['patch_size'], num_classes=meta['num_classes'],
-      in_chans=meta['in_chans'], rngs=nnx.Rngs(0)))
+      in_chans=meta['in_chans'], rngs=nnx.Rngs(0),
+      # Classifiers saved before pooling was a choice read the CLS token.
+      pool=meta.get('pool', 'cls')))
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
   pure = artifacts.load_arrays(path, 'classifier', nnx.to_pure_dict(params),
                                FinetuneError)

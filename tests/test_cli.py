@@ -51,6 +51,8 @@ def test_a_stage_without_its_input_writes_nothing(tmp_path):
     (['--config.search.student_tau_ratio=-1'],
      'config.search.student_tau_ratio: must be positive'),
     (['--config.search.relation=cosin'], 'config.search.relation'),
+    (['--config.finetune.pool=max'],
+     "config.finetune.pool: expected one of ('cls', 'mean'), got 'max'"),
 ])
 def test_bad_input_is_one_line_and_leaves_the_workdir_alone(
     tmp_path, args, expected):

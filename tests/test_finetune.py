@@ -99,7 +99,8 @@ def test_finetune_lowers_the_loss_evaluates_and_exports(workdir, tmp_path):  # n
       'finetune.steps': 40, 'finetune.batch_size': 32, 'finetune.lr': 2e-3,
       'finetune.warmup_epochs': 0, 'finetune.mixup': 0.0,
       'finetune.cutmix': 0.0, 'finetune.eval_split': 'validation',
-      'log_every': 5, 'checkpoint_every': 20})
+      # The pipeline test covers the default CLS token.
+      'finetune.pool': 'mean', 'log_every': 5, 'checkpoint_every': 20})
   config.finetune.arch = json.dumps({'arch': arch.to_dict()})
   config.search.supernet = str(
       artifacts.model_dir(epath.Path(workdir), 'supernet'))
@@ -116,10 +117,11 @@ def test_finetune_lowers_the_loss_evaluates_and_exports(workdir, tmp_path):  # n
   inherited = nnx.to_pure_dict(nnx.state(student.encoder.extract(arch)))
   init_key = jax.random.split(jax.random.key(config.seed + 8))[0]
   start = finetuning.build_classifier(space, arch, 10, config.finetune.drop_path,
-                                    nnx.Rngs(init_key))
+                                    nnx.Rngs(init_key), pool='mean')
   params, fixed = finetuning.initial_weights(start, inherited)
   start = nnx.merge(nnx.split(start, nnx.Param, ...)[0], params, fixed)
   model = model_dirs.load_classifier(tmp_path / 'finetune/model')
+  assert model.pool == 'mean'
   before, after = _train_loss(start, config), _train_loss(model, config)
   assert after < before - 0.05, (before, after)
 
@@ -167,3 +169,32 @@ def test_a_missing_or_foreign_arch_is_a_clear_error(tmp_path):
   config.finetune.arch = json.dumps(Arch(40, 2, (1, 1), (2.0, 2.0)).to_dict())
   with pytest.raises(errors.FinetuneError, match='embed_dim'):
     finetune.resolve_arch(config, epath.Path(tmp_path), space)
+
+
+def test_mean_pooled_classifier_reads_the_mean_patch_token(tmp_path):
+  """finetune.pool='mean' (AutoFormer's --gp): the head reads the mean of the
+  final-normed patch tokens, CLS left out; the choice survives the export."""
+  space = config_lib.space_from_config(search_config())
+  arch = space.sample(np.random.default_rng(1))
+  images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  mean = finetuning.build_classifier(space, arch, 10, 0.0, nnx.Rngs(3),
+                                     pool='mean')
+  tokens = np.asarray(mean.encode(images), np.float64)
+  kernel, bias = (np.asarray(x[...], np.float64)
+                  for x in (mean.head.kernel, mean.head.bias))
+  np.testing.assert_allclose(mean(images), tokens[:, 1:].mean(1) @ kernel + bias,
+                             atol=1e-5)
+  cls = finetuning.build_classifier(space, arch, 10, 0.0, nnx.Rngs(3))
+  np.testing.assert_allclose(cls(images), tokens[:, 0] @ kernel + bias,
+                             atol=1e-5)
+  assert not np.allclose(cls(images), mean(images), atol=1e-2)
+  model_dirs.save_classifier(mean, space, arch, tmp_path / 'model')
+  loaded = model_dirs.load_classifier(tmp_path / 'model')
+  assert loaded.pool == 'mean'
+  np.testing.assert_allclose(loaded(images), mean(images), atol=1e-6)
+  finetuning.check_export(tmp_path / 'model', arch, 10, 'mean')
+  with pytest.raises(errors.FinetuneError, match="pooled by 'mean', not .* "
+                     "pooled by 'cls'"):
+    finetuning.check_export(tmp_path / 'model', arch, 10, 'cls')
+  with pytest.raises(ValueError, match="pool: expected one of"):
+    finetuning.build_classifier(space, arch, 10, 0.0, nnx.Rngs(3), pool='max')

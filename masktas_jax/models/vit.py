@@ -183,8 +183,14 @@ class Block(nnx.Module):
     return x + drop_path(self.mlp(self.norm2(x)), self.drop_rate, keys[1])
 
 
+# What the classification head reads: the CLS token (DeiT, the paper), or
+# the mean of the final-normed patch tokens (AutoFormer's --gp).
+POOLS = ('cls', 'mean')
+
+
 class VisionTransformer(nnx.Module):
-  """Dense ViT encoder with an optional classification head on the CLS token.
+  """Dense ViT encoder with an optional classification head on the CLS token
+  or the mean patch token (`pool`).
 
   Per-layer `num_heads` and `mlp_dims` let it hold any subnet of the search
   space. The positional embedding is an (N + 1, D) table, row 0 for CLS:
@@ -197,12 +203,16 @@ class VisionTransformer(nnx.Module):
                num_classes: int = 0, in_chans: int = 3, rngs: nnx.Rngs,
                head_dim: int = HEAD_DIM,
                pos_embed: Literal['learned', 'sincos'] = 'learned',
-               drop_path_rate: float = 0.0):
+               drop_path_rate: float = 0.0,
+               pool: Literal['cls', 'mean'] = 'cls'):
     if len(num_heads) != len(mlp_dims):
       raise ValueError('num_heads and mlp_dims need one value per layer, got '
                        f'{len(num_heads)} and {len(mlp_dims)}')
+    if pool not in POOLS:
+      raise ValueError(f'pool: expected one of {POOLS}, got {pool!r}')
     self.patch_size = patch_size
     self.embed_dim = embed_dim
+    self.pool = pool
     num_patches = (image_size // patch_size)**2
     self.patch_embed = PatchEmbed(patch_size * patch_size * in_chans,
                                   embed_dim, rngs=rngs)
@@ -265,11 +275,14 @@ class VisionTransformer(nnx.Module):
 
   def __call__(self, images: jax.Array,
                rng: jax.Array | None = None) -> jax.Array:
-    """(B, H, W, C) -> logits (B, num_classes) from the CLS token."""
+    """(B, H, W, C) -> logits (B, num_classes) from the CLS token
+    (`pool='cls'`) or the mean of the final-normed patch tokens ('mean')."""
     if self.head is None:
       raise ValueError('this VisionTransformer has no classification head '
                        '(num_classes=0)')
-    return self.head(self.encode(images, rng=rng)[:, 0])
+    tokens = self.encode(images, rng=rng)
+    return self.head(tokens[:, 0] if self.pool == 'cls' else
+                     tokens[:, 1:].mean(axis=1))
 
 
 def count_params(module: nnx.Module) -> int:
