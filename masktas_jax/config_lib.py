@@ -237,6 +237,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (beyond the paper: DeiT's 0.08 and flips).
   c.finetune.crop_min_scale = 0.08
   c.finetune.flip = True
+  # Probability of random erasing per image (0: off; beyond the paper:
+  # DeiT's 0.25, one box of 2-33% of the image filled with noise).
+  c.finetune.random_erase = 0.25
   # Split for top-1 / top-5 ('' = data.eval_split).
   c.finetune.eval_split = ''
   # Train the same Arch from random weights instead (what inheriting buys).
@@ -445,6 +448,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f[field])
   _check(0 < f.crop_min_scale <= 1, 'finetune.crop_min_scale',
          'expected 0 < scale <= 1', f.crop_min_scale)
+  _check(0 <= f.random_erase <= 1, 'finetune.random_erase',
+         'expected a probability, 0 <= p <= 1', f.random_erase)
   _check(f.pool in POOLS, 'finetune.pool', f'expected one of {POOLS}',
          f.pool)
   return config

@@ -51,6 +51,8 @@ def test_a_stage_without_its_input_writes_nothing(tmp_path):
     (['--config.search.student_tau_ratio=-1'],
      'config.search.student_tau_ratio: must be positive'),
     (['--config.search.relation=cosin'], 'config.search.relation'),
+    (['--config.finetune.random_erase=1.5'],
+     'config.finetune.random_erase: expected a probability, 0 <= p <= 1'),
     (['--config.finetune.pool=max'],
      "config.finetune.pool: expected one of ('cls', 'mean'), got 'max'"),
 ])

@@ -1,6 +1,7 @@
 """mode=finetune: inherited classifier, training, top-1/top-5, export."""
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -198,3 +199,79 @@ def test_mean_pooled_classifier_reads_the_mean_patch_token(tmp_path):
     finetuning.check_export(tmp_path / 'model', arch, 10, 'cls')
   with pytest.raises(ValueError, match="pool: expected one of"):
     finetuning.build_classifier(space, arch, 10, 0.0, nnx.Rngs(3), pool='max')
+
+
+def _timm_erasing_boxes(h, w, count, rng):
+  """(box h, box w) per image by timm's RandomErasing loop (one box, area
+  2-33%, aspect log-uniform in [0.3, 1/0.3], 10 attempts): the reference."""
+  boxes = []
+  for _ in range(count):
+    for _ in range(10):
+      target = rng.uniform(0.02, 1 / 3) * h * w
+      aspect = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
+      bh = int(round(math.sqrt(target * aspect)))
+      bw = int(round(math.sqrt(target / aspect)))
+      if bw < w and bh < h:
+        boxes.append((bh, bw))
+        break
+  return np.array(boxes)
+
+
+def test_random_erasing_against_timms_algorithm():
+  h, w, count = 24, 32, 3000
+  images = jnp.full((count, h, w, 3), 5.0)
+  out = np.asarray(finetuning.erase(jax.random.key(0), images, 1.0))
+  erased = out != 5.0
+  # One box per image, the same on every channel, filled with N(0, 1).
+  assert (erased == erased[..., :1]).all()
+  mask = erased[..., 0]
+  rows, cols = mask.any(2), mask.any(1)
+  np.testing.assert_array_equal(mask, rows[:, :, None] & cols[:, None, :])
+  assert mask.any((1, 2)).all()
+  assert abs(out[erased].mean()) < 0.01 and abs(out[erased].std() - 1) < 0.01
+  # Box sizes distributed as timm's loop draws them.
+  ours = np.stack([rows.sum(1), cols.sum(1)], 1)
+  ref = _timm_erasing_boxes(h, w, 20_000, np.random.default_rng(0))
+  for stat in (lambda b: b[:, 0] * b[:, 1] / (h * w), lambda b: b[:, 0],
+               lambda b: b[:, 1], lambda b: np.log(b[:, 0] / b[:, 1])):
+    a, r = stat(ours), stat(ref)
+    assert abs(a.mean() - r.mean()) < 4 * r.std() / np.sqrt(count), (
+        a.mean(), r.mean())
+    assert abs(a.std() - r.std()) < 0.05 * r.std(), (a.std(), r.std())
+  assert ours[:, 0].max() < h and ours[:, 1].max() < w
+  # Placed uniformly where it fits: the mean box centre is the image's.
+  centre = (np.argmax(rows, 1) + (ours[:, 0] - 1) / 2) / (h - 1)
+  assert abs(centre.mean() - 0.5) < 0.02
+  # With probability p, about p of the images; none at 0.
+  some = np.asarray(finetuning.erase(jax.random.key(1), images, 0.25))
+  share = (some != 5.0).any((1, 2, 3)).mean()
+  assert abs(share - 0.25) < 0.04, share
+  np.testing.assert_array_equal(
+      finetuning.erase(jax.random.key(1), images, 0.0), images)
+
+
+def test_the_training_loss_erases_when_asked():
+  """finetune.random_erase reaches the step: with it, the loss of the same
+  weights, batch and key changes; without it, the images are untouched."""
+  space = config_lib.space_from_config(search_config())
+  arch = space.min_arch()
+  batch = {'image': jax.random.normal(jax.random.key(0), (8, 32, 32, 3)),
+           'label': jnp.arange(8) % 10}
+  losses = {}
+  for p in (0.0, 1.0):
+    config = search_config(**{'finetune.random_erase': p,
+                              'finetune.mixup': 0.0, 'finetune.cutmix': 0.0,
+                              'finetune.drop_path': 0.0})
+    task = finetuning.make_task(config, space, arch, 10, 10, 0, None)
+    params, fixed = task.init(jax.random.key(1), None)
+    losses[p] = float(task.loss(params, fixed, batch, jax.random.key(2),
+                                None)[0])
+    if not p:
+      model = nnx.merge(nnx.split(finetuning.build_classifier(
+          space, arch, 10, 0.0, nnx.Rngs(0)), nnx.Param, ...)[0], params,
+                        fixed)
+      want = optax.softmax_cross_entropy(model(batch['image']), jax.nn.one_hot(
+          batch['label'], 10) * (1 - config.finetune.label_smoothing) +
+                                         config.finetune.label_smoothing / 10)
+      assert losses[p] == pytest.approx(float(want.mean()), rel=1e-5)
+  assert abs(losses[1.0] - losses[0.0]) > 1e-3, losses
