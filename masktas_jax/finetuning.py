@@ -17,7 +17,7 @@ back for inference without any supernet code.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -82,6 +82,31 @@ def optimizer(params: Any, depth: int, *, schedule: optax.Schedule,
       optax.stateless(lambda u, _: jax.tree.map(lambda x, s: x * s, u,
                                                 scales)),
       optax.scale_by_schedule(lambda n: -schedule(n)))
+
+
+class EmaState(NamedTuple):
+  """`with_ema`'s optimizer state: the inner optimizer's, and the running
+  average of the parameters (a tree like them)."""
+  inner: Any
+  ema: Any
+
+
+def with_ema(inner: optax.GradientTransformation,
+             decay: float) -> optax.GradientTransformation:
+  """`inner`, also keeping an exponential moving average of the parameters
+  after each update: ema <- decay * ema + (1 - decay) * params, starting
+  from the initial parameters (timm's ModelEmaV2, which DeiT uses)."""
+
+  def init(params):
+    return EmaState(inner.init(params), jax.tree.map(jnp.asarray, params))
+
+  def update(updates, state, params):
+    updates, inner_state = inner.update(updates, state.inner, params)
+    ema = jax.tree.map(lambda e, p, u: decay * e + (1 - decay) * (p + u),
+                       state.ema, params, updates)
+    return updates, EmaState(inner_state, ema)
+
+  return optax.GradientTransformation(init, update)
 
 
 def mix(rng: jax.Array, images: jax.Array, targets: jax.Array, mixup: float,
@@ -234,11 +259,12 @@ def make_task(config, space: SearchSpace, arch: Arch, num_classes: int,
     return jnp.mean(optax.softmax_cross_entropy(logits, targets)), {
         'train_top1': jax.lax.stop_gradient(accuracy)}
 
+  adamw = optimizer(nnx.to_pure_dict(abstract_params), arch.depth,
+                    schedule=schedule, weight_decay=f.weight_decay,
+                    layer_decay=f.layer_decay)
   return trainer.Task(
       init=init, loss=loss, schedule=schedule, init_inputs=inherited,
-      optimizer=optimizer(nnx.to_pure_dict(abstract_params), arch.depth,
-                          schedule=schedule, weight_decay=f.weight_decay,
-                          layer_decay=f.layer_decay))
+      optimizer=with_ema(adamw, f.ema) if f.ema else adamw)
 
 
 def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
@@ -283,7 +309,10 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
       task, data_iter, seed=config.seed + 8,
       export=trainer.Export(exported, 'classifier', save,
                             check=lambda path: check_export(
-                                path, arch, num_classes, f.pool)))
+                                path, arch, num_classes, f.pool),
+                            # With finetune.ema, the average is the model.
+                            params_of=(lambda state: state['opt_state'].ema)
+                            if f.ema else None))
 
   # --- evaluation of the exported classifier ---------------------------------
   model = model_dirs.load_classifier(exported)

@@ -86,6 +86,9 @@ class Export:
   kind: str
   save: Callable[[Tree, Tree, epath.Path], None]
   check: Callable[[epath.Path], Any] | None = None
+  # The parameters to save, from the final train state (default: its
+  # 'params'; e.g. an average kept in the optimizer state instead).
+  params_of: Callable[[Tree], Tree] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,7 +306,8 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
 
   # --- export ---------------------------------------------------------------
   if export is not None:
-    export.save(state['params'], state['fixed'], export.directory)
+    export.save(export.params_of(state) if export.params_of else
+                state['params'], state['fixed'], export.directory)
     parallel.log(f'{loop.name}: trained {loop.steps} steps; wrote '
                  f'{export.directory}')
   return Outcome(state['params'], state['fixed'], loop.steps)

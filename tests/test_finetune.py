@@ -15,7 +15,8 @@ from flax import nnx
 from masktas_jax import artifacts, config_lib, data, errors, finetune
 from masktas_jax import finetuning, model_dirs, trainer
 from masktas_jax.space import Arch
-from helpers import read_scalars, search_config
+from helpers import Interrupted, interrupt_after, read_scalars
+from helpers import search_config
 
 
 def test_topk_against_a_hand_checked_example():
@@ -275,3 +276,62 @@ def test_the_training_loss_erases_when_asked():
                                          config.finetune.label_smoothing / 10)
       assert losses[p] == pytest.approx(float(want.mean()), rel=1e-5)
   assert abs(losses[1.0] - losses[0.0]) > 1e-3, losses
+
+
+def test_with_ema_averages_the_parameters_after_each_update():
+  params = {'w': jnp.array([1.0, -2.0]), 'b': jnp.array(0.5)}
+  opt = finetuning.with_ema(optax.adam(0.1), 0.7)
+  state = opt.init(params)
+  ema = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  for step in range(5):
+    grads = jax.tree.map(lambda p, s=step: p * (s + 1) - 0.3, params)
+    updates, state = opt.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    ema = {k: 0.7 * ema[k] + 0.3 * np.asarray(params[k], np.float64)
+           for k in ema}
+    for k in ema:
+      np.testing.assert_allclose(state.ema[k], ema[k], rtol=1e-6)
+  # The updates are the inner optimizer's alone.
+  plain = optax.adam(0.1)
+  p2 = {'w': jnp.array([1.0, -2.0]), 'b': jnp.array(0.5)}
+  s2 = plain.init(p2)
+  for step in range(5):
+    grads = jax.tree.map(lambda p, s=step: p * (s + 1) - 0.3, p2)
+    u, s2 = plain.update(grads, s2, p2)
+    p2 = optax.apply_updates(p2, u)
+  for k in p2:
+    np.testing.assert_allclose(params[k], p2[k], rtol=1e-6)
+
+
+def test_finetuning_with_ema_exports_the_average_and_resumes_it(
+    workdir, tmp_path, monkeypatch):  # noqa: F811
+  space = config_lib.space_from_config(search_config())
+  arch = space.sample(np.random.default_rng(3))
+  config = search_config(**{
+      'finetune.steps': 6, 'finetune.batch_size': 16, 'finetune.ema': 0.8,
+      'finetune.warmup_epochs': 0, 'finetune.eval_split': 'validation',
+      'log_every': 2, 'checkpoint_every': 2})
+  config.finetune.arch = json.dumps(arch.to_dict())
+  config.search.supernet = str(
+      artifacts.model_dir(epath.Path(workdir), 'supernet'))
+  finetune.run(config, epath.Path(tmp_path / 'a'))
+  # Killed after step 3 (last checkpoint: step 2), then resumed.
+  interrupt_after(monkeypatch, 3)
+  with pytest.raises(Interrupted):
+    finetune.run(config, epath.Path(tmp_path / 'b'))
+  finetune.run(config, epath.Path(tmp_path / 'b'))
+  with ocp.CheckpointManager((tmp_path / 'a/finetune/checkpoints').resolve(),
+                             item_names=('state', 'data')) as manager:
+    saved = manager.restore(6, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore())).state
+  exported = {
+      run: nnx.to_pure_dict(nnx.state(model_dirs.load_classifier(
+          tmp_path / run / 'finetune/model'), nnx.Param))
+      for run in ('a', 'b')}
+  ema, last = saved['opt_state']['ema'], saved['params']
+  for e, p, a, b in zip(*(jax.tree.leaves(t) for t in (
+      ema, last, exported['a'], exported['b']))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+  assert any(not np.allclose(e, p) for e, p in zip(jax.tree.leaves(ema),
+                                                    jax.tree.leaves(last)))
