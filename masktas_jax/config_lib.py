@@ -237,6 +237,10 @@ def base_config() -> ml_collections.ConfigDict:
   # (beyond the paper: DeiT's 0.08 and flips).
   c.finetune.crop_min_scale = 0.08
   c.finetune.flip = True
+  # RandAugment's magnitude (0..10, 0: off) and its per-operation spread
+  # (beyond the paper: DeiT's rand-m9-mstd0.5-inc1, two operations per image).
+  c.finetune.randaugment = 9.0
+  c.finetune.randaugment_std = 0.5
   # Probability of random erasing per image (0: off; beyond the paper:
   # DeiT's 0.25, one box of 2-33% of the image filled with noise).
   c.finetune.random_erase = 0.25
@@ -454,6 +458,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          'expected 0 < scale <= 1', f.crop_min_scale)
   _check(0 <= f.random_erase <= 1, 'finetune.random_erase',
          'expected a probability, 0 <= p <= 1', f.random_erase)
+  _check(0 <= f.randaugment <= 10, 'finetune.randaugment',
+         'expected a magnitude 0..10 (0: off)', f.randaugment)
+  _check(f.randaugment_std >= 0, 'finetune.randaugment_std', 'must be >= 0',
+         f.randaugment_std)
   _check(0 <= f.ema < 1, 'finetune.ema', 'expected 0 <= decay < 1 (0: off)',
          f.ema)
   _check(f.pool in POOLS, 'finetune.pool', f'expected one of {POOLS}',

@@ -31,6 +31,7 @@ from absl import flags
 
 from masktas_jax import imaging, parallel
 from masktas_jax.errors import DataError
+from masktas_jax.randaugment import RandAugment
 
 if TYPE_CHECKING:  # Imported at run time only when a tfds name is used.
   from masktas_jax import tfds_source
@@ -294,9 +295,11 @@ def _closing(dataset: grain.IterDataset):
 
 def train_pipeline(source, *, image_size: int, batch_size: int, seed: int,
                    min_scale: float = 0.2, flip: bool = True,
+                   randaugment: RandAugment | None = None,
                    read: Reading = Reading()) -> BatchIterator:
   """Endless shuffled, augmented batches: this process's share of each
-  global batch, read as `read` says.
+  global batch, read as `read` says. Augmented as DeiT does: a random
+  resized crop, a flip, then `randaugment` if given.
 
   Yields `{'image': (b, S, S, 3) uint8, 'label': (b,) int32}` with b the
   per-process batch; a new order each epoch. Its `get_state()` /
@@ -307,6 +310,8 @@ def train_pipeline(source, *, image_size: int, batch_size: int, seed: int,
                                         scale=(min_scale, 1.0))
     if flip and rng.random() < 0.5:
       image = image[:, ::-1]
+    if randaugment is not None:
+      image = randaugment(np.ascontiguousarray(image), rng)
     return {'image': np.ascontiguousarray(image),
             'label': np.int32(example['label'])}
 
@@ -347,13 +352,24 @@ def eval_pipeline(source, *, image_size: int, batch_size: int,
       grain.MapDataset.range(padded).map(view).batch(batch_size)))
 
 
+def _randaugment(section) -> RandAugment | None:
+  """The stage's RandAugment (`randaugment`: its magnitude, 0 off), filling
+  with the mean colour the images are normalised by."""
+  magnitude = section.get('randaugment', 0)
+  if not magnitude:
+    return None
+  return RandAugment(magnitude, section.get('randaugment_std', 0.5),
+                     fill=tuple(int(round(255 * float(m))) for m in MEAN))
+
+
 def training_input(config, stage: str, seed: int, source=None):
   """(batch iterator, steps, warm-up steps) of a training stage.
 
   Reads `config.<stage>`: batch_size (global), steps, or epochs over the
-  training split, warmup_epochs, and crop_min_scale and flip where the
-  stage has them (else MAE's 0.2 and flips). `source`: the training split's
-  source, when the caller has it open already.
+  training split, warmup_epochs, and crop_min_scale, flip and RandAugment's
+  magnitude and its spread where the stage has them (else MAE's 0.2, flips,
+  no RandAugment). `source`: the training split's source, when the caller
+  has it open already.
   """
   section = config[stage]
   if source is None:
@@ -367,6 +383,7 @@ def training_input(config, stage: str, seed: int, source=None):
                            batch_size=local_batch, seed=seed,
                            min_scale=section.get('crop_min_scale', 0.2),
                            flip=section.get('flip', True),
+                           randaugment=_randaugment(section),
                            read=reading(config.data, source))
   read = batches.read
   parallel.log(f'{stage}: reading batches of {local_batch} per process, '

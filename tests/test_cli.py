@@ -53,6 +53,9 @@ def test_a_stage_without_its_input_writes_nothing(tmp_path):
     (['--config.search.relation=cosin'], 'config.search.relation'),
     (['--config.finetune.random_erase=1.5'],
      'config.finetune.random_erase: expected a probability, 0 <= p <= 1'),
+    (['--config.finetune.randaugment=12'],
+     'config.finetune.randaugment: expected a magnitude 0..10 (0: off), '
+     'got 12'),
     (['--config.finetune.pool=max'],
      "config.finetune.pool: expected one of ('cls', 'mean'), got 'max'"),
 ])
