@@ -327,29 +327,34 @@ def train_pipeline(source, *, image_size: int, batch_size: int, seed: int,
 
 def eval_pipeline(source, *, image_size: int, batch_size: int,
                   crop_fraction: float = 0.875, read: Reading = Reading()):
-  """One pass over this process's share of `source`, centre-cropped, read
-  as `read` says.
+  """One pass over `source`, centre-cropped, this process's share of each
+  global batch, read as `read` says.
 
   Yields `{'image': (b, S, S, 3) uint8, 'label', 'valid'}` batches of
-  exactly `batch_size`; the last one is padded with copies and `valid` (b,)
-  marks the real examples.
+  exactly b = `batch_size` (per process); the last global batch is padded
+  with copies and `valid` (b,) marks the real examples. Global batch t holds
+  examples t*B .. (t+1)*B - 1 in order (B = b x processes), process p the
+  p-th slice of it, as training batches are split: so the global batches,
+  and whatever depends on an example's place in them (e.g. the masks drawn
+  per batch position when scoring), are the same on any number of
+  processes.
   """
-  shard = grain.MapDataset.source(source)[jax.process_index()::
-                                          jax.process_count()]
-  n = len(shard)
-  padded = -(-n // batch_size) * batch_size
+  n = len(source)
+  processes = jax.process_count()
+  global_batch = batch_size * processes
+  padded = -(-n // global_batch) * global_batch
 
   def view(i):
-    example = shard[min(i, n - 1)]
+    example = source[min(i, n - 1)]
     return {'image': imaging.center_crop(example['image'], image_size,
                                          crop_fraction),
             'label': np.int32(example['label']), 'valid': np.bool_(i < n)}
 
   # A worker costs ~1.5 s to start: none for a pass of a batch or two.
-  batches = padded // batch_size
+  batches = padded // global_batch
   read = dataclasses.replace(read, workers=min(read.workers, batches - 1))
-  return _closing(read.iterate(
-      grain.MapDataset.range(padded).map(view).batch(batch_size)))
+  local = grain.MapDataset.range(padded).map(view).batch(batch_size)
+  return _closing(read.iterate(local[jax.process_index()::processes]))
 
 
 def _randaugment(section) -> RandAugment | None:

@@ -47,8 +47,6 @@ def eval_batches(config, split: str, num_images: int, batch_size: int,
   """
   source = data.get_source(config.data, split)
   n = min(num_images, len(source))
-  # Every process must see the same number of batches.
-  n -= n % jax.process_count()
   indices = np.sort(np.random.default_rng(seed).permutation(len(source))[:n])
   local = parallel.check_batch_size(batch_size, 'search.batch_size')
   subset = _Subset(source, indices)

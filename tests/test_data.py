@@ -171,6 +171,25 @@ def test_eval_pipeline_covers_each_example_once_with_padding():
   np.testing.assert_array_equal(batches[0]['image'][0], src[0]['image'])
 
 
+def test_eval_batches_are_the_same_global_batches_on_any_process_count(
+    monkeypatch):
+  """Global batch t is examples t*B.. in order on 1 process or split over 3
+  (process p the p-th slice): what is scored at a batch position does not
+  depend on the process count."""
+  src = data.get_source(_config('digits'), 'validation')
+  one = list(data.eval_pipeline(src, image_size=8, batch_size=24))
+  shares = []
+  for p in range(3):
+    monkeypatch.setattr(jax, 'process_count', lambda: 3)
+    monkeypatch.setattr(jax, 'process_index', lambda p=p: p)
+    shares.append(list(data.eval_pipeline(src, image_size=8, batch_size=8)))
+  assert len(one) == 8 and [len(s) for s in shares] == [8, 8, 8]
+  for t, batch in enumerate(one):
+    for key in ('image', 'label', 'valid'):
+      np.testing.assert_array_equal(
+          np.concatenate([s[t][key] for s in shares]), batch[key])
+
+
 def test_center_crop_takes_the_middle():
   image = np.zeros((40, 60, 3), np.uint8)
   image[:, 10:50] = 255  # A centred 40x40 white square.

@@ -7,6 +7,7 @@ device count, so these tests exercise the real start-up path.
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -55,10 +56,11 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _two_processes(workdir, teacher_dir, *extra):
+def _two_processes(workdir, teacher_dir, *extra, env1=None):
   """The two processes of one run, stderr to files (read with `_err`) so
   that reading one's stdout line by line cannot block the other on a full
-  pipe; both are killed after 600 s."""
+  pipe; both are killed after 600 s. `env1`: more environment for process
+  1."""
   port = _free_port()
   workdir.mkdir(parents=True, exist_ok=True)
   procs = []
@@ -68,7 +70,8 @@ def _two_processes(workdir, teacher_dir, *extra):
           _command(workdir, teacher_dir, *extra,
                    f'--coordinator_address=127.0.0.1:{port}',
                    '--num_processes=2', f'--process_id={i}'),
-          env=_env(2), stdout=subprocess.PIPE, stderr=err, text=True))
+          env={**_env(2), **(env1 if i == 1 and env1 else {})},
+          stdout=subprocess.PIPE, stderr=err, text=True))
   watchdog = threading.Timer(600, lambda: [p.kill() for p in procs])
   watchdog.daemon = True
   watchdog.start()
@@ -176,3 +179,121 @@ def test_a_half_written_checkpoint_is_skipped_on_resume(teacher_dir, tmp_path):
 def test_incomplete_multihost_flags_are_named(kwargs, message):
   with pytest.raises(ConfigError, match=message):
     parallel.initialize_distributed(**kwargs)
+
+
+def _small_overrides(workdir):
+  """CLI overrides for helpers.SMALL's space, reading `workdir`'s teacher
+  and supernet (conftest's `workdir`): search, rank and fine-tuning cut to a
+  few seconds each."""
+  # pylint: disable=g-import-not-at-top
+  from helpers import SMALL
+  settings = {
+      **SMALL, 'supernet.decoder_depth': 1, 'search.min_params_m': 0.0,
+      'search.max_params_m': 0.0, 'search.population': 4,
+      'search.generations': 4, 'search.parents': 2, 'search.mutations': 2,
+      'search.crossovers': 2, 'rank.yardstick': 'knn', 'rank.num_archs': 3,
+      'rank.train_images': 64, 'rank.eval_images': 32, 'rank.knn_k': 5,
+      'finetune.steps': 4, 'finetune.batch_size': 16,
+      'finetune.warmup_epochs': 0, 'finetune.eval_split': 'validation',
+      'log_every': 1, 'checkpoint_every': 2}
+
+  def text(value):
+    return (f'({",".join(str(v) for v in value)})'
+            if isinstance(value, tuple) else str(value))
+
+  return (f'--config.teacher.checkpoint={workdir}/teacher/model',
+          f'--config.search.supernet={workdir}/supernet/model',
+          *(f'--config.{k}={text(v)}' for k, v in settings.items()))
+
+
+# Process 1 logs every file in the workdir it opens for writing, except
+# Orbax's: a checkpoint or model save is collective, every process writes
+# its part.
+_WRITE_LOG_HOOK = '''
+import builtins, io, os
+_open = builtins.open
+def open(file, mode='r', *args, **kwargs):
+  if os.environ.get('MASKTAS_WRITE_LOG') and any(c in mode for c in 'wax+'):
+    path = os.path.abspath(os.fspath(file))
+    if (path.startswith(os.environ['MASKTAS_WRITE_ROOT']) and
+        '/checkpoints/' not in path and 'orbax-checkpoint' not in path and
+        not path.endswith('stderr1.txt')):
+      with _open(os.environ['MASKTAS_WRITE_LOG'], 'a') as log:
+        log.write(path + chr(10))
+  return _open(file, mode, *args, **kwargs)
+# pathlib (and so etils' epath) opens through io.open.
+builtins.open = io.open = open
+'''
+
+
+def test_search_rank_and_finetune_on_two_processes_match_one(workdir,
+                                                              tmp_path):
+  """mode=search (killed mid-way on both processes, then resumed), rank and
+  finetune with two processes: the results of one process, and process 1
+  neither prints nor writes a file outside the checkpoints."""
+  small = _small_overrides(workdir)
+  (tmp_path / 'hook').mkdir()
+  (tmp_path / 'hook/sitecustomize.py').write_text(_WRITE_LOG_HOOK)
+  log = tmp_path / 'writes1.txt'
+
+  def run_one(mode):
+    result = subprocess.run(
+        _command(tmp_path / 'one', '', *small, f'--config.mode={mode}'),
+        env=_env(4), capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+  def run_two(mode, kill_after=None):
+    procs = _two_processes(
+        tmp_path / 'two', '', *small, f'--config.mode={mode}',
+        env1={'PYTHONPATH': f'{tmp_path / "hook"}{os.pathsep}{ROOT}',
+              'MASKTAS_WRITE_LOG': str(log),
+              'MASKTAS_WRITE_ROOT': str(tmp_path / 'two')})
+    if kill_after:
+      for line in procs[0].stdout:
+        if line.startswith(kill_after):
+          for p in procs[::-1]:
+            p.kill()
+          break
+    outputs = [p.communicate(timeout=600) for p in procs]
+    if not kill_after:
+      for i, p in enumerate(procs):
+        assert p.returncode == 0, _err(tmp_path / 'two', i)
+      # Process 0 alone reports. Gloo's C++ start-up lines, which the
+      # device threads may interleave, aside.
+      rest = re.sub(r'\[Gloo\] Rank |\d+ is connected to \d+ peer ranks\. '
+                    r'Expected number of connected peer ranks is : \d+', '',
+                    outputs[1][0])
+      assert not rest.strip(), outputs[1][0]
+    return outputs[0][0]
+
+  for mode in ('search', 'rank', 'finetune'):
+    run_one(mode)
+  run_two('search', kill_after='search generation 1/4')
+  # Killed after the first generation's state was saved, before the last.
+  done = json.loads((tmp_path / 'two/search/state.json').read_text())[
+      'generation']
+  assert 1 <= done < 4, done
+  resumed = run_two('search')
+  assert f'search: resumed after generation {done}' in resumed, resumed
+  for mode in ('rank', 'finetune'):
+    run_two(mode)
+
+  def read(run, name):
+    return json.loads((tmp_path / run / name).read_text())
+
+  one, two = (read(r, 'search/best_arch.json') for r in ('one', 'two'))
+  assert one['arch'] == two['arch']
+  np.testing.assert_allclose(two['fitness'], one['fitness'], rtol=1e-4)
+  ranks = [read(r, 'rank/rank.json') for r in ('one', 'two')]
+  for a, b in zip(ranks[0]['archs'], ranks[1]['archs']):
+    assert a['arch'] == b['arch']
+    np.testing.assert_allclose([a['fitness'], a['yardstick']],
+                               [b['fitness'], b['yardstick']], rtol=1e-4)
+  losses = [[json.loads(l)['loss'] for l in (
+      tmp_path / r / 'finetune/metrics.jsonl').read_text().splitlines()]
+            for r in ('one', 'two')]
+  assert len(losses[0]) == 4
+  np.testing.assert_allclose(losses[1], losses[0], rtol=2e-5)
+  assert (read('one', 'finetune/metrics.json')['top1'] ==
+          read('two', 'finetune/metrics.json')['top1'])
+  assert not log.exists(), log.read_text()
