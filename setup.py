@@ -35,6 +35,6 @@ setup(
         # parity tests; other versions may pull a multi-GB CUDA build.
         'test': ['pytest>=8', 'pytest-xdist>=3.5', 'torch==2.13.0'],
         # Reading the official MAE .pth checkpoints (CPU build is enough).
-        'torch': ['torch>=2.1'],
+        'torch': ['torch>=2.5'],
     },
 )

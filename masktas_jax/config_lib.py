@@ -460,8 +460,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          'expected a probability, 0 <= p <= 1', f.random_erase)
   _check(0 <= f.randaugment <= 10, 'finetune.randaugment',
          'expected a magnitude 0..10 (0: off)', f.randaugment)
-  _check(f.randaugment_std >= 0, 'finetune.randaugment_std', 'must be >= 0',
-         f.randaugment_std)
+  _check(0 <= f.randaugment_std < float('inf'), 'finetune.randaugment_std',
+         'must be finite and >= 0', f.randaugment_std)
   _check(0 <= f.ema < 1, 'finetune.ema', 'expected 0 <= decay < 1 (0: off)',
          f.ema)
   _check(f.pool in POOLS, 'finetune.pool', f'expected one of {POOLS}',

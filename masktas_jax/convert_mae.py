@@ -96,8 +96,15 @@ def read_checkpoint(path: epath.PathLike) -> Read:
     raise CheckpointError(
         f'{path}: reading PyTorch checkpoints needs torch; install it with '
         "pip install -e '.[torch]' (the CPU build is enough)") from e
-  with path.open('rb') as f:
-    zipped = f.read(2) == b'PK'
+  if not hasattr(torch.serialization, 'safe_globals'):
+    raise CheckpointError(
+        f'{path}: reading needs torch >= 2.5 (found {torch.__version__}); '
+        "pip install -U 'torch>=2.5'")
+  try:
+    with path.open('rb') as f:
+      zipped = f.read(2) == b'PK'
+  except OSError as e:
+    raise CheckpointError(f'{path}: cannot read it ({e.strerror})') from e
   try:
     with torch.serialization.safe_globals(list(_SAFE_GLOBALS)):
       # mmap (zip format only): tensors stay on disk until converted,

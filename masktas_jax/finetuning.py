@@ -95,7 +95,9 @@ def with_ema(inner: optax.GradientTransformation,
              decay: float) -> optax.GradientTransformation:
   """`inner`, also keeping an exponential moving average of the parameters
   after each update: ema <- decay * ema + (1 - decay) * params, starting
-  from the initial parameters (timm's ModelEmaV2, which DeiT uses)."""
+  from the initial parameters (timm's ModelEma, which DeiT uses). It
+  averages params + inner's updates, so it suits tasks without a
+  trainer.Task.update_mask (which zeroes updates after the optimizer)."""
 
   def init(params):
     return EmaState(inner.init(params), jax.tree.map(jnp.asarray, params))

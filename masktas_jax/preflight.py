@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from etils import epath
 
-from masktas_jax import config_lib, data, errors, evolution, finetune
+from masktas_jax import artifacts, config_lib, data, errors, evolution
+from masktas_jax import finetune
 from masktas_jax import model_dirs, parallel, rank
 
 
@@ -26,7 +27,9 @@ def check_inputs(config, modes, workdir: epath.Path) -> None:
     finetune.resolve_arch(config, workdir, config_lib.space_from_config(config))
   uses = set(modes)
   t = config.teacher
-  if 'teacher' in uses and not t.checkpoint and not t.pretrain:
+  trained = artifacts.is_model_dir(artifacts.model_dir(workdir, 'teacher'),
+                                   'teacher')
+  if 'teacher' in uses and not (t.checkpoint or t.pretrain or trained):
     raise errors.TeacherError(
         'config.teacher.checkpoint: this config distils from a converted MAE '
         'teacher, as the paper does, and none is given: download '

@@ -56,6 +56,8 @@ def test_a_stage_without_its_input_writes_nothing(tmp_path):
     (['--config.finetune.randaugment=12'],
      'config.finetune.randaugment: expected a magnitude 0..10 (0: off), '
      'got 12'),
+    (['--config.finetune.randaugment_std=inf'],
+     'config.finetune.randaugment_std: must be finite and >= 0, got inf'),
     (['--config.finetune.pool=max'],
      "config.finetune.pool: expected one of ('cls', 'mean'), got 'max'"),
 ])
@@ -195,3 +197,15 @@ def test_paper_configs_need_a_teacher_checkpoint_or_an_opt_in(tmp_path,
   assert result.returncode == 2, result.stderr
   assert 'teacher' not in result.stderr and 'imagenet2012' in result.stderr
   assert not workdir.exists()
+  # A resumed run whose teacher was pre-trained here (with the opt-in) is
+  # not stopped for want of it either.
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from masktas_jax import model_dirs  # pylint: disable=g-import-not-at-top
+  from masktas_jax.models.mae import MAE, MAEConfig  # pylint: disable=g-import-not-at-top
+  model_dirs.save_teacher(MAE(MAEConfig(embed_dim=64, depth=1, num_heads=1,
+                                        decoder_depth=0), rngs=nnx.Rngs(0)),
+                          workdir / 'teacher' / 'model')
+  result = run(f'--config={config}', f'--workdir={workdir}',
+               f'--config.data.data_dir={tmp_path}')
+  assert result.returncode == 2, result.stderr
+  assert 'teacher' not in result.stderr and 'imagenet2012' in result.stderr

@@ -187,8 +187,10 @@ def test_bad_checkpoints_give_one_line_errors(reference, tmp_path):
   torch.save({'model': ref_model.state_dict(),
               'data': pathlib.PurePosixPath('/data')}, pickled)
   out = tmp_path / 'out'
+  (tmp_path / 'a_directory').mkdir()
   cases = [
       (tmp_path / 'nope.pth', 'no such file'),
+      (tmp_path / 'a_directory', 'cannot read it (Is a directory)'),
       (junk, 'not a PyTorch checkpoint'),
       # torch's reason, to the end of its sentence (it was once cut short).
       (truncated, 'truncated or corrupt checkpoint (torch: PytorchStreamReader'
