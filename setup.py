@@ -2,6 +2,10 @@
 
 from setuptools import find_packages, setup
 
+# The jax release whose libtpu and CUDA plugin the '.[tpu]' and '.[cuda]'
+# extras pin (jax[tpu]==0.10.2 brings libtpu 0.0.42.1).
+JAX = '0.10.2'
+
 setup(
     name='masktas_jax',
     version='0.1.0',
@@ -33,7 +37,15 @@ setup(
     extras_require={
         # torch 2.13.0's CPU build is the PyTorch reference of the MAE
         # parity tests; other versions may pull a multi-GB CUDA build.
-        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'torch==2.13.0'],
+        # libtpu (through jax[tpu]) for the tests of mode=compile, which
+        # compile for TPU topologies on the CPU host.
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'torch==2.13.0',
+                 f'jax[tpu]=={JAX}'],
+        # mode=compile's back ends: libtpu for TPU topologies, the CUDA
+        # plugin for GPUs. Each is built for one jax release, so jax is
+        # pinned to it.
+        'tpu': [f'jax[tpu]=={JAX}'],
+        'cuda': [f'jax[cuda12]=={JAX}'],
         # Reading the official MAE .pth checkpoints (CPU build is enough).
         'torch': ['torch>=2.5'],
     },

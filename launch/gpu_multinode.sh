@@ -44,6 +44,13 @@ else
   fi
 fi
 
+# XLA:GPU's Triton GEMM emitter could not tile the training steps' fused
+# matmuls when they were compiled for an H100 without one attached
+# (mode=compile; masktas_jax/aot.py says more); cuBLAS runs them instead.
+# Kept until a real GPU shows the Triton path compiles; flags given in
+# XLA_FLAGS come after this one and win.
+export XLA_FLAGS="--xla_gpu_enable_triton_gemm=false${XLA_FLAGS:+ $XLA_FLAGS}"
+
 python="${PYTHON:-python}"
 if [[ "$num_processes" == 1 ]]; then
   echo "gpu_multinode.sh: single process on $(hostname)" >&2

@@ -12,6 +12,7 @@ artifacts rather than each other's modules:
                    pareto.png
     WORKDIR/rank/rank.json, scatter.png, finetune/<steps>steps/<arch hash>/
     WORKDIR/finetune/metrics.json, model/  classifier.json + params/
+    WORKDIR/compile/report.json
 
 A model directory holds `<kind>.json` (what it takes to rebuild the model)
 and an Orbax checkpoint `params/` of its arrays, and is written atomically:
@@ -58,10 +59,13 @@ RANK = 'rank.json'
 SCATTER_PLOT = 'scatter.png'
 # In finetune/.
 FINETUNE_METRICS = 'metrics.json'
+# In compile/ (mode=compile).
+COMPILE_REPORT = 'report.json'
 
 
 def stage_dir(workdir: epath.PathLike, stage: str) -> epath.Path:
-  """`workdir/<stage>`: 'teacher', 'supernet', 'search', 'rank', 'finetune'."""
+  """`workdir/<stage>`: 'teacher', 'supernet', 'search', 'rank', 'finetune',
+  'compile'."""
   return epath.Path(workdir) / stage
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import ml_collections
 
+from masktas_jax import chips
 from masktas_jax.errors import ConfigError
 from masktas_jax.losses import RELATION_FORMS
 from masktas_jax.models.vit import POOLS
@@ -20,7 +21,7 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 # mode=rank's supervised yardsticks (masktas_jax.rank).
 YARDSTICKS = ('knn', 'linear', 'finetune')
 MODES = ('pipeline', 'space', 'teacher', 'supernet', 'search', 'rank',
-         'finetune', 'summary')
+         'finetune', 'summary', 'compile')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -29,8 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Stage to run: 'pipeline' (teacher -> supernet -> search -> finetune ->
   # summary, each skipped when its output exists), one stage alone, 'space'
   # (describe the search space and exit), 'rank' (check the label-free
-  # fitness against a k-NN yardstick) or 'summary' (summary.json and
-  # report.png from what the workdir holds).
+  # fitness against a k-NN yardstick), 'summary' (summary.json and
+  # report.png from what the workdir holds) or 'compile' (compile every
+  # stage for `compile.platform`/`compile.topology` and report its memory,
+  # FLOPs and roofline; trains nothing).
   c.mode = 'pipeline'
   # Base seed: model init, masking, Arch sampling and search derive from it.
   c.seed = 0
@@ -256,6 +259,18 @@ def base_config() -> ml_collections.ConfigDict:
   # nothing else) or 'mean' (the mean of the final-normed patch tokens:
   # AutoFormer's --gp; MAE's fine-tuning pools too, normalising after).
   c.finetune.pool = 'cls'
+
+  c.compile = ml_collections.ConfigDict()
+  # mode=compile: compile every stage's step ahead of time for an
+  # accelerator this host need not have, and report memory per device,
+  # FLOPs, a roofline and compile times (masktas_jax.aot). Platform: 'tpu'
+  # (needs the '.[tpu]' extra) or 'cuda' (the '.[cuda]' extra).
+  c.compile.platform = 'tpu'
+  # TPU: GEN:AxB[xC] in chips (v5e:4x4, v5p:2x2x1, v6e:2x2); cuda:
+  # COUNTxCHIP (8xh100).
+  c.compile.topology = 'v5e:2x2'
+  # Stages whose programs to compile (each at its config batch size).
+  c.compile.stages = ('teacher', 'supernet', 'search', 'finetune')
   return c
 
 
@@ -466,4 +481,5 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f.ema)
   _check(f.pool in POOLS, 'finetune.pool', f'expected one of {POOLS}',
          f.pool)
+  chips.parse_target(config.compile.platform, config.compile.topology)
   return config

@@ -82,6 +82,53 @@ def over_population(one, archs, strategy: str):
       one, archs)
 
 
+def teacher_features_fn(teacher_def, space: SearchSpace,
+                        relation: losses.Relation, mask_ratio: float):
+  """`fn(teacher_state, batch, rng)` for an `evaluator.Evaluator`: masks a
+  batch of B images (`rng`) and computes what scoring reads of it, once:
+  {'image', 'valid', 'ids_keep' (B, K), 'z_teacher' (B, K, D_t) the
+  teacher's visible patch tokens, 'entropy' (B,) its relation maps' mean
+  row entropy (0 where not valid)}."""
+
+  def prepare(teacher_state, batch, rng):
+    images, valid = batch['image'], batch['valid']
+    ids_keep, _, _ = random_masking(rng, images.shape[0], space.num_patches,
+                                    mask_ratio)
+    z_teacher = nnx.merge(teacher_def, teacher_state).encode(
+        images, ids_keep)[:, 1:]
+    return {'image': images, 'valid': valid, 'ids_keep': ids_keep,
+            'z_teacher': z_teacher,
+            'entropy': jnp.where(valid, relation.teacher_entropy(z_teacher),
+                                 0.0)}
+
+  return prepare
+
+
+def population_fn(encoder_def, relation: losses.Relation, strategy: str):
+  """`fn((encoder_state, archs), batch, rng)` for an `evaluator.Evaluator`:
+  (P, 2) summed fitness and student entropy of the P stacked encoded
+  `archs` over one prepared batch (`teacher_features_fn`'s output, without
+  'entropy'), by `strategy` (STRATEGIES)."""
+  mode = ENCODE_MODES[strategy]
+
+  def score(inputs, batch, _):
+    encoder_state, archs = inputs
+    encoder = nnx.merge(encoder_def, encoder_state)
+
+    def one(arch):
+      z_student = encoder.encode(batch['image'], arch, batch['ids_keep'],
+                                 mode=mode)[:, 1:]
+      per_image = jnp.stack([
+          relation.fitness(batch['z_teacher'], z_student),
+          relation.student_entropy(z_student)], -1)
+      return jnp.sum(jnp.where(batch['valid'][:, None], per_image, 0.0),
+                     axis=0)
+
+    return over_population(one, archs, strategy)
+
+  return score
+
+
 class PopulationScorer:
   """Label-free fitness of many Archs at once on a fixed set of images.
 
@@ -104,19 +151,9 @@ class PopulationScorer:
     self.mesh = mesh or parallel.make_mesh()
     self.encoder_def, encoder_state = nnx.split(encoder)
     teacher_def, teacher_state = nnx.split(teacher)
-
-    def prepare(teacher_state, batch, rng):
-      images, valid = batch['image'], batch['valid']
-      ids_keep, _, _ = random_masking(rng, images.shape[0], space.num_patches,
-                                      mask_ratio)
-      z_teacher = nnx.merge(teacher_def, teacher_state).encode(
-          images, ids_keep)[:, 1:]
-      return {'image': images, 'valid': valid, 'ids_keep': ids_keep,
-              'z_teacher': z_teacher,
-              'entropy': jnp.where(valid, relation.teacher_entropy(z_teacher),
-                                   0.0)}
-
-    prepare = evaluator.Evaluator(prepare, self.mesh, sharded_outputs=True)
+    prepare = evaluator.Evaluator(
+        teacher_features_fn(teacher_def, space, relation, mask_ratio),
+        self.mesh, sharded_outputs=True)
     self.batches = list(prepare.map(
         ({'image': b['image'], 'valid': b['valid']} for b in batches),
         prepare.place(nnx.to_pure_dict(teacher_state)), seed))
@@ -135,26 +172,8 @@ class PopulationScorer:
     """The jitted scoring of stacked Archs by `strategy`, made once (and
     once more for single Archs, `alone`, so each counts its own traces)."""
     if (strategy, alone) not in self._scorers:
-      mode = ENCODE_MODES[strategy]
-
-      def score(inputs, batch, _):
-        """(P, 2) summed fitness and student entropy of the stacked Archs
-        over one batch's images."""
-        encoder_state, archs = inputs
-        encoder = nnx.merge(self.encoder_def, encoder_state)
-
-        def one(arch):
-          z_student = encoder.encode(batch['image'], arch, batch['ids_keep'],
-                                     mode=mode)[:, 1:]
-          per_image = jnp.stack([
-              self.relation.fitness(batch['z_teacher'], z_student),
-              self.relation.student_entropy(z_student)], -1)
-          return jnp.sum(jnp.where(batch['valid'][:, None], per_image, 0.0),
-                         axis=0)
-
-        return over_population(one, archs, strategy)
-
-      self._scorers[strategy, alone] = evaluator.Evaluator(score, self.mesh)
+      self._scorers[strategy, alone] = evaluator.Evaluator(
+          population_fn(self.encoder_def, self.relation, strategy), self.mesh)
     return self._scorers[strategy, alone]
 
   @property

@@ -90,3 +90,20 @@ def finetune_step(space, arch: Arch, batch: int) -> int:
   """Model FLOPs of one fine-tuning step of `arch`'s classifier: forward +
   backward of every patch through the encoder and the head."""
   return 6 * batch * space.count_macs(arch)
+
+
+def scoring_call(space, archs, batch: int, visible: int,
+                 strategy: str) -> int:
+  """Model FLOPs of one population-scoring call (`fitness.population_fn`):
+  each of `archs` encodes `batch` images' `visible` patches and forms its
+  relation maps (K x K products of its tokens). 'vmap' runs every candidate
+  at the space's max width and depth (masks cost what they hide); 'map'
+  runs each at its own widths."""
+  k = visible
+  total = 0
+  for arch in archs:
+    run = space.max_arch() if strategy == 'vmap' else arch
+    total += encoder_macs(
+        run.embed_dim, [h * HEAD_DIM for h in run.num_heads], run.mlp_dims,
+        k + 1, k, space.patch_dim) + k * k * run.embed_dim
+  return 2 * batch * total

@@ -42,6 +42,8 @@ STAGES = {
     'rank': 'masktas_jax.rank:run',
     'finetune': 'masktas_jax.finetune:run',
     'summary': 'masktas_jax.report:summarize',
+    # Not a stage: compiles the others' steps for another accelerator.
+    'compile': 'masktas_jax.aot:run',
 }
 # Each stage returns at once when its output exists, so a rerun of an
 # interrupted pipeline resumes where it stopped.
@@ -83,9 +85,17 @@ def main(argv: list[str]) -> None:
   except OSError as e:
     reason = str(e).strip().splitlines()[-1].strip()
     cli.fail(f'--config: cannot load the config file: {reason}')
+  compile_only = config.mode == 'compile'
+  if compile_only:
+    # One process compiles for the target's compile-only devices: no local
+    # accelerator (nor libtpu's probe of one) and no peers are started.
+    jax.config.update('jax_platforms', 'cpu')
+    # Compile-only executables cannot be loaded back from JAX's cache.
+    jax.config.update('jax_enable_compilation_cache', False)
   try:
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                    _PROCESS_ID.value)
+    if not compile_only:
+      parallel.initialize_distributed(
+          _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     run(config, _WORKDIR.value)
   except Preempted as e:
     parallel.log(str(e))  # Exit 0: the scheduler may restart the job.

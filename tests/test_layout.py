@@ -67,12 +67,18 @@ def test_every_error_is_a_masktas_error(module):
 # Modules whose `run` is a stage of main.STAGES; report (plots and the
 # summary) and the libraries may be imported by any of them.
 STAGE_MODULES = ('teacher', 'supernet_train', 'search', 'rank', 'finetune')
+# Modes of main.STAGES that are tools over the stages, not stages: aot
+# (mode=compile) builds the stages' own Tasks to compile them.
+TOOL_MODULES = ('report', 'aot')
 
 
 def test_stages_stand_on_libraries_not_on_each_other():
   from masktas_jax import main  # pylint: disable=g-import-not-at-top
   assert {v.split(':')[0].split('.')[-1] for v in main.STAGES.values()} == (
-      set(STAGE_MODULES) | {'report'})
+      set(STAGE_MODULES) | set(TOOL_MODULES))
+  # No stage stands on a tool that imports stages.
+  assert not {(a, 'aot') for a in STAGE_MODULES
+              if 'masktas_jax.aot' in _imports(f'masktas_jax.{a}')}
   found = {(a, b.split('.')[-1]) for a in STAGE_MODULES
            for b in _imports(f'masktas_jax.{a}')
            if b.split('.')[-1] in STAGE_MODULES}

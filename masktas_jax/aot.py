@@ -1,0 +1,391 @@
+"""mode=compile: every stage's step compiled ahead of time for accelerators
+this host lacks (TPU topologies through libtpu, GPUs through the CUDA
+plugin), with memory per device, FLOPs and a roofline.
+
+The programs are the ones training runs, built from the same Tasks and
+jitted objects (`trainer.program`, `fitness.population_fn`) on a mesh of the
+target's compile-only devices; every state is abstract (`eval_shape`), so
+nothing is allocated and no weights are read. Per program the report gives
+XLA's memory per device (arguments, outputs, temporaries, code), the
+analytic model FLOPs (`flops`; XLA's own count, beside it, covers one
+iteration of a layer `scan` and one `switch` branch), a roofline step time
+max(FLOPs / peak, bytes / bandwidth) from the chip table (`chips`), images/s
+per chip and the compile time. Writes `compile/report.json` and prints a
+table; a program that does not fit its chip's memory ends the run with one
+line naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from masktas_jax import artifacts, chips, config_lib, evaluator, evolution
+from masktas_jax import finetuning, fitness, flops, model_dirs, parallel
+from masktas_jax import supernet_train, teacher, trainer
+from masktas_jax.errors import MaskTASError
+from masktas_jax.masking import num_visible
+from masktas_jax.models.mae import MAE
+
+STAGES = ('teacher', 'supernet', 'search', 'finetune')
+# What each platform's compile-only back end is, and how to get it.
+_BACKENDS = {'tpu': ('libtpu', "pip install -e '.[tpu]'"),
+             'cuda': ('jax_cuda12_plugin', "pip install -e '.[cuda]'")}
+# XLA options per platform. cuda: no Triton GEMM fusions. Compiled without a
+# GPU (so without autotuning), XLA:GPU's Triton emitter stops on the
+# training steps' fused matmuls ('Couldn't find output tile sizes that
+# satisfy hlo: dot f32[1040,128]': a matmul fused with the reshapes around
+# it, 1040 = 16 images x 65 tokens) although every plain matmul of those
+# shapes compiles; cuBLAS runs those matmuls instead. launch/gpu_multinode.sh
+# sets the same for real runs until a GPU shows the Triton path compiles.
+COMPILER_OPTIONS = {'cuda': {'xla_gpu_enable_triton_gemm': False}}
+_QUIET_LIBTPU = {'TPU_SKIP_MDS_QUERY': '1', 'TPU_WORKER_HOSTNAMES': 'localhost',
+                 'TPU_ACCELERATOR_TYPE': 'v5litepod-4'}
+# Abstract training states need a schedule length; shapes do not depend on
+# it.
+_STEPS, _WARMUP = 1000, 100
+
+
+class CompileError(MaskTASError, RuntimeError):
+  """A program cannot be compiled for the target, or does not fit it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """One jitted function and its abstract arguments.
+
+  `batch`: global images per call; `model_flops`: analytic FLOPs per call,
+  all devices together; `dtype`: the arithmetic of its matmuls (which peak
+  applies); `note`: what the FLOPs stand for.
+  """
+
+  stage: str
+  name: str
+  fn: Callable[..., Any]
+  args: tuple[Any, ...]
+  batch: int
+  model_flops: float
+  dtype: str
+  note: str = ''
+
+
+def target_devices(target: chips.Target) -> list[Any]:
+  """The compile-only devices of `target`; CompileError (one line) when its
+  back end is not installed."""
+  module, install = _BACKENDS[target.platform]
+  if importlib.util.find_spec(module) is None:
+    raise CompileError(
+        f'config.compile.platform: compiling for {target.platform} needs '
+        f'{module}, which is not installed: {install}')
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  if target.platform == 'tpu':
+    # Off a TPU VM, libtpu looks for the VM's own TPU when it loads and
+    # prints a screen of warnings; the compile-only topology comes from its
+    # name alone, whatever these say. A TPU VM's own values are kept.
+    for name, value in _QUIET_LIBTPU.items():
+      os.environ.setdefault(name, value)
+  try:
+    if target.platform == 'tpu':
+      devices = topologies.get_topology_desc(target.topology, 'tpu').devices
+    else:
+      devices = topologies.get_topology_desc(
+          platform='cuda', topology_name=target.topology,
+          target_config=chips.gpu_target_config(target.key),
+          topology=chips.gpu_topology(target.count)).devices
+  except Exception as e:  # pylint: disable=broad-except
+    reason = ' '.join(str(e).split())[:300]
+    raise CompileError(f'config.compile.topology: {target.topology!r} could '
+                       f'not be made for {target.platform}: {reason}') from e
+  if len(devices) != target.count:
+    raise CompileError(f'config.compile.topology: {target.topology!r} gave '
+                       f'{len(devices)} devices, expected {target.count}')
+  return list(devices)
+
+
+def _abstract(tree: Any, sharding) -> Any:
+  """Arrays or shape structs of `tree` as ShapeDtypeStructs on `sharding`."""
+  return jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+      tree)
+
+
+def _inputs(mesh, size: int, batch: int, **extra) -> dict[str, Any]:
+  """A global batch as the pipelines give it: uint8 images (batch, size,
+  size, 3), int32 labels, plus `extra` name -> dtype, split over 'data'."""
+  sharded = parallel.batch_sharded(mesh)
+  out = {'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8,
+                                       sharding=sharded),
+         'label': jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)}
+  for name, dtype in extra.items():
+    out[name] = jax.ShapeDtypeStruct((batch,), dtype, sharding=sharded)
+  return out
+
+
+def _key(mesh) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct((), jax.eval_shape(
+      lambda: jax.random.key(0)).dtype, sharding=parallel.replicated(mesh))
+
+
+def _teacher_model(config) -> MAE:
+  """The teacher later stages distil from, abstract: the converted one's
+  shape when `teacher.checkpoint` exists, else `config.teacher`'s (the
+  paper configs' defaults are MAE's ViT-B)."""
+  path = config.teacher.checkpoint
+  cfg = (model_dirs.read_teacher_config(path, config) if path and
+         epath.Path(path).exists() else model_dirs.mae_config(config))
+  return nnx.eval_shape(lambda: MAE(cfg, rngs=nnx.Rngs(0)))
+
+
+def _sample_archs(space, window, count: int = 256) -> list:
+  """`count` Archs drawn as search's random population is (uniform, inside
+  the window when one is set; seeded)."""
+  rng = np.random.default_rng(0)
+  archs = []
+  for _ in range(50 * count):
+    arch = space.sample(rng)
+    if window is None or window.contains(space, arch):
+      archs.append(arch)
+      if len(archs) == count:
+        break
+  return archs or [space.sample(rng) for _ in range(count)]
+
+
+def _training(stage: str, task: trainer.Task, mesh, batch: int,
+              model_flops: float, dtype: str, note: str,
+              size: int) -> Program:
+  prog = trainer.program(task, mesh)
+  constants = None if task.constants is None else _abstract(
+      task.constants, parallel.replicated(mesh))
+  return Program(stage, 'train step', prog.step,
+                 (prog.abstract_state, _inputs(mesh, size, batch),
+                  _key(mesh), constants), batch, model_flops, dtype, note)
+
+
+def programs(config, mesh, stages=STAGES) -> list[Program]:
+  """The jitted steps of `stages` on `mesh`, with abstract arguments."""
+  space = config_lib.space_from_config(config)
+  size, out = space.image_size, []
+  if 'teacher' in stages:
+    t = config.teacher
+    out.append(_training(
+        'teacher', teacher.make_task(config, _STEPS, _WARMUP), mesh,
+        t.batch_size, flops.mae_step(config, t.batch_size), 'float32',
+        'MAE pre-training', size))
+  teacher_model = _teacher_model(config)
+  if 'supernet' in stages:
+    s = config.supernet
+    task = supernet_train.make_task(config, teacher_model, _STEPS, _WARMUP,
+                                    s.batch_size)
+    step_flops = flops.SupernetStep(config)
+    archs = _sample_archs(space, None)
+    out.append(_training(
+        'supernet', task, mesh, s.batch_size,
+        float(np.mean([step_flops(a, s.batch_size) for a in archs])),
+        s.compute_dtype, 'mean over uniformly drawn subnets', size))
+  if 'search' in stages:
+    out += _search_programs(config, mesh, space, teacher_model)
+  if 'finetune' in stages:
+    f = config.finetune
+    arch = space.max_arch()
+    task = finetuning.make_task(config, space, arch, space.num_classes,
+                                _STEPS, _WARMUP, None)
+    out.append(_training(
+        'finetune', task, mesh, f.batch_size,
+        flops.finetune_step(space, arch, f.batch_size), 'float32',
+        'the largest subnet of the space', size))
+  return out
+
+
+def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
+  """The search's two compiled calls: the teacher's features of a batch
+  (once per image), and the population's scoring (per generation and
+  batch) by 'vmap' and by 'map'."""
+  s, rep = config.search, parallel.replicated(mesh)
+  relation = fitness.relation_from_config(s)
+  teacher_def, teacher_state = nnx.split(teacher_model)
+  teacher_state = _abstract(nnx.to_pure_dict(teacher_state), rep)
+  student = nnx.eval_shape(lambda: model_dirs.build_student(
+      config, teacher_model.config.embed_dim, nnx.Rngs(0)))
+  encoder_def, encoder_state = nnx.split(student.encoder)
+  encoder_state = _abstract(nnx.to_pure_dict(encoder_state), rep)
+  k = num_visible(space.num_patches, config.supernet.mask_ratio)
+  batch = _inputs(mesh, space.image_size, s.batch_size, valid=jnp.bool_)
+  del batch['label']
+  prepare = fitness.teacher_features_fn(teacher_def, space, relation,
+                                        config.supernet.mask_ratio)
+  jitted = parallel_jit(prepare, mesh, sharded_outputs=True)
+  t = teacher_model.config
+  out = [Program(
+      'search', 'teacher features', jitted, (teacher_state, batch, _key(mesh)),
+      s.batch_size, 2 * s.batch_size * flops.encoder_macs(
+          t.embed_dim, [t.embed_dim] * t.depth, [4 * t.embed_dim] * t.depth,
+          k + 1, k, space.patch_dim), 'float32', 'once per scoring image')]
+  prepared = jax.eval_shape(jitted, *out[0].args)
+  del prepared['entropy']
+  prepared = _abstract(prepared, parallel.batch_sharded(mesh))
+  capacity = max(s.population, s.mutations + s.crossovers)
+  window = evolution.Window.from_config(s)
+  population = _sample_archs(space, window, capacity)
+  population += population[-1:] * (capacity - len(population))
+  archs = _abstract(space.encode_batch(population), rep)
+  for strategy in fitness.STRATEGIES:
+    score = parallel_jit(fitness.population_fn(encoder_def, relation,
+                                               strategy), mesh)
+    out.append(Program(
+        'search', f'score {capacity} ({strategy})', score,
+        ((encoder_state, archs), prepared, _key(mesh)), s.batch_size,
+        flops.scoring_call(space, population, s.batch_size, k, strategy),
+        'float32', f'{capacity} subnets of the window, per batch'))
+  return out
+
+
+def parallel_jit(fn, mesh, sharded_outputs: bool = False):
+  """`fn(inputs, batch, rng)` jitted as `evaluator.Evaluator` jits it: inputs
+  replicated, the batch split over 'data', its uint8 images normalised."""
+  return evaluator.Evaluator(fn, mesh, sharded_outputs=sharded_outputs).fn
+
+
+def compile_program(program: Program, target: chips.Target) -> dict[str, Any]:
+  """Compiles `program`; its report row (sizes in bytes, FLOPs per step,
+  seconds)."""
+  start = time.perf_counter()
+  row = {'stage': program.stage, 'program': program.name,
+         'global_batch': program.batch, 'devices': target.count,
+         'batch_per_device': program.batch / target.count}
+  try:
+    compiled = program.fn.lower(*program.args).compile(
+        compiler_options=COMPILER_OPTIONS.get(target.platform))
+  except Exception as e:  # pylint: disable=broad-except
+    reason = ' '.join(str(e).split())[:400].rstrip('.')
+    if 'RESOURCE_EXHAUSTED' in reason:
+      # XLA:TPU refuses a program that cannot fit; the others are still
+      # worth compiling and reporting.
+      return {**row, 'fits': False, 'error': reason,
+              'compile_s': time.perf_counter() - start}
+    raise CompileError(f'{program.stage} ({program.name}): XLA could not '
+                       f'compile it for {target.topology}: {reason}') from e
+  seconds = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  sizes = {name: int(getattr(memory, f'{name}_size_in_bytes', 0) or 0)
+           for name in ('argument', 'output', 'alias', 'temp',
+                        'generated_code')}
+  # Donated arguments are reused for outputs: counted once.
+  total = (sizes['argument'] + sizes['output'] - sizes['alias'] +
+           sizes['temp'] + sizes['generated_code'])
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, list):  # Older JAX: one dict per device program.
+    cost = cost[0] if cost else {}
+  devices = target.count
+  per_device = program.model_flops / devices
+  # A lower bound of the HBM traffic: every argument read and every output
+  # written once (XLA's count, like its FLOPs, covers one loop iteration).
+  moved = max(sizes['argument'] + sizes['output'],
+              float(cost.get('bytes accessed', 0.0)))
+  peak = target.chip.peak(program.dtype)
+  compute_s, memory_s = per_device / peak, moved / target.chip.bandwidth
+  step_s = max(compute_s, memory_s)
+  return {
+      **row, 'bytes': {**sizes, 'total': total},
+      'chip_memory': target.chip.memory, 'fits': total <= target.chip.memory,
+      'model_flops_per_step': program.model_flops,
+      'model_flops_per_device': per_device, 'model_flops_note': program.note,
+      'xla_flops_per_device_one_iteration': float(cost.get('flops', 0.0)),
+      'compute_dtype': program.dtype, 'peak_flops': peak,
+      'roofline': {'compute_s': compute_s, 'memory_s': memory_s,
+                   'step_s': step_s,
+                   'bound': 'compute' if compute_s >= memory_s else 'memory'},
+      'images_per_s_per_chip': program.batch / devices / step_s,
+      'compile_s': seconds,
+  }
+
+
+def _xla_flops(row: dict[str, Any]) -> str:
+  flops_ = row['xla_flops_per_device_one_iteration']
+  # XLA:GPU's compile-only executables report no cost analysis.
+  return f'{flops_ / 1e9:,.1f}' if flops_ else 'n/a'
+
+
+def table(rows: list[dict[str, Any]], target: chips.Target) -> str:
+  """The report as a Markdown table."""
+  gib = chips.GIB
+  lines = [
+      f'compile for {target.topology} ({target.count} x {target.chip.name}, '
+      f'{target.chip.memory / gib:.0f} GiB each): compiler figures, not runs',
+      '| stage | program | batch/device | args / out / temp / code (GiB) | '
+      'total / chip | model GFLOPs/device | XLA GFLOPs (1 iteration) | '
+      'roofline ms | images/s/chip | compile s |',
+      '|---|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    if 'error' in r:
+      lines.append(f"| {r['stage']} | {r['program']} | "
+                   f"{r['batch_per_device']:g} | does not fit: {r['error']} "
+                   f"| | | | | | {r['compile_s']:.1f} |")
+      continue
+    b = r['bytes']
+    lines.append(
+        f"| {r['stage']} | {r['program']} | {r['batch_per_device']:g} | "
+        f"{b['argument'] / gib:.2f} / {b['output'] / gib:.2f} / "
+        f"{b['temp'] / gib:.2f} / {b['generated_code'] / gib:.2f} | "
+        f"{b['total'] / r['chip_memory']:.0%} | "
+        f"{r['model_flops_per_device'] / 1e9:,.1f} | "
+        f"{_xla_flops(r)} | "
+        f"{r['roofline']['step_s'] * 1e3:.2f} ({r['roofline']['bound']}) | "
+        f"{r['images_per_s_per_chip']:,.0f} | {r['compile_s']:.1f} |")
+  return '\n'.join(lines)
+
+
+def run(config, workdir: epath.Path) -> list[dict[str, Any]]:
+  """mode=compile: compiles `compile.stages` for `compile.platform` /
+  `compile.topology`, writes `compile/report.json`, prints the table;
+  CompileError when a program does not fit its chip."""
+  c = config.compile
+  target = chips.parse_target(c.platform, c.topology)
+  stages = tuple(c.stages)
+  unknown = [s for s in stages if s not in STAGES]
+  if unknown or not stages:
+    raise CompileError(f'config.compile.stages: expected some of {STAGES}, '
+                       f'got {stages!r}')
+  for stage in stages:
+    batch = config[stage].batch_size
+    if batch % target.count:
+      raise CompileError(f'config.{stage}.batch_size: {batch} is not '
+                         f'divisible by the {target.count} devices of '
+                         f'{target.topology}')
+  mesh = parallel.make_mesh(target_devices(target))
+  rows = []
+  for program in programs(config, mesh, stages):
+    parallel.log(f'compile: {program.stage} ({program.name}) for '
+                 f'{target.topology}...')
+    rows.append(compile_program(program, target))
+    parallel.log(f'compile: {program.stage} ({program.name}) '
+                 + ('does not fit' if 'error' in rows[-1] else 'compiled')
+                 + f' in {rows[-1]["compile_s"]:.1f} s')
+  out = artifacts.stage_dir(workdir, 'compile')
+  out.mkdir(parents=True, exist_ok=True)
+  report = {'platform': target.platform, 'topology': target.topology,
+            'chip': dataclasses.asdict(target.chip), 'devices': target.count,
+            'jax': jax.__version__, 'programs': rows,
+            'note': 'compiler figures for the target, not measured runs'}
+  (out / artifacts.COMPILE_REPORT).write_text(json.dumps(report, indent=2))
+  parallel.log(table(rows, target))
+  parallel.log(f'compile: wrote {out / artifacts.COMPILE_REPORT}')
+  for r in rows:
+    if not r['fits']:
+      need = r.get('error') or (
+          f"{r['bytes']['total'] / chips.GIB:.2f} GiB per device against "
+          f"the {target.chip.name}'s {target.chip.memory / chips.GIB:.0f} GiB")
+      raise CompileError(
+          f"{r['stage']} ({r['program']}) does not fit {target.topology}: "
+          f"{need}; lower config.{r['stage']}.batch_size or use more "
+          'devices')
+  return rows
