@@ -49,8 +49,12 @@ _BACKENDS = {'tpu': ('libtpu', "pip install -e '.[tpu]'"),
 # shapes compiles; cuBLAS runs those matmuls instead. launch/gpu_multinode.sh
 # sets the same for real runs until a GPU shows the Triton path compiles.
 COMPILER_OPTIONS = {'cuda': {'xla_gpu_enable_triton_gemm': False}}
+# libtpu also takes a lock file that lets one process per host load it:
+# compiling opens no TPU, so several compiles (and a training run on a TPU
+# VM) may run at once.
 _QUIET_LIBTPU = {'TPU_SKIP_MDS_QUERY': '1', 'TPU_WORKER_HOSTNAMES': 'localhost',
-                 'TPU_ACCELERATOR_TYPE': 'v5litepod-4'}
+                 'TPU_ACCELERATOR_TYPE': 'v5litepod-4',
+                 'ALLOW_MULTIPLE_LIBTPU_LOAD': '1'}
 # Abstract training states need a schedule length; shapes do not depend on
 # it.
 _STEPS, _WARMUP = 1000, 100
@@ -237,16 +241,45 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
   window = evolution.Window.from_config(s)
   population = _sample_archs(space, window, capacity)
   population += population[-1:] * (capacity - len(population))
-  archs = _abstract(space.encode_batch(population), rep)
-  for strategy in fitness.STRATEGIES:
+  # As PopulationScorer calls them: 'map' all at once; 'vmap' a share of
+  # the capacity per call, at each embed width the window holds.
+  calls = [('map', None, capacity)]
+  share = -(-capacity // len(space.embed_dims))
+  calls += [('vmap', e, share) for e in space.embed_dims
+            if any(a.embed_dim == e for a in population)]
+  for strategy, width, size in calls:
+    group = [a for a in population if width in (None, a.embed_dim)][:size]
+    group += group[-1:] * (size - len(group))
     score = parallel_jit(fitness.population_fn(encoder_def, relation,
-                                               strategy), mesh)
+                                               strategy, width), mesh)
     out.append(Program(
-        'search', f'score {capacity} ({strategy})', score,
-        ((encoder_state, archs), prepared, _key(mesh)), s.batch_size,
-        flops.scoring_call(space, population, s.batch_size, k, strategy),
-        'float32', f'{capacity} subnets of the window, per batch'))
+        'search', f'score {size} ({strategy}' + (
+            f', embed {width})' if width else ')'), score,
+        ((encoder_state, _abstract(space.encode_batch(group), rep)), prepared,
+         _key(mesh)), s.batch_size,
+        flops.scoring_call(space, group, s.batch_size, k, strategy, width),
+        'float32', f'{size} subnets of the window, per batch'))
   return out
+
+
+def generation_flops(config) -> dict[str, float]:
+  """Model FLOPs of scoring one generation (`search.population` subnets
+  drawn from the window) on one batch of `search.batch_size` images: 'map'
+  (each at its own widths), 'vmap by width' (PopulationScorer's buckets:
+  each at its embed width, max depth, heads and MLP ratio) and 'vmap at max
+  width' (every candidate at the widest: what bucketing saves)."""
+  s = config.search
+  space = config_lib.space_from_config(config)
+  k = num_visible(space.num_patches, config.supernet.mask_ratio)
+  population = _sample_archs(space, evolution.Window.from_config(s),
+                             s.population)
+  return {
+      'map': flops.scoring_call(space, population, s.batch_size, k, 'map'),
+      'vmap by width': sum(
+          flops.scoring_call(space, [a], s.batch_size, k, 'vmap', a.embed_dim)
+          for a in population),
+      'vmap at max width': flops.scoring_call(space, population,
+                                              s.batch_size, k, 'vmap')}
 
 
 def parallel_jit(fn, mesh, sharded_outputs: bool = False):
@@ -288,9 +321,11 @@ def compile_program(program: Program, target: chips.Target) -> dict[str, Any]:
   devices = target.count
   per_device = program.model_flops / devices
   # A lower bound of the HBM traffic: every argument read and every output
-  # written once (XLA's count, like its FLOPs, covers one loop iteration).
-  moved = max(sizes['argument'] + sizes['output'],
-              float(cost.get('bytes accessed', 0.0)))
+  # written once. XLA's 'bytes accessed' is no bound either way: it covers
+  # one loop iteration, yet came to 24 GB per device and step for
+  # supernet-T (v5e:2x2, 64 images per chip, 0.5 GB of arguments); it is
+  # reported beside, not used.
+  moved = sizes['argument'] + sizes['output']
   peak = target.chip.peak(program.dtype)
   compute_s, memory_s = per_device / peak, moved / target.chip.bandwidth
   step_s = max(compute_s, memory_s)
@@ -300,6 +335,8 @@ def compile_program(program: Program, target: chips.Target) -> dict[str, Any]:
       'model_flops_per_step': program.model_flops,
       'model_flops_per_device': per_device, 'model_flops_note': program.note,
       'xla_flops_per_device_one_iteration': float(cost.get('flops', 0.0)),
+      'xla_bytes_accessed_per_device': float(cost.get('bytes accessed', 0.0)),
+      'roofline_bytes_per_device': moved,
       'compute_dtype': program.dtype, 'peak_flops': peak,
       'roofline': {'compute_s': compute_s, 'memory_s': memory_s,
                    'step_s': step_s,
@@ -376,6 +413,15 @@ def run(config, workdir: epath.Path) -> list[dict[str, Any]]:
             'chip': dataclasses.asdict(target.chip), 'devices': target.count,
             'jax': jax.__version__, 'programs': rows,
             'note': 'compiler figures for the target, not measured runs'}
+  if 'search' in stages:
+    report['search_generation_flops_per_batch'] = generation_flops(config)
+    saved = report['search_generation_flops_per_batch']
+    parallel.log(
+        f"compile: scoring a generation costs {saved['vmap by width']:.3g} "
+        f"FLOPs per batch bucketed by embed width, against "
+        f"{saved['vmap at max width']:.3g} all at the max width "
+        f"({saved['vmap by width'] / saved['vmap at max width']:.0%}); "
+        f"'map': {saved['map']:.3g}")
   (out / artifacts.COMPILE_REPORT).write_text(json.dumps(report, indent=2))
   parallel.log(table(rows, target))
   parallel.log(f'compile: wrote {out / artifacts.COMPILE_REPORT}')

@@ -104,12 +104,15 @@ def teacher_features_fn(teacher_def, space: SearchSpace,
   return prepare
 
 
-def population_fn(encoder_def, relation: losses.Relation, strategy: str):
+def population_fn(encoder_def, relation: losses.Relation, strategy: str,
+                  width: int | None = None):
   """`fn((encoder_state, archs), batch, rng)` for an `evaluator.Evaluator`:
   (P, 2) summed fitness and student entropy of the P stacked encoded
   `archs` over one prepared batch (`teacher_features_fn`'s output, without
-  'entropy'), by `strategy` (STRATEGIES)."""
+  'entropy'), by `strategy` (STRATEGIES); 'vmap' at static embed `width`
+  (None: the max) for Archs no wider."""
   mode = ENCODE_MODES[strategy]
+  at = {'width': width} if width else {}
 
   def score(inputs, batch, _):
     encoder_state, archs = inputs
@@ -117,7 +120,7 @@ def population_fn(encoder_def, relation: losses.Relation, strategy: str):
 
     def one(arch):
       z_student = encoder.encode(batch['image'], arch, batch['ids_keep'],
-                                 mode=mode)[:, 1:]
+                                 mode=mode, **at)[:, 1:]
       per_image = jnp.stack([
           relation.fitness(batch['z_teacher'], z_student),
           relation.student_entropy(z_student)], -1)
@@ -167,33 +170,59 @@ class PopulationScorer:
             self.num_images, 1)
     self._scorers = {}
 
-  def _scorer(self, strategy: str, alone: bool = False
-              ) -> evaluator.Evaluator:
-    """The jitted scoring of stacked Archs by `strategy`, made once (and
-    once more for single Archs, `alone`, so each counts its own traces)."""
-    if (strategy, alone) not in self._scorers:
-      self._scorers[strategy, alone] = evaluator.Evaluator(
-          population_fn(self.encoder_def, self.relation, strategy), self.mesh)
-    return self._scorers[strategy, alone]
+  def _scorer(self, strategy: str, alone: bool = False,
+              width: int | None = None) -> evaluator.Evaluator:
+    """The jitted scoring of stacked Archs by `strategy` (at static embed
+    `width` for 'vmap' buckets), made once (and once more for single Archs,
+    `alone`, so each counts its own traces)."""
+    if (strategy, alone, width) not in self._scorers:
+      self._scorers[strategy, alone, width] = evaluator.Evaluator(
+          population_fn(self.encoder_def, self.relation, strategy, width),
+          self.mesh)
+    return self._scorers[strategy, alone, width]
 
   @property
   def traces(self) -> int:
-    """How often the population scoring was traced (compiled)."""
-    return self._scorer(self.strategy).traces
+    """How often any one of the population scoring functions was traced
+    (compiled): 1 however many generations ran."""
+    return max([f.traces for (strategy, alone, _), f in self._scorers.items()
+                if strategy == self.strategy and not alone] or [0])
+
+  def _call_size(self, width: int | None) -> int:
+    """Archs per compiled call: `capacity`, or its share per embed width."""
+    return self.capacity if width is None else -(
+        -self.capacity // len(self.space.embed_dims))
+
+  def buckets(self, archs: Sequence[Arch]) -> list[tuple[int | None,
+                                                         list[int]]]:
+    """How `evaluate` splits `archs`: (embed width or None, indices) per
+    call. 'vmap' groups them by embed dim, `ceil(capacity / embed choices)`
+    per call, each group at its own width (max-width masks would cost the
+    widest subnet's FLOPs for every candidate); 'map' takes `capacity` per
+    call, each candidate at its own widths anyway."""
+    if self.strategy != 'vmap':
+      return [(None, list(range(lo, min(lo + self.capacity, len(archs)))))
+              for lo in range(0, len(archs), self.capacity)]
+    size = self._call_size(self.space.embed_dims[0])
+    out = []
+    for width in self.space.embed_dims:
+      group = [i for i, a in enumerate(archs) if a.embed_dim == width]
+      out += [(width, group[lo:lo + size])
+              for lo in range(0, len(group), size)]
+    return out
 
   def evaluate(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
     """((P,) fitness, (P,) student map entropy), each a mean per image; the
     entropy (a fraction of its maximum) needs no teacher: the control that
     the fitness must beat."""
-    scorer = self._scorer(self.strategy)
-    out = []
-    for lo in range(0, len(archs), self.capacity):
-      chunk = list(archs[lo:lo + self.capacity])
-      padded = chunk + [chunk[-1]] * (self.capacity - len(chunk))
+    per_image = np.zeros((len(archs), 2))
+    for width, indices in self.buckets(archs):
+      chunk = [archs[i] for i in indices]
+      padded = chunk + [chunk[-1]] * (self._call_size(width) - len(chunk))
       encoded = self.space.encode_batch(padded)
-      out.append(scorer.sum(self.batches, (self.encoder_state,
-                                           encoded))[:len(chunk)])
-    per_image = np.concatenate(out) / self.num_images
+      per_image[indices] = self._scorer(self.strategy, width=width).sum(
+          self.batches, (self.encoder_state, encoded))[:len(chunk)]
+    per_image /= self.num_images
     return per_image[:, 0], per_image[:, 1]
 
   def __call__(self, archs: Sequence[Arch]) -> np.ndarray:

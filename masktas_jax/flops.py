@@ -92,17 +92,21 @@ def finetune_step(space, arch: Arch, batch: int) -> int:
   return 6 * batch * space.count_macs(arch)
 
 
-def scoring_call(space, archs, batch: int, visible: int,
-                 strategy: str) -> int:
+def scoring_call(space, archs, batch: int, visible: int, strategy: str,
+                 width: int | None = None) -> int:
   """Model FLOPs of one population-scoring call (`fitness.population_fn`):
   each of `archs` encodes `batch` images' `visible` patches and forms its
   relation maps (K x K products of its tokens). 'vmap' runs every candidate
-  at the space's max width and depth (masks cost what they hide); 'map'
-  runs each at its own widths."""
+  at the max depth, heads and MLP ratio of the space, at embed `width`
+  (None: the max; masks cost what they hide); 'map' runs each at its own
+  widths."""
   k = visible
+  widest = space.max_arch()
   total = 0
   for arch in archs:
-    run = space.max_arch() if strategy == 'vmap' else arch
+    run = arch if strategy == 'map' else Arch(
+        width or widest.embed_dim, widest.depth, widest.num_heads,
+        widest.mlp_ratios)
     total += encoder_macs(
         run.embed_dim, [h * HEAD_DIM for h in run.num_heads], run.mlp_dims,
         k + 1, k, space.patch_dim) + k * k * run.embed_dim

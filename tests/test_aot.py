@@ -46,7 +46,8 @@ def test_every_stage_compiles_for_a_tpu_topology(compiled):
       'tpu', 'v5e:2x2', 4)
   assert set(rows) == {('teacher', 'train step'), ('supernet', 'train step'),
                        ('search', 'teacher features'),
-                       ('search', 'score 8 (vmap)'),
+                       ('search', 'score 4 (vmap, embed 32)'),
+                       ('search', 'score 4 (vmap, embed 48)'),
                        ('search', 'score 8 (map)'),
                        ('finetune', 'train step')}
   for (stage, program), r in rows.items():
@@ -78,13 +79,20 @@ def test_analytic_flops_agree_with_xla_where_it_counts_everything(compiled):
     ratio = r['xla_flops_per_device_one_iteration'] / r[
         'model_flops_per_device']
     assert 1.0 <= ratio < 1.15, (key, ratio)
-  vmap = rows['search', 'score 8 (vmap)']
-  ratio = vmap['model_flops_per_device'] / vmap[
-      'xla_flops_per_device_one_iteration']
-  assert 2.5 < ratio < 3.2, ratio
-  # Each candidate at its own widths costs less than all at the max width.
-  assert (rows['search', 'score 8 (map)']['model_flops_per_device'] <
-          0.8 * vmap['model_flops_per_device'])
+  for width in (32, 48):
+    vmap = rows['search', f'score 4 (vmap, embed {width})']
+    ratio = vmap['model_flops_per_device'] / vmap[
+        'xla_flops_per_device_one_iteration']
+    assert 2.5 < ratio < 3.2, (width, ratio)
+  narrow, wide = (rows['search', f'score 4 (vmap, embed {w})'][
+      'model_flops_per_device'] for w in (32, 48))
+  # A third fewer channels: about (32/48)^1..2 of the work.
+  assert 0.4 < narrow / wide < 0.75
+  # Per generation: by embed width costs less than all at the max width,
+  # and each candidate at its own widths ('map') less again.
+  per_batch = _report(compiled[0])[0]['search_generation_flops_per_batch']
+  assert (per_batch['map'] < per_batch['vmap by width'] <
+          0.95 * per_batch['vmap at max width'])
 
 
 def test_more_devices_hold_less_of_the_batch(compiled, tmp_path):

@@ -32,6 +32,14 @@ def test_population_scorer_equals_scoring_each_alone_and_compiles_once(
     np.testing.assert_array_equal(together, scorer(archs))
     alone = np.array([scorer.score_alone(a) for a in archs])
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+    calls = scorer.buckets(archs)
+    assert sorted(i for _, group in calls for i in group) == list(range(7))
+    if strategy == 'vmap':  # By embed width, 3 (= ceil(5 / 2)) per call.
+      assert all(archs[i].embed_dim == width and len(group) <= 3
+                 for width, group in calls for i in group)
+    else:
+      assert [len(group) for _, group in calls] == [5, 2]
+  # Each compiled function (one per embed width for 'vmap') traced once.
   assert scorer.traces == 1
   # The fitness tells Archs apart.
   assert np.ptp(together) > 1e-4

@@ -1,5 +1,6 @@
 """Masked supernet == extracted dense subnet, compiled once for every Arch."""
 
+import functools
 import math
 
 import chex
@@ -52,11 +53,16 @@ def tiny():
   model = _perturbed(TINY)
   graphdef, state = nnx.split(model)
 
-  @jax.jit
-  def encode(state, images, arch, ids_keep):
+  @functools.partial(jax.jit, static_argnums=4)
+  def encode(state, images, arch, ids_keep, width):
     m = nnx.merge(graphdef, state)
-    return {mode: m.encode(images, arch, ids_keep, mode=mode)
-            for mode in ('switch', 'mask')}
+    out = {mode: m.encode(images, arch, ids_keep, mode=mode)
+           for mode in ('switch', 'mask')}
+    # The mask path at the Arch's own (static) width: population scoring's
+    # buckets.
+    out['mask at its width'] = m.encode(images, arch, ids_keep, mode='mask',
+                                        width=width)
+    return out
 
   return model, state, encode
 
@@ -79,7 +85,8 @@ def test_supernet_equals_extracted_subnet(tiny, masked):
     dense = model.extract(arch)
     assert vit.count_params(dense) == TINY.count_params(arch)
     want = np.asarray(dense.encode(images, ids_keep))
-    got = encode(state, images, TINY.encode(arch), ids_keep)
+    got = encode(state, images, TINY.encode(arch), ids_keep, arch.embed_dim)
+    assert len(got) == 3
     for mode, out in got.items():
       out = np.asarray(out)
       assert out.shape == (3, 1 + (2 if masked else 4), 240)

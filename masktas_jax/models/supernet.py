@@ -29,7 +29,7 @@ from flax import nnx
 
 from masktas_jax.masking import gather_tokens, patchify
 from masktas_jax.models import switch, vit
-from masktas_jax.space import HEAD_DIM, Arch, SearchSpace
+from masktas_jax.space import HEAD_DIM, Arch, SearchSpace, mlp_width
 
 Mode = Literal['switch', 'mask']
 ArchArrays = dict[str, jax.Array]
@@ -96,12 +96,13 @@ def _dense_block(x, p, *, heads: int, mlp: int):
 
 
 def _masked_block(x, p, head_mask, mlp_mask, active, embed_mask, count):
-  """One block at max width under masks: x (B, N, E_max), zero-padded."""
+  """One block under masks: x (B, N, E) zero-padded, E the max width or a
+  narrower static one (the first E channels of every weight)."""
   e, heads, mlp = x.shape[-1], head_mask.shape[-1], mlp_mask.shape[-1]
-  h = _masked_ln(x, p['ln1_scale'], p['ln1_bias'], embed_mask, count)
+  h = _masked_ln(x, p['ln1_scale'][:e], p['ln1_bias'][:e], embed_mask, count)
   y = _attention(h, p, heads, e, head_mask)
   x = x + jnp.where(active > 0, y, 0) * embed_mask
-  h = _masked_ln(x, p['ln2_scale'], p['ln2_bias'], embed_mask, count)
+  h = _masked_ln(x, p['ln2_scale'][:e], p['ln2_bias'][:e], embed_mask, count)
   y = _mlp(h, p, mlp, e, mlp_mask)
   # where, not a product: a skipped layer's inf/NaN must not leak through.
   return x + jnp.where(active > 0, y, 0) * embed_mask
@@ -213,11 +214,16 @@ class Supernet(nnx.Module):
     return jax.lax.switch(arch['embed_index'], branches, self._params(), images,
                          ids_keep, arch['layer_branch'])
 
-  def _encode_mask(self, images, arch: ArchArrays, ids_keep):
-    embed_mask = arch['embed_mask']
+  def _encode_mask(self, images, arch: ArchArrays, ids_keep,
+                   width: int | None = None):
+    space = self.space
+    e = width or space.max_embed
+    # The widest MLP of an Arch of embed dim <= e.
+    m = mlp_width(e, max(space.mlp_ratios)) if width else space.max_mlp
+    embed_mask = arch['embed_mask'][:e]
     count = embed_mask.sum()
     p = self._params()
-    x = self._embed(p, images, ids_keep, self.space.max_embed) * embed_mask
+    x = self._embed(p, images, ids_keep, e) * embed_mask
 
     def layer(x, inputs):
       p, head_mask, mlp_mask, active = inputs
@@ -225,12 +231,15 @@ class Supernet(nnx.Module):
                            count), None
 
     x, _ = jax.lax.scan(layer, x, (p['layers'], arch['head_mask'],
-                                   arch['mlp_mask'], arch['layer_mask']))
-    return _masked_ln(x, p['norm_scale'], p['norm_bias'], embed_mask, count)
+                                   arch['mlp_mask'][:, :m],
+                                   arch['layer_mask']))
+    x = _masked_ln(x, p['norm_scale'][:e], p['norm_bias'][:e], embed_mask,
+                   count)
+    return jnp.pad(x, ((0, 0), (0, 0), (0, space.max_embed - e)))
 
   def encode(self, images: jax.Array, arch: ArchArrays,
              ids_keep: jax.Array | None = None,
-             mode: Mode = 'switch') -> jax.Array:
+             mode: Mode = 'switch', width: int | None = None) -> jax.Array:
     """Final-normed tokens of the subnet `arch` (from `space.encode`).
 
     Args:
@@ -238,6 +247,9 @@ class Supernet(nnx.Module):
       arch: `SearchSpace.encode(arch)` arrays (unbatched).
       ids_keep: optional (B, K) indices of visible patches (MAE masking).
       mode: 'switch' (subnet FLOPs) or 'mask' (max width, vmap-friendly).
+      width: 'mask' only: run at this static embed width instead of the
+        max (for Archs of embed dim <= width: candidates bucketed by width
+        cost their own width's FLOPs, not the widest's).
 
     Returns:
       (B, 1 + K, max_embed) tokens, CLS first; channels past the Arch's
@@ -246,7 +258,7 @@ class Supernet(nnx.Module):
     if mode == 'switch':
       return self._encode_switch(images, arch, ids_keep)
     if mode == 'mask':
-      return self._encode_mask(images, arch, ids_keep)
+      return self._encode_mask(images, arch, ids_keep, width)
     raise ValueError(f"mode: expected 'switch' or 'mask', got {mode!r}")
 
   def __call__(self, images: jax.Array, arch: ArchArrays,

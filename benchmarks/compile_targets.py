@@ -1,0 +1,119 @@
+"""What each config needs on TPU topologies and GPUs: `mode=compile` over a
+grid of configs and targets, one process each, gathered into one table.
+
+    python benchmarks/compile_targets.py [--configs tiny,small,base]
+        [--targets tpu:v5e:4x4,tpu:v5p:2x2x1,tpu:v6e:2x2,cuda:8xh100]
+        [--stages supernet] [--max-batch] [--out DIR]
+
+Per config and target: memory per device against the chip's, analytic model
+GFLOPs per device and step, the roofline step time and images/s per chip,
+and the compile time on this host. With --max-batch, the largest per-device
+batch (a power of two) whose supernet step XLA:TPU still compiles, found by
+doubling from the config's. These are compiler figures, not runs. GPU
+targets need the '.[cuda]' extra (its own venv: `--python`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def compile_once(python: str, config: str, platform: str, topology: str,
+                 stages: str, workdir: pathlib.Path,
+                 overrides=()) -> tuple[int, dict | None, str, float]:
+  """(exit code, report or None, last stderr line, wall seconds) of one
+  `mode=compile` run."""
+  command = [python, '-m', 'masktas_jax.main', f'--config=configs/{config}.py',
+             f'--workdir={workdir}', '--config.mode=compile',
+             f'--config.compile.platform={platform}',
+             f'--config.compile.topology={topology}',
+             f'--config.compile.stages=({",".join(repr(s) for s in stages.split(","))},)',
+             *overrides]
+  start = time.perf_counter()
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, 'JAX_PLATFORMS': 'cpu',
+                               'PYTHONPATH': str(REPO)}, check=False)
+  seconds = time.perf_counter() - start
+  report = workdir / 'compile' / 'report.json'
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  return (result.returncode,
+          json.loads(report.read_text()) if report.exists() else None,
+          lines[-1] if lines else '', seconds)
+
+
+def max_batch(python, config, platform, topology, per_device, devices,
+              root) -> int:
+  """The largest power-of-two multiple of `per_device` whose supernet step
+  compiles and fits, doubling until it does not."""
+  best, batch = 0, per_device
+  while batch <= 64 * per_device:
+    code, _, _, _ = compile_once(
+        python, config, platform, topology, 'supernet',
+        root / f'{config}_{topology}_{batch}'.replace(':', '_'),
+        [f'--config.supernet.batch_size={batch * devices}'])
+    if code:
+      break
+    best, batch = batch, 2 * batch
+  return best
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--configs', default='tiny,small,base')
+  parser.add_argument('--targets', default=(
+      'tpu:v5e:4x4,tpu:v5p:2x2x1,tpu:v6e:2x2,cuda:8xh100'))
+  parser.add_argument('--stages', default='supernet')
+  parser.add_argument('--max-batch', action='store_true')
+  parser.add_argument('--python', default=sys.executable,
+                      help='the interpreter (a venv with the back ends)')
+  parser.add_argument('--out', default=tempfile.mkdtemp(prefix='aot_'))
+  args = parser.parse_args()
+  root = pathlib.Path(args.out)
+  print('| config | target | stage | program | batch / device | memory / '
+        'device (GiB) | of the chip | model GFLOPs / device | roofline ms '
+        '| images/s / chip | compile s |' + (
+            ' largest batch / device |' if args.max_batch else ''))
+  print('|---|---|---|---|---|---|---|---|---|---|---|' + (
+      '---|' if args.max_batch else ''))
+  for config in args.configs.split(','):
+    for target in args.targets.split(','):
+      platform, topology = target.split(':', 1)
+      workdir = root / f'{config}_{topology}'.replace(':', '_')
+      code, report, last, _ = compile_once(args.python, config, platform,
+                                           topology, args.stages, workdir)
+      if report is None:
+        print(f'| {config} | {topology} | {args.stages} | failed: {last} |')
+        continue
+      for r in report['programs']:
+        if 'error' in r:
+          print(f"| {config} | {topology} | {r['stage']} | {r['program']} | "
+                f"{r['batch_per_device']:g} | does not fit | | | | | "
+                f"{r['compile_s']:.0f} |")
+          continue
+        extra = ''
+        if args.max_batch and r['stage'] == 'supernet' and platform == 'tpu':
+          extra = f" {max_batch(args.python, config, platform, topology, int(r['batch_per_device']), r['devices'], root)} |"
+        elif args.max_batch:
+          extra = ' |'
+        print(f"| {config} | {topology} | {r['stage']} | {r['program']} | "
+              f"{r['batch_per_device']:g} | {r['bytes']['total'] / 2**30:.2f} "
+              f"| {r['bytes']['total'] / r['chip_memory']:.0%} | "
+              f"{r['model_flops_per_device'] / 1e9:,.0f} | "
+              f"{r['roofline']['step_s'] * 1e3:.1f} | "
+              f"{r['images_per_s_per_chip']:,.0f} | {r['compile_s']:.0f} |"
+              + extra, flush=True)
+      if code and report is not None:
+        print(f'| {config} | {topology} | | {last} |')
+
+
+if __name__ == '__main__':
+  main()
