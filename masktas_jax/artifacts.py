@@ -3,7 +3,8 @@
 Every path a stage reads or writes is named here, so that stages share
 artifacts rather than each other's modules:
 
-    WORKDIR/config.json, space.json, space.png, summary.json, report.png
+    WORKDIR/config.json, space.json, space.png, summary.json, report.png,
+            jax_cache/
     WORKDIR/<stage>/checkpoints/, metrics.jsonl, loss.png, profile/
                                                           (training stages)
     WORKDIR/teacher/model/       teacher.json + params/
@@ -38,6 +39,8 @@ SPACE = 'space.json'
 SPACE_PLOT = 'space.png'
 SUMMARY = 'summary.json'
 REPORT = 'report.png'
+# JAX's persistent compilation cache (config.compilation_cache).
+JAX_CACHE = 'jax_cache'
 
 # In each training stage's directory (trainer.py writes them).
 CHECKPOINTS = 'checkpoints'

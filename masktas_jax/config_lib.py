@@ -46,6 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
   # the first, which compiles) into <stage>/profile/, for TensorBoard's
   # profile plugin or Perfetto (the .trace.json.gz); 0: no trace.
   c.profile_steps = 0
+  # JAX's persistent compilation cache in WORKDIR/jax_cache (unless
+  # JAX_COMPILATION_CACHE_DIR names another): a run restarted after a
+  # preemption, or the next stage of a pipeline, loads the steps it compiled
+  # before instead of compiling them again (minutes for supernet-B on TPU).
+  c.compilation_cache = True
 
   c.data = ml_collections.ConfigDict()
   # 'digits' (bundled scikit-learn digits), 'folder' (images under

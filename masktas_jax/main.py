@@ -60,6 +60,11 @@ def run(config, workdir: str) -> None:
   config_lib.validate(config)
   modes = PIPELINE if config.mode == 'pipeline' else (config.mode,)
   workdir = epath.Path(workdir)
+  if (config.compilation_cache and config.mode != 'compile' and
+      not jax.config.jax_compilation_cache_dir):
+    # Before the first compile: JAX settles on its cache then, once.
+    jax.config.update('jax_compilation_cache_dir',
+                      str(workdir / artifacts.JAX_CACHE))
   preflight.check_inputs(config, modes, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:

@@ -1,6 +1,7 @@
 """The command line: overrides, the space stage, one-line errors."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -209,3 +210,25 @@ def test_paper_configs_need_a_teacher_checkpoint_or_an_opt_in(tmp_path,
                f'--config.data.data_dir={tmp_path}')
   assert result.returncode == 2, result.stderr
   assert 'teacher' not in result.stderr and 'imagenet2012' in result.stderr
+
+
+def test_compiled_steps_are_cached_in_the_workdir(tmp_path):
+  """config.compilation_cache: a run's compiled steps land in
+  WORKDIR/jax_cache, and a rerun that trains again loads its step from
+  there instead of compiling it."""
+  # '' leaves the cache to the config (the test session sets its own).
+  env = {'JAX_COMPILATION_CACHE_DIR': '',
+         'JAX_DEBUG_LOG_MODULES': 'jax._src.compiler'}
+  args = (*TEACHER, '--config.teacher.batch_size=8', f'--workdir={tmp_path}')
+  first = run(*args, env=env)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert any((tmp_path / 'jax_cache').iterdir())
+  shutil.rmtree(tmp_path / 'teacher')  # Train again, from scratch.
+  second = run(*args, env=env)
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert "Persistent compilation cache hit for 'jit_step'" in second.stderr
+  assert "Persistent compilation cache hit for 'jit_step'" not in first.stderr
+  off = run(*args, '--config.compilation_cache=False',
+            f'--workdir={tmp_path}/off', env=env)
+  assert off.returncode == 0, off.stderr[-2000:]
+  assert not (tmp_path / 'off/jax_cache').exists()
