@@ -32,6 +32,7 @@ from flax import nnx
 
 from masktas_jax import artifacts, chips, config_lib, evaluator, evolution
 from masktas_jax import finetuning, fitness, flops, model_dirs, parallel
+from masktas_jax import roofline
 from masktas_jax import supernet_train, teacher, trainer
 from masktas_jax.errors import MaskTASError
 from masktas_jax.masking import num_visible
@@ -227,7 +228,7 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
   del batch['label']
   prepare = fitness.teacher_features_fn(teacher_def, space, relation,
                                         config.supernet.mask_ratio)
-  jitted = parallel_jit(prepare, mesh, sharded_outputs=True)
+  jitted = _evaluator_jit(prepare, mesh, sharded_outputs=True)
   t = teacher_model.config
   out = [Program(
       'search', 'teacher features', jitted, (teacher_state, batch, _key(mesh)),
@@ -250,7 +251,7 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
   for strategy, width, size in calls:
     group = [a for a in population if width in (None, a.embed_dim)][:size]
     group += group[-1:] * (size - len(group))
-    score = parallel_jit(fitness.population_fn(encoder_def, relation,
+    score = _evaluator_jit(fitness.population_fn(encoder_def, relation,
                                                strategy, width), mesh)
     out.append(Program(
         'search', f'score {size} ({strategy}' + (
@@ -282,7 +283,7 @@ def generation_flops(config) -> dict[str, float]:
                                               s.batch_size, k, 'vmap')}
 
 
-def parallel_jit(fn, mesh, sharded_outputs: bool = False):
+def _evaluator_jit(fn, mesh, sharded_outputs: bool = False):
   """`fn(inputs, batch, rng)` jitted as `evaluator.Evaluator` jits it: inputs
   replicated, the batch split over 'data', its uint8 images normalised."""
   return evaluator.Evaluator(fn, mesh, sharded_outputs=sharded_outputs).fn
@@ -308,77 +309,9 @@ def compile_program(program: Program, target: chips.Target) -> dict[str, Any]:
     raise CompileError(f'{program.stage} ({program.name}): XLA could not '
                        f'compile it for {target.topology}: {reason}') from e
   seconds = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  sizes = {name: int(getattr(memory, f'{name}_size_in_bytes', 0) or 0)
-           for name in ('argument', 'output', 'alias', 'temp',
-                        'generated_code')}
-  # Donated arguments are reused for outputs: counted once.
-  total = (sizes['argument'] + sizes['output'] - sizes['alias'] +
-           sizes['temp'] + sizes['generated_code'])
-  cost = compiled.cost_analysis() or {}
-  if isinstance(cost, list):  # Older JAX: one dict per device program.
-    cost = cost[0] if cost else {}
-  devices = target.count
-  per_device = program.model_flops / devices
-  # A lower bound of the HBM traffic: every argument read and every output
-  # written once. XLA's 'bytes accessed' is no bound either way: it covers
-  # one loop iteration, yet came to 24 GB per device and step for
-  # supernet-T (v5e:2x2, 64 images per chip, 0.5 GB of arguments); it is
-  # reported beside, not used.
-  moved = sizes['argument'] + sizes['output']
-  peak = target.chip.peak(program.dtype)
-  compute_s, memory_s = per_device / peak, moved / target.chip.bandwidth
-  step_s = max(compute_s, memory_s)
-  return {
-      **row, 'bytes': {**sizes, 'total': total},
-      'chip_memory': target.chip.memory, 'fits': total <= target.chip.memory,
-      'model_flops_per_step': program.model_flops,
-      'model_flops_per_device': per_device, 'model_flops_note': program.note,
-      'xla_flops_per_device_one_iteration': float(cost.get('flops', 0.0)),
-      'xla_bytes_accessed_per_device': float(cost.get('bytes accessed', 0.0)),
-      'roofline_bytes_per_device': moved,
-      'compute_dtype': program.dtype, 'peak_flops': peak,
-      'roofline': {'compute_s': compute_s, 'memory_s': memory_s,
-                   'step_s': step_s,
-                   'bound': 'compute' if compute_s >= memory_s else 'memory'},
-      'images_per_s_per_chip': program.batch / devices / step_s,
-      'compile_s': seconds,
-  }
-
-
-def _xla_flops(row: dict[str, Any]) -> str:
-  flops_ = row['xla_flops_per_device_one_iteration']
-  # XLA:GPU's compile-only executables report no cost analysis.
-  return f'{flops_ / 1e9:,.1f}' if flops_ else 'n/a'
-
-
-def table(rows: list[dict[str, Any]], target: chips.Target) -> str:
-  """The report as a Markdown table."""
-  gib = chips.GIB
-  lines = [
-      f'compile for {target.topology} ({target.count} x {target.chip.name}, '
-      f'{target.chip.memory / gib:.0f} GiB each): compiler figures, not runs',
-      '| stage | program | batch/device | args / out / temp / code (GiB) | '
-      'total / chip | model GFLOPs/device | XLA GFLOPs (1 iteration) | '
-      'roofline ms | images/s/chip | compile s |',
-      '|---|---|---|---|---|---|---|---|---|---|']
-  for r in rows:
-    if 'error' in r:
-      lines.append(f"| {r['stage']} | {r['program']} | "
-                   f"{r['batch_per_device']:g} | does not fit: {r['error']} "
-                   f"| | | | | | {r['compile_s']:.1f} |")
-      continue
-    b = r['bytes']
-    lines.append(
-        f"| {r['stage']} | {r['program']} | {r['batch_per_device']:g} | "
-        f"{b['argument'] / gib:.2f} / {b['output'] / gib:.2f} / "
-        f"{b['temp'] / gib:.2f} / {b['generated_code'] / gib:.2f} | "
-        f"{b['total'] / r['chip_memory']:.0%} | "
-        f"{r['model_flops_per_device'] / 1e9:,.1f} | "
-        f"{_xla_flops(r)} | "
-        f"{r['roofline']['step_s'] * 1e3:.2f} ({r['roofline']['bound']}) | "
-        f"{r['images_per_s_per_chip']:,.0f} | {r['compile_s']:.1f} |")
-  return '\n'.join(lines)
+  return {**row, **roofline.figures(
+      compiled, target, program.model_flops, program.dtype, program.batch),
+          'model_flops_note': program.note, 'compile_s': seconds}
 
 
 def run(config, workdir: epath.Path) -> list[dict[str, Any]]:
@@ -423,7 +356,7 @@ def run(config, workdir: epath.Path) -> list[dict[str, Any]]:
         f"({saved['vmap by width'] / saved['vmap at max width']:.0%}); "
         f"'map': {saved['map']:.3g}")
   (out / artifacts.COMPILE_REPORT).write_text(json.dumps(report, indent=2))
-  parallel.log(table(rows, target))
+  parallel.log(roofline.table(rows, target))
   parallel.log(f'compile: wrote {out / artifacts.COMPILE_REPORT}')
   for r in rows:
     if not r['fits']:
