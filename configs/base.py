@@ -11,6 +11,11 @@ mae_pretrain_vit_base.pth (README: "The teacher") and convert it once.
 
 Without a teacher checkpoint the run stops at once and says so;
 `--config.teacher.pretrain=True` pre-trains one here instead (400 epochs).
+What each stage needs per TPU chip or GPU, compiled from any host (the
+'.[tpu]' extra; README: "Compiling for accelerators you don't have"):
+
+  python -m masktas_jax.main --config=configs/base.py --workdir=/tmp/aot_base \
+      --config.mode=compile --config.compile.topology=v5e:4x4
 """
 
 from masktas_jax import config_lib
