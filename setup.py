@@ -37,10 +37,10 @@ setup(
     extras_require={
         # torch 2.13.0's CPU build is the PyTorch reference of the MAE
         # parity tests; other versions may pull a multi-GB CUDA build.
-        # libtpu (through jax[tpu]) for the tests of mode=compile, which
-        # compile for TPU topologies on the CPU host.
+        # libtpu (through jax[tpu]; Linux wheels only) for the tests of
+        # mode=compile, which compile for TPU topologies on the CPU host.
         'test': ['pytest>=8', 'pytest-xdist>=3.5', 'torch==2.13.0',
-                 f'jax[tpu]=={JAX}'],
+                 f'jax[tpu]=={JAX}; platform_system == "Linux"'],
         # mode=compile's back ends: libtpu for TPU topologies, the CUDA
         # plugin for GPUs. Each is built for one jax release, so jax is
         # pinned to it.

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ def compile_once(python: str, config: str, platform: str, topology: str,
              f'--config.compile.topology={topology}',
              f'--config.compile.stages=({",".join(repr(s) for s in stages.split(","))},)',
              *overrides]
+  shutil.rmtree(workdir, ignore_errors=True)  # No stale report.
   start = time.perf_counter()
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, 'JAX_PLATFORMS': 'cpu',
@@ -52,9 +54,11 @@ def compile_once(python: str, config: str, platform: str, topology: str,
 
 def max_batch(python, config, platform, topology, per_device, devices,
               root) -> int:
-  """The largest power-of-two multiple of `per_device` whose supernet step
-  compiles and fits, doubling until it does not."""
-  best, batch = 0, per_device
+  """The largest power-of-two multiple of `per_device` (which compiled)
+  whose supernet step still compiles and fits, doubling until one does
+  not; 64 x `per_device` means at least that. Any failure counts as not
+  fitting."""
+  best, batch = per_device, 2 * per_device
   while batch <= 64 * per_device:
     code, _, _, _ = compile_once(
         python, config, platform, topology, 'supernet',
@@ -75,9 +79,9 @@ def main():
   parser.add_argument('--max-batch', action='store_true')
   parser.add_argument('--python', default=sys.executable,
                       help='the interpreter (a venv with the back ends)')
-  parser.add_argument('--out', default=tempfile.mkdtemp(prefix='aot_'))
+  parser.add_argument('--out', default='')
   args = parser.parse_args()
-  root = pathlib.Path(args.out)
+  root = pathlib.Path(args.out or tempfile.mkdtemp(prefix='aot_'))
   print('| config | target | stage | program | batch / device | memory / '
         'device (GiB) | of the chip | model GFLOPs / device | roofline ms '
         '| images/s / chip | compile s |' + (
@@ -91,7 +95,8 @@ def main():
       code, report, last, _ = compile_once(args.python, config, platform,
                                            topology, args.stages, workdir)
       if report is None:
-        print(f'| {config} | {topology} | {args.stages} | failed: {last} |')
+        print(f'| {config} | {topology} | {args.stages} | failed: {last} |'
+              + ' |' * 7)
         continue
       for r in report['programs']:
         if 'error' in r:

@@ -84,14 +84,33 @@ class Program:
   note: str = ''
 
 
-def target_devices(target: chips.Target) -> list[Any]:
-  """The compile-only devices of `target`; CompileError (one line) when its
-  back end is not installed."""
+def check(config) -> chips.Target:
+  """The target of `config.compile`, once its stages, back end and batch
+  sizes check out (CompileError naming the field otherwise): before
+  anything is written."""
+  c = config.compile
+  target = chips.parse_target(c.platform, c.topology)
+  stages = tuple(c.stages)
+  if not stages or any(s not in STAGES for s in stages):
+    raise CompileError(f'config.compile.stages: expected some of {STAGES}, '
+                       f'got {stages!r}')
   module, install = _BACKENDS[target.platform]
   if importlib.util.find_spec(module) is None:
     raise CompileError(
         f'config.compile.platform: compiling for {target.platform} needs '
         f'{module}, which is not installed: {install}')
+  for stage in stages:
+    batch = config[stage].batch_size
+    if batch % target.count:
+      raise CompileError(f'config.{stage}.batch_size: {batch} is not '
+                         f'divisible by the {target.count} devices of '
+                         f'{target.topology}')
+  return target
+
+
+def target_devices(target: chips.Target) -> list[Any]:
+  """The compile-only devices of `target` (its back end installed:
+  `check`)."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   if target.platform == 'tpu':
     # Off a TPU VM, libtpu looks for the VM's own TPU when it loads and
@@ -243,14 +262,12 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
   population = _sample_archs(space, window, capacity)
   population += population[-1:] * (capacity - len(population))
   # As PopulationScorer calls them: 'map' all at once; 'vmap' a share of
-  # the capacity per call, at each embed width the window holds.
-  calls = [('map', None, capacity)]
+  # the capacity per call at an embed width, any of the space's.
   share = -(-capacity // len(space.embed_dims))
-  calls += [('vmap', e, share) for e in space.embed_dims
-            if any(a.embed_dim == e for a in population)]
+  calls = [('map', None, capacity)] + [('vmap', e, share)
+                                       for e in space.embed_dims]
   for strategy, width, size in calls:
-    group = [a for a in population if width in (None, a.embed_dim)][:size]
-    group += group[-1:] * (size - len(group))
+    group = population[:size]
     score = _evaluator_jit(fitness.population_fn(encoder_def, relation,
                                                strategy, width), mesh)
     out.append(Program(
@@ -266,19 +283,25 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
 def generation_flops(config) -> dict[str, float]:
   """Model FLOPs of scoring one generation (`search.population` subnets
   drawn from the window) on one batch of `search.batch_size` images: 'map'
-  (each at its own widths), 'vmap by width' (PopulationScorer's buckets:
-  each at its embed width, max depth, heads and MLP ratio) and 'vmap at max
+  (each at its own widths), 'vmap by width' (PopulationScorer's calls,
+  padding included: each at its widest embed dim, max depth, heads and MLP
+  ratio) and 'vmap at max
   width' (every candidate at the widest: what bucketing saves)."""
   s = config.search
   space = config_lib.space_from_config(config)
   k = num_visible(space.num_patches, config.supernet.mask_ratio)
   population = _sample_archs(space, evolution.Window.from_config(s),
                              s.population)
+  share = -(-max(s.population, s.mutations + s.crossovers) //
+            len(space.embed_dims))
+  # Padded slots included: each call computes all of its `share`.
+  by_width = sum(
+      flops.scoring_call(space, population[:1] * share, s.batch_size, k,
+                         'vmap', width)
+      for width, _ in fitness.embed_chunks(population, share))
   return {
       'map': flops.scoring_call(space, population, s.batch_size, k, 'map'),
-      'vmap by width': sum(
-          flops.scoring_call(space, [a], s.batch_size, k, 'vmap', a.embed_dim)
-          for a in population),
+      'vmap by width': by_width,
       'vmap at max width': flops.scoring_call(space, population,
                                               s.batch_size, k, 'vmap')}
 
@@ -319,18 +342,8 @@ def run(config, workdir: epath.Path) -> list[dict[str, Any]]:
   `compile.topology`, writes `compile/report.json`, prints the table;
   CompileError when a program does not fit its chip."""
   c = config.compile
-  target = chips.parse_target(c.platform, c.topology)
+  target = check(config)
   stages = tuple(c.stages)
-  unknown = [s for s in stages if s not in STAGES]
-  if unknown or not stages:
-    raise CompileError(f'config.compile.stages: expected some of {STAGES}, '
-                       f'got {stages!r}')
-  for stage in stages:
-    batch = config[stage].batch_size
-    if batch % target.count:
-      raise CompileError(f'config.{stage}.batch_size: {batch} is not '
-                         f'divisible by the {target.count} devices of '
-                         f'{target.topology}')
   mesh = parallel.make_mesh(target_devices(target))
   rows = []
   for program in programs(config, mesh, stages):
@@ -362,7 +375,8 @@ def run(config, workdir: epath.Path) -> list[dict[str, Any]]:
     if not r['fits']:
       need = r.get('error') or (
           f"{r['bytes']['total'] / chips.GIB:.2f} GiB per device against "
-          f"the {target.chip.name}'s {target.chip.memory / chips.GIB:.0f} GiB")
+          f"the {r['usable_memory'] / chips.GIB:.1f} GiB JAX may use of the "
+          f"{target.chip.name}'s {target.chip.memory / chips.GIB:.0f} GiB")
       raise CompileError(
           f"{r['stage']} ({r['program']}) does not fit {target.topology}: "
           f"{need}; lower config.{r['stage']}.batch_size or use more "

@@ -132,6 +132,16 @@ def population_fn(encoder_def, relation: losses.Relation, strategy: str,
   return score
 
 
+def embed_chunks(archs: Sequence[Arch], size: int
+                 ) -> list[tuple[int, list[int]]]:
+  """`archs` sorted by embed dim and cut into calls of `size`: (the widest
+  embed dim of the call, its indices). ceil(len / size) calls, padding only
+  in the last."""
+  order = sorted(range(len(archs)), key=lambda i: archs[i].embed_dim)
+  calls = [order[lo:lo + size] for lo in range(0, len(order), size)]
+  return [(max(archs[i].embed_dim for i in call), call) for call in calls]
+
+
 class PopulationScorer:
   """Label-free fitness of many Archs at once on a fixed set of images.
 
@@ -196,20 +206,15 @@ class PopulationScorer:
   def buckets(self, archs: Sequence[Arch]) -> list[tuple[int | None,
                                                          list[int]]]:
     """How `evaluate` splits `archs`: (embed width or None, indices) per
-    call. 'vmap' groups them by embed dim, `ceil(capacity / embed choices)`
-    per call, each group at its own width (max-width masks would cost the
-    widest subnet's FLOPs for every candidate); 'map' takes `capacity` per
-    call, each candidate at its own widths anyway."""
+    call. 'vmap' sorts them by embed dim and cuts them into calls of
+    ceil(capacity / embed choices), each run at the widest embed dim it
+    holds (max-width masks would cost the widest subnet's FLOPs for every
+    candidate); 'map' takes `capacity` per call, each candidate at its own
+    widths anyway."""
     if self.strategy != 'vmap':
       return [(None, list(range(lo, min(lo + self.capacity, len(archs)))))
               for lo in range(0, len(archs), self.capacity)]
-    size = self._call_size(self.space.embed_dims[0])
-    out = []
-    for width in self.space.embed_dims:
-      group = [i for i, a in enumerate(archs) if a.embed_dim == width]
-      out += [(width, group[lo:lo + size])
-              for lo in range(0, len(group), size)]
-    return out
+    return embed_chunks(archs, self._call_size(self.space.embed_dims[0]))
 
   def evaluate(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
     """((P,) fitness, (P,) student map entropy), each a mean per image; the

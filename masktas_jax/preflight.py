@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from etils import epath
 
-from masktas_jax import artifacts, config_lib, data, errors, evolution
+from masktas_jax import aot, artifacts, config_lib, data, errors, evolution
 from masktas_jax import finetune
 from masktas_jax import model_dirs, parallel, rank
 
@@ -23,6 +23,9 @@ _BATCHED_STAGES = ('teacher', 'supernet', 'search', 'finetune')
 def check_inputs(config, modes, workdir: epath.Path) -> None:
   """Raises DataError / ConfigError / ... for inputs that cannot work,
   before anything is written."""
+  if modes == ('compile',):
+    aot.check(config)
+    return
   if modes == ('finetune',):
     finetune.resolve_arch(config, workdir, config_lib.space_from_config(config))
   uses = set(modes)

@@ -8,6 +8,7 @@ max(FLOPs / peak, bytes / bandwidth). Compiler figures, not measurements.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from masktas_jax import chips
@@ -38,9 +39,11 @@ def figures(compiled, target: chips.Target, model_flops: float, dtype: str,
   peak = target.chip.peak(dtype)
   compute_s, memory_s = per_device / peak, moved / target.chip.bandwidth
   step_s = max(compute_s, memory_s)
+  usable = usable_memory(target)
   return {
       'bytes': {**sizes, 'total': total},
-      'chip_memory': target.chip.memory, 'fits': total <= target.chip.memory,
+      'chip_memory': target.chip.memory, 'usable_memory': usable,
+      'fits': total <= usable,
       'model_flops_per_step': model_flops,
       'model_flops_per_device': per_device,
       'xla_flops_per_device_one_iteration': float(cost.get('flops', 0.0)),
@@ -52,6 +55,16 @@ def figures(compiled, target: chips.Target, model_flops: float, dtype: str,
                    'bound': 'compute' if compute_s >= memory_s else 'memory'},
       'images_per_s_per_chip': batch / target.count / step_s,
   }
+
+
+def usable_memory(target: chips.Target) -> int:
+  """Bytes a JAX process may use of one chip: all of a TPU's (XLA:TPU
+  enforces its own limit when it compiles); on GPUs the share JAX
+  preallocates, XLA_PYTHON_CLIENT_MEM_FRACTION (default 0.75)."""
+  if target.platform != 'cuda':
+    return target.chip.memory
+  fraction = float(os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION', 0.75))
+  return int(target.chip.memory * fraction)
 
 
 def _xla_flops(row: dict[str, Any]) -> str:

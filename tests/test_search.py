@@ -34,9 +34,12 @@ def test_population_scorer_equals_scoring_each_alone_and_compiles_once(
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
     calls = scorer.buckets(archs)
     assert sorted(i for _, group in calls for i in group) == list(range(7))
-    if strategy == 'vmap':  # By embed width, 3 (= ceil(5 / 2)) per call.
-      assert all(archs[i].embed_dim == width and len(group) <= 3
-                 for width, group in calls for i in group)
+    if strategy == 'vmap':  # Sorted by embed dim, 3 (= ceil(5 / 2)) a call.
+      assert [len(group) for _, group in calls] == [3, 3, 1]
+      assert [width for width, _ in calls] == [
+          max(archs[i].embed_dim for i in group) for _, group in calls]
+      dims = [archs[i].embed_dim for _, group in calls for i in group]
+      assert dims == sorted(dims)
     else:
       assert [len(group) for _, group in calls] == [5, 2]
   # Each compiled function (one per embed width for 'vmap') traced once.

@@ -61,7 +61,11 @@ def tiny():
     # The mask path at the Arch's own (static) width: population scoring's
     # buckets.
     out['mask at its width'] = m.encode(images, arch, ids_keep, mode='mask',
-                                        width=width)
+                                        width=width[0])
+    # ...and at a wider one, as a call of several widths runs its narrower
+    # members.
+    out['mask at a wider width'] = m.encode(images, arch, ids_keep,
+                                            mode='mask', width=width[1])
     return out
 
   return model, state, encode
@@ -85,8 +89,10 @@ def test_supernet_equals_extracted_subnet(tiny, masked):
     dense = model.extract(arch)
     assert vit.count_params(dense) == TINY.count_params(arch)
     want = np.asarray(dense.encode(images, ids_keep))
-    got = encode(state, images, TINY.encode(arch), ids_keep, arch.embed_dim)
-    assert len(got) == 3
+    wider = min([e for e in TINY.embed_dims if e > arch.embed_dim] or
+                [arch.embed_dim])
+    got = encode(state, images, TINY.encode(arch), ids_keep,
+                 (arch.embed_dim, wider))
     for mode, out in got.items():
       out = np.asarray(out)
       assert out.shape == (3, 1 + (2 if masked else 4), 240)
