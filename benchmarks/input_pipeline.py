@@ -32,15 +32,14 @@ import psutil  # tfds's dependency: reads workers' memory.
 from PIL import Image
 
 import common
-from masktas_jax import config_lib, data, flops
+from masktas_jax import chips, config_lib, data, flops
 
 sys.path.insert(0, str(common.REPO / 'tests'))
 import tfds_fixture  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# Peak dense bf16 FLOP/s per chip and chips per host (Google Cloud's TPU
-# pages; NVIDIA's H100 SXM datasheet, without sparsity).
-CHIPS = {'TPU v5e': (197e12, 4), 'TPU v5p': (459e12, 4),
-         'TPU v6e': (918e12, 4), 'H100 SXM': (989e12, 8)}
+# Peak dense bf16 FLOP/s per chip and chips per host (the chip table).
+CHIPS = {c.name: (c.bf16_flops, c.per_host) for c in (
+    chips.CHIPS[k] for k in ('v5e', 'v5p', 'v6e', 'h100'))}
 MFU = 0.4
 
 

@@ -170,18 +170,13 @@ def _teacher_model(config) -> MAE:
   return nnx.eval_shape(lambda: MAE(cfg, rngs=nnx.Rngs(0)))
 
 
-def _sample_archs(space, window, count: int = 256) -> list:
+def _sample_archs(space, window=None, count: int = 256) -> list:
   """`count` Archs drawn as search's random population is (uniform, inside
-  the window when one is set; seeded)."""
+  the window when one is given; seeded)."""
   rng = np.random.default_rng(0)
-  archs = []
-  for _ in range(50 * count):
-    arch = space.sample(rng)
-    if window is None or window.contains(space, arch):
-      archs.append(arch)
-      if len(archs) == count:
-        break
-  return archs or [space.sample(rng) for _ in range(count)]
+  window = window or evolution.Window()
+  return [evolution.random_candidate(space, window, rng)
+          for _ in range(count)]
 
 
 def _training(stage: str, task: trainer.Task, mesh, batch: int,
@@ -211,7 +206,7 @@ def programs(config, mesh, stages=STAGES) -> list[Program]:
     task = supernet_train.make_task(config, teacher_model, _STEPS, _WARMUP,
                                     s.batch_size)
     step_flops = flops.SupernetStep(config)
-    archs = _sample_archs(space, None)
+    archs = _sample_archs(space)
     out.append(_training(
         'supernet', task, mesh, s.batch_size,
         float(np.mean([step_flops(a, s.batch_size) for a in archs])),
@@ -251,19 +246,19 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
   t = teacher_model.config
   out = [Program(
       'search', 'teacher features', jitted, (teacher_state, batch, _key(mesh)),
-      s.batch_size, 2 * s.batch_size * flops.encoder_macs(
-          t.embed_dim, [t.embed_dim] * t.depth, [4 * t.embed_dim] * t.depth,
-          k + 1, k, space.patch_dim), 'float32', 'once per scoring image')]
+      s.batch_size, 2 * s.batch_size * flops.vit_macs(
+          t.embed_dim, t.depth, k, space.patch_dim), 'float32',
+      'once per scoring image')]
   prepared = jax.eval_shape(jitted, *out[0].args)
   del prepared['entropy']
   prepared = _abstract(prepared, parallel.batch_sharded(mesh))
-  capacity = max(s.population, s.mutations + s.crossovers)
+  capacity = fitness.capacity(s)
   window = evolution.Window.from_config(s)
   population = _sample_archs(space, window, capacity)
   population += population[-1:] * (capacity - len(population))
   # As PopulationScorer calls them: 'map' all at once; 'vmap' a share of
   # the capacity per call at an embed width, any of the space's.
-  share = -(-capacity // len(space.embed_dims))
+  share = fitness.vmap_call_size(capacity, space)
   calls = [('map', None, capacity)] + [('vmap', e, share)
                                        for e in space.embed_dims]
   for strategy, width, size in calls:
@@ -285,15 +280,14 @@ def generation_flops(config) -> dict[str, float]:
   drawn from the window) on one batch of `search.batch_size` images: 'map'
   (each at its own widths), 'vmap by width' (PopulationScorer's calls,
   padding included: each at its widest embed dim, max depth, heads and MLP
-  ratio) and 'vmap at max
-  width' (every candidate at the widest: what bucketing saves)."""
+  ratio) and 'vmap at max width' (every candidate at the widest: what
+  bucketing saves)."""
   s = config.search
   space = config_lib.space_from_config(config)
   k = num_visible(space.num_patches, config.supernet.mask_ratio)
   population = _sample_archs(space, evolution.Window.from_config(s),
                              s.population)
-  share = -(-max(s.population, s.mutations + s.crossovers) //
-            len(space.embed_dims))
+  share = fitness.vmap_call_size(fitness.capacity(s), space)
   # Padded slots included: each call computes all of its `share`.
   by_width = sum(
       flops.scoring_call(space, population[:1] * share, s.batch_size, k,

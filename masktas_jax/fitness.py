@@ -132,6 +132,18 @@ def population_fn(encoder_def, relation: losses.Relation, strategy: str,
   return score
 
 
+def capacity(search_config) -> int:
+  """Archs the search scores at once: a generation's largest batch of new
+  candidates (the first population, or the mutants and crossovers)."""
+  s = search_config
+  return max(s.population, s.mutations + s.crossovers)
+
+
+def vmap_call_size(capacity_: int, space: SearchSpace) -> int:
+  """Archs per 'vmap' call: the capacity's share per embed choice."""
+  return -(-capacity_ // len(space.embed_dims))
+
+
 def embed_chunks(archs: Sequence[Arch], size: int
                  ) -> list[tuple[int, list[int]]]:
   """`archs` sorted by embed dim and cut into calls of `size`: (the widest
@@ -200,8 +212,8 @@ class PopulationScorer:
 
   def _call_size(self, width: int | None) -> int:
     """Archs per compiled call: `capacity`, or its share per embed width."""
-    return self.capacity if width is None else -(
-        -self.capacity // len(self.space.embed_dims))
+    return self.capacity if width is None else vmap_call_size(
+        self.capacity, self.space)
 
   def buckets(self, archs: Sequence[Arch]) -> list[tuple[int | None,
                                                          list[int]]]:

@@ -31,6 +31,14 @@ def encoder_macs(embed: int, qkv_widths: Sequence[int],
   return total
 
 
+def vit_macs(embed: int, depth: int, visible: int, patch_dim: int) -> int:
+  """Multiply-accumulates of a plain ViT encoder (heads spanning its
+  width, 4x MLP: the MAE teacher's) over `visible` patches and CLS, one
+  image."""
+  return encoder_macs(embed, [embed] * depth, [4 * embed] * depth,
+                      visible + 1, visible, patch_dim)
+
+
 class SupernetStep:
   """Model FLOPs of one supernet training step (`supernet_train`), for any
   Arch of the config's space: the teacher's forward on the visible tokens,
@@ -42,9 +50,7 @@ class SupernetStep:
     space = config_lib.space_from_config(config)
     n, k = space.num_patches, num_visible(space.num_patches, s.mask_ratio)
     self.space, self.visible, self.teacher_dim = space, k, t.embed_dim
-    self.teacher_macs = encoder_macs(
-        t.embed_dim, [t.embed_dim] * t.depth, [4 * t.embed_dim] * t.depth,
-        k + 1, k, space.patch_dim)
+    self.teacher_macs = vit_macs(t.embed_dim, t.depth, k, space.patch_dim)
     d = s.decoder_embed_dim
     # Decoder blocks over all N patches + CLS, then the pixel head (MAE's
     # decoder predicts CLS too and drops it); its input projection depends
@@ -78,8 +84,7 @@ def mae_step(config, batch: int) -> int:
   space = config_lib.space_from_config(config)
   n, e, d = space.num_patches, t.embed_dim, t.decoder_embed_dim
   k = num_visible(n, t.mask_ratio)
-  encoder = encoder_macs(e, [e] * t.depth, [4 * e] * t.depth, k + 1, k,
-                         space.patch_dim)
+  encoder = vit_macs(e, t.depth, k, space.patch_dim)
   decoder = (k + 1) * e * d + encoder_macs(
       d, [d] * t.decoder_depth, [4 * d] * t.decoder_depth, n + 1, 0, 0) + (
           (n + 1) * d * space.patch_dim)

@@ -26,7 +26,7 @@ from masktas_jax import artifacts, config_lib, losses, parallel, report
 from masktas_jax import tensorboard, trainer
 from masktas_jax.evolution import Evolution, SearchError, Window, check_window
 from masktas_jax.fitness import check_teacher_entropy, relation_from_config
-from masktas_jax.fitness import scorer_from_config
+from masktas_jax.fitness import capacity, scorer_from_config
 
 
 
@@ -124,8 +124,8 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
     return write_outputs(out, evolution, scoring)
 
   # --- scorer: teacher features of the evaluation images, once -------------
-  scorer = scorer_from_config(
-      config, workdir, capacity=max(s.population, s.mutations + s.crossovers))
+  scorer = scorer_from_config(config, workdir,
+                              capacity=capacity(s))
   scoring['teacher_entropy'] = scorer.teacher_entropy
   split = s.eval_split or config.data.train_split
   parallel.log(f'search: {scorer.num_images} images of {split!r}, '
