@@ -9,10 +9,12 @@ Two execution paths take the same `SearchSpace.encode(arch)` arrays, compile
 once for every Arch, and return the same tokens as the extracted dense ViT
 (padded channels exactly zero):
 
-* `'switch'` (training): `lax.switch` on the embed-dim choice, and inside it
-  a per-layer `lax.switch` over the (heads, MLP ratio) choices plus a skip
-  branch for layers past `depth`. Each branch runs on static slices, so a
-  step costs the subnet's FLOPs, not the supernet's.
+* `'switch'` (training): one `lax.scan` over layers whose body switches on
+  the embed-dim choice (or a skip branch for layers past `depth`), and
+  within it separately on the attention's head count and the MLP ratio.
+  Each branch runs on static slices, so a step costs the subnet's FLOPs,
+  not the supernet's; tokens travel between layers at the max width, zero
+  past the Arch's.
 * `'mask'`: everything at max width with channel, head, MLP and layer masks;
   LayerNorm statistics use only active channels. Branch-free, so it `vmap`s
   over a stack of Archs (population scoring) at max-width cost.
@@ -36,6 +38,8 @@ ArchArrays = dict[str, jax.Array]
 
 _LAYER_KEYS = ('ln1_scale', 'ln1_bias', 'wq', 'bq', 'wk', 'bk', 'wv', 'bv',
                'wo', 'bo', 'ln2_scale', 'ln2_bias', 'w1', 'b1', 'w2', 'b2')
+_ATTN_KEYS = _LAYER_KEYS[:10]
+_MLP_KEYS = _LAYER_KEYS[10:]
 
 
 def _ln(x, scale, bias):
@@ -87,12 +91,16 @@ def _mlp(h, p, mlp: int, e: int, mlp_mask=None):
   return vit.rows_linear(a, p['w2'][:mlp, :e], p['b2'][:e]).reshape(b, n, e)
 
 
-def _dense_block(x, p, *, heads: int, mlp: int):
-  """One block at static widths: x (B, N, E) with E = x.shape[-1]."""
+def _attention_branch(x, p, *, heads: int):
+  """Pre-norm attention residual at static widths: x (B, N, E) -> same."""
   e = x.shape[-1]
-  x = x + _attention(_ln(x, p['ln1_scale'][:e], p['ln1_bias'][:e]), p,
-                     heads, e)
-  return x + _mlp(_ln(x, p['ln2_scale'][:e], p['ln2_bias'][:e]), p, mlp, e)
+  return _attention(_ln(x, p['ln1_scale'][:e], p['ln1_bias'][:e]), p, heads, e)
+
+
+def _mlp_branch(x, p, *, mlp: int):
+  """Pre-norm MLP residual at static widths: x (B, N, E) -> same."""
+  e = x.shape[-1]
+  return _mlp(_ln(x, p['ln2_scale'][:e], p['ln2_bias'][:e]), p, mlp, e)
 
 
 def _masked_block(x, p, head_mask, mlp_mask, active, embed_mask, count):
@@ -184,35 +192,57 @@ class Supernet(nnx.Module):
 
   def _encode_switch(self, images, arch: ArchArrays, ids_keep):
     space, e_max = self.space, self.space.max_embed
+    heads, ratios = space.num_heads, space.mlp_ratios
+    # `switch.switch` keeps one shared residual buffer (remat=False); under
+    # remat only the layer's input is kept, so a plain switch is enough.
+    choose = jax.lax.switch if self.remat else switch.switch
 
-    def run_at_width(e: int):
-      block_fns = [
-          functools.partial(_dense_block, heads=h, mlp=int(e * r))
-          for h, r in space.layer_choices
-      ] + [lambda x, p: x]  # skip: layers past the Arch's depth
-      remat_fns = [jax.checkpoint(f) for f in block_fns]
+    def block_at_width(e: int):
+      # Attention and MLP are switched separately: len(heads) + len(ratios)
+      # branch bodies per width instead of their product, the same FLOPs.
+      attn_fns = [functools.partial(_attention_branch, heads=h) for h in heads]
+      mlp_fns = [functools.partial(_mlp_branch, mlp=mlp_width(e, r))
+                 for r in ratios]
 
-      def layer(x, inputs):
-        p, branch = inputs
-        if self.remat:
-          return jax.lax.switch(branch, remat_fns, x, p), None
-        return switch.switch(branch, block_fns, x, p), None
+      def block(x, p, branch):
+        # Tokens travel at the max width, zero past e; the block runs on
+        # static slices, so it costs the subnet's FLOPs.
+        h = x[..., :e]
+        # `layer_branch` numbers (heads, ratio) pairs as `layer_choices`.
+        # Each half gets only its own weights: a switch's backward returns
+        # a cotangent for every operand, in every branch.
+        h = h + choose(branch // len(ratios), attn_fns, h,
+                       {k: p[k] for k in _ATTN_KEYS})
+        h = h + choose(branch % len(ratios), mlp_fns, h,
+                       {k: p[k] for k in _MLP_KEYS})
+        return jnp.pad(h, ((0, 0), (0, 0), (0, e_max - e)))
 
-      # Weights are operands, not closed over, so any switch implementation
-      # (custom VJPs included) sees everything it must differentiate.
-      def run(p, images, ids_keep, layer_branch):
-        x = self._embed(p, images, ids_keep, e)
-        x, _ = jax.lax.scan(layer, x, (p['layers'], layer_branch))
-        x = _ln(x, p['norm_scale'][:e], p['norm_bias'][:e])
-        return jnp.pad(x, ((0, 0), (0, 0), (0, e_max - e)))
+      return jax.checkpoint(block) if self.remat else block
 
-      return run
+    # The embed width is switched per layer, inside one scan, not around
+    # the whole encoder: one scan, embedding and final norm in the program
+    # instead of one per width (most of the step's compile time).
+    block_fns = [block_at_width(e) for e in space.embed_dims]
+    block_fns.append(lambda x, p, branch: x)  # skip: layers past the depth
+    skip_index = len(space.embed_dims)
+    embed_index = arch['embed_index']
 
-    # A plain switch at this level: it sits outside the scan, so the unused
-    # branches' residual slots are allocated once per step, not per layer.
-    branches = [run_at_width(e) for e in space.embed_dims]
-    return jax.lax.switch(arch['embed_index'], branches, self._params(), images,
-                         ids_keep, arch['layer_branch'])
+    # Weights are operands, not closed over, so any switch implementation
+    # (custom VJPs included) sees everything it must differentiate.
+    def layer(x, inputs):
+      p, branch = inputs
+      index = jnp.where(branch >= len(heads) * len(ratios), skip_index,
+                        embed_index)
+      return choose(index, block_fns, x, p, branch), None
+
+    p = self._params()
+    x = self._embed(p, images, ids_keep, e_max)
+    # In the compute dtype: a float32 mask would promote every layer.
+    embed_mask = arch['embed_mask'].astype(x.dtype)
+    count = arch['embed_mask'].sum().astype(x.dtype)
+    x = x * embed_mask
+    x, _ = jax.lax.scan(layer, x, (p['layers'], arch['layer_branch']))
+    return _masked_ln(x, p['norm_scale'], p['norm_bias'], embed_mask, count)
 
   def _encode_mask(self, images, arch: ArchArrays, ids_keep,
                    width: int | None = None):
