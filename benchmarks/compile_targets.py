@@ -2,7 +2,7 @@
 grid of configs and targets, one process each, gathered into one table.
 
     python benchmarks/compile_targets.py [--configs tiny,small,base]
-        [--targets tpu:v5e:4x4,tpu:v5p:2x2x1,tpu:v6e:2x2,cuda:8xh100]
+        [--targets tpu:v5e:4x4,tpu:v5p:2x2x1,tpu:v6e:2x2,cuda:8xh100,cpu:64]
         [--stages supernet] [--max-batch] [--out DIR]
 
 Per config and target: memory per device against the chip's, analytic model
@@ -11,6 +11,11 @@ and the compile time on this host. With --max-batch, the largest per-device
 batch (a power of two) whose supernet step XLA:TPU still compiles, found by
 doubling from the config's. These are compiler figures, not runs. GPU
 targets need the '.[cuda]' extra (its own venv: `--python`).
+
+`cpu:B` is this host's CPU at B images per step (one device): the same
+programs (`aot.programs`) compiled for it, in a fresh process with no
+compilation cache, for their compile time and XLA:CPU's memory figures
+(`mode=compile` has no CPU target: a CPU is run, not compiled for).
 """
 
 from __future__ import annotations
@@ -52,6 +57,53 @@ def compile_once(python: str, config: str, platform: str, topology: str,
           lines[-1] if lines else '', seconds)
 
 
+def cpu_compile(config: str, batch: int, stages: str,
+                workdir: pathlib.Path) -> None:
+  """Child process of a `cpu:B` target: compiles `stages` of configs/CONFIG
+  at `batch` images for this host's CPU; writes a report.json shaped like
+  `mode=compile`'s (no roofline: no chip table entry for a host CPU)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from masktas_jax import aot, parallel  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(REPO / 'configs'))
+  cfg = __import__(config).get_config()
+  for stage in stages.split(','):
+    cfg[stage].batch_size = batch
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  rows = []
+  for program in aot.programs(cfg, mesh, tuple(stages.split(','))):
+    start = time.perf_counter()
+    compiled = program.fn.lower(*program.args).compile()
+    seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    total = sum(int(getattr(memory, f'{n}_size_in_bytes', 0) or 0)
+                for n in ('argument', 'output', 'temp')) - int(
+                    memory.alias_size_in_bytes or 0)
+    rows.append({'stage': program.stage, 'program': program.name,
+                 'batch_per_device': batch, 'devices': 1,
+                 'bytes': {'total': total},
+                 'model_flops_per_device': program.model_flops,
+                 'compile_s': seconds})
+  (workdir / 'compile').mkdir(parents=True, exist_ok=True)
+  (workdir / 'compile' / 'report.json').write_text(
+      json.dumps({'programs': rows}))
+
+
+def compile_cpu(python: str, config: str, batch: int, stages: str,
+                workdir: pathlib.Path) -> tuple[int, dict | None, str, float]:
+  """`compile_once` for a `cpu:B` target."""
+  shutil.rmtree(workdir, ignore_errors=True)
+  start = time.perf_counter()
+  result = subprocess.run(
+      [python, __file__, '--cpu-child', f'{config}:{batch}:{stages}:{workdir}'],
+      cwd=REPO, capture_output=True, text=True, check=False,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(REPO)})
+  report = workdir / 'compile' / 'report.json'
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  return (result.returncode,
+          json.loads(report.read_text()) if report.exists() else None,
+          lines[-1] if lines else '', time.perf_counter() - start)
+
+
 def max_batch(python, config, platform, topology, per_device, devices,
               root) -> int:
   """The largest power-of-two multiple of `per_device` (which compiled)
@@ -80,7 +132,12 @@ def main():
   parser.add_argument('--python', default=sys.executable,
                       help='the interpreter (a venv with the back ends)')
   parser.add_argument('--out', default='')
+  parser.add_argument('--cpu-child', default='', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.cpu_child:
+    config, batch, stages, workdir = args.cpu_child.split(':', 3)
+    cpu_compile(config, int(batch), stages, pathlib.Path(workdir))
+    return
   root = pathlib.Path(args.out or tempfile.mkdtemp(prefix='aot_'))
   print('| config | target | stage | program | batch / device | memory / '
         'device (GiB) | of the chip | model GFLOPs / device | roofline ms '
@@ -92,8 +149,13 @@ def main():
     for target in args.targets.split(','):
       platform, topology = target.split(':', 1)
       workdir = root / f'{config}_{topology}'.replace(':', '_')
-      code, report, last, _ = compile_once(args.python, config, platform,
-                                           topology, args.stages, workdir)
+      if platform == 'cpu':
+        code, report, last, _ = compile_cpu(args.python, config,
+                                            int(topology), args.stages,
+                                            workdir)
+      else:
+        code, report, last, _ = compile_once(args.python, config, platform,
+                                             topology, args.stages, workdir)
       if report is None:
         print(f'| {config} | {topology} | {args.stages} | failed: {last} |'
               + ' |' * 7)
@@ -103,6 +165,14 @@ def main():
           print(f"| {config} | {topology} | {r['stage']} | {r['program']} | "
                 f"{r['batch_per_device']:g} | does not fit | | | | | "
                 f"{r['compile_s']:.0f} |")
+          continue
+        if platform == 'cpu':
+          print(f"| {config} | host CPU | {r['stage']} | {r['program']} | "
+                f"{r['batch_per_device']:g} | "
+                f"{r['bytes']['total'] / 2**30:.2f} | | "
+                f"{r['model_flops_per_device'] / 1e9:,.0f} | | | "
+                f"{r['compile_s']:.0f} |" + (' |' if args.max_batch else ''),
+                flush=True)
           continue
         extra = ''
         if args.max_batch and r['stage'] == 'supernet' and platform == 'tpu':

@@ -11,7 +11,8 @@ once for every Arch, and return the same tokens as the extracted dense ViT
 
 * `'switch'` (training): one `lax.scan` over layers whose body switches on
   the embed-dim choice (or a skip branch for layers past `depth`), and
-  within it separately on the attention's head count and the MLP ratio.
+  within it on the attention's head count and the MLP ratio (apart when
+  compiled for an accelerator, as a pair for a CPU).
   Each branch runs on static slices, so a step costs the subnet's FLOPs,
   not the supernet's; tokens travel between layers at the max width, zero
   past the Arch's.
@@ -198,23 +199,40 @@ class Supernet(nnx.Module):
     choose = jax.lax.switch if self.remat else switch.switch
 
     def block_at_width(e: int):
-      # Attention and MLP are switched separately: len(heads) + len(ratios)
-      # branch bodies per width instead of their product, the same FLOPs.
       attn_fns = [functools.partial(_attention_branch, heads=h) for h in heads]
       mlp_fns = [functools.partial(_mlp_branch, mlp=mlp_width(e, r))
                  for r in ratios]
+      # Under remat each branch is rematerialised too: differentiating a
+      # switch otherwise gives every branch its own residual outputs, all
+      # written in the backward pass; these branches' residuals are their
+      # operands, the same in every branch.
+      remat = jax.checkpoint if self.remat else (lambda f: f)
+
+      def split(h, p, branch):
+        # Each half gets only its own weights: a switch's backward returns
+        # a cotangent for every operand, in every branch.
+        h = h + choose(branch // len(ratios), [remat(f) for f in attn_fns],
+                       h, {k: p[k] for k in _ATTN_KEYS})
+        return h + choose(branch % len(ratios), [remat(f) for f in mlp_fns],
+                          h, {k: p[k] for k in _MLP_KEYS})
+
+      def paired(h, p, branch):
+        pair_fns = [
+            remat(lambda h, p, a=a, m=m: (lambda h: h + m(h, p))(h + a(h, p)))
+            for a in attn_fns for m in mlp_fns]
+        return choose(branch, pair_fns, h, p)
 
       def block(x, p, branch):
         # Tokens travel at the max width, zero past e; the block runs on
-        # static slices, so it costs the subnet's FLOPs.
-        h = x[..., :e]
-        # `layer_branch` numbers (heads, ratio) pairs as `layer_choices`.
-        # Each half gets only its own weights: a switch's backward returns
-        # a cotangent for every operand, in every branch.
-        h = h + choose(branch // len(ratios), attn_fns, h,
-                       {k: p[k] for k in _ATTN_KEYS})
-        h = h + choose(branch % len(ratios), mlp_fns, h,
-                       {k: p[k] for k in _MLP_KEYS})
+        # static slices, so it costs the subnet's FLOPs. `layer_branch`
+        # numbers (heads, ratio) pairs as `layer_choices`. Compiled for an
+        # accelerator, attention and MLP are switched apart: len(heads) +
+        # len(ratios) bodies instead of their product, for the code
+        # generation that is most of XLA:TPU's compile time. XLA:CPU pays
+        # per conditional run (~7% on the demo's small encoder), so there
+        # one switch over the pairs.
+        h = jax.lax.platform_dependent(x[..., :e], p, branch, cpu=paired,
+                                       default=split)
         return jnp.pad(h, ((0, 0), (0, 0), (0, e_max - e)))
 
       return jax.checkpoint(block) if self.remat else block
