@@ -23,9 +23,10 @@ SMALL = SearchSpace((32, 48, 64), (2, 3), (1, 2), (2.0, 3.0), image_size=16,
                     patch_size=4, num_classes=5)
 
 
-def _perturbed(space, seed=0, remat=True):
+def _perturbed(space, seed=0, remat=True, split_switch=None):
   """A supernet whose LayerNorm scales and all biases are random too."""
-  model = Supernet(space, rngs=nnx.Rngs(seed), remat=remat)
+  model = Supernet(space, rngs=nnx.Rngs(seed), remat=remat,
+                   split_switch=split_switch)
   graphdef, state = nnx.split(model)
   leaves, tree = jax.tree.flatten(state)
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
@@ -122,12 +123,19 @@ def test_supernet_gradients_are_the_subnet_gradients_zero_elsewhere():
     return jnp.sum(jnp.sin(tokens) * jnp.arange(tokens.shape[-1]))
 
   grad_fns = {}
-  for remat in (True, False):
-    gd = nnx.split(_perturbed(SMALL, seed=3, remat=remat))[0]
-    for mode in ('switch', 'mask'):
-      grad_fns[remat, mode] = jax.jit(jax.grad(
-          lambda s, a, gd=gd, mode=mode: loss(nnx.merge(gd, s).encode(
-              images, a, ids_keep, mode=mode))))
+  # split_switch True: the accelerators' layout (heads and MLP ratio switched
+  # apart), which a CPU would not otherwise compile.
+  for remat, split, mode in [(True, None, 'switch'), (False, None, 'switch'),
+                             (True, True, 'switch'), (False, True, 'switch'),
+                             (True, None, 'mask')]:
+    gd = nnx.split(_perturbed(SMALL, seed=3, remat=remat,
+                              split_switch=split))[0]
+    grad_fns[remat, split, mode] = jax.jit(jax.grad(
+        lambda s, a, gd=gd, mode=mode: loss(nnx.merge(gd, s).encode(
+            images, a, ids_keep, mode=mode))))
+  split_gd = nnx.split(_perturbed(SMALL, seed=3, split_switch=True))[0]
+  split_forward = jax.jit(lambda s, a: nnx.merge(split_gd, s).encode(
+      images, a, ids_keep))
   rng = np.random.default_rng(5)
   # The extremes and one sample: each dense reference gradient runs eagerly.
   for arch in [SMALL.max_arch(), SMALL.min_arch(), SMALL.sample(rng)]:
@@ -136,6 +144,10 @@ def test_supernet_gradients_are_the_subnet_gradients_zero_elsewhere():
     want = jax.grad(lambda s: loss(nnx.merge(dg, s).encode(images, ids_keep))
                     )(ds)
     e, grads = arch.embed_dim, {}
+    tokens = split_forward(state, SMALL.encode(arch))
+    np.testing.assert_allclose(tokens[..., :e], dense.encode(images, ids_keep),
+                               atol=1e-5)
+    assert np.all(tokens[..., e:] == 0)
     for key, fn in grad_fns.items():
       g = fn(state, SMALL.encode(arch))
       grads[key] = g
@@ -162,7 +174,7 @@ def test_supernet_gradients_are_the_subnet_gradients_zero_elsewhere():
       assert np.all(g['patch_kernel'][...][:, e:] == 0)
       assert np.all(g['layers']['w1'][...][arch.depth:] == 0)
     # Every path gives the same full gradient.
-    ref = jax.tree.leaves(grads[True, 'mask'])
+    ref = jax.tree.leaves(grads[True, None, 'mask'])
     for key, g in grads.items():
       for a, b in zip(jax.tree.leaves(g), ref):
         np.testing.assert_allclose(a, b, atol=2e-5 * max(1.0, float(

@@ -130,8 +130,12 @@ class Supernet(nnx.Module):
   """
 
   def __init__(self, space: SearchSpace, *, rngs: nnx.Rngs,
-               remat: bool = True):
-    """`remat` picks how the 'switch' path differentiates a layer.
+               remat: bool = True, split_switch: bool | None = None):
+    """`split_switch`: the 'switch' path switches on heads and MLP ratio
+    apart (True) or on their pair (False); None: apart unless compiled for
+    a CPU. The same values either way.
+
+    `remat` picks how the 'switch' path differentiates a layer.
 
     True: each layer branch is rematerialised, so its residuals are its
     inputs (the same shapes in every branch) and the backward pass recomputes
@@ -141,6 +145,7 @@ class Supernet(nnx.Module):
     """
     self.space = space
     self.remat = remat
+    self.split_switch = split_switch
     e, l, h, m = space.max_embed, space.max_depth, space.max_heads, space.max_mlp
     init = functools.partial(nnx.initializers.xavier_uniform, batch_axis=0)
     key = rngs.params
@@ -231,8 +236,11 @@ class Supernet(nnx.Module):
         # generation that is most of XLA:TPU's compile time. XLA:CPU pays
         # per conditional run (~7% on the demo's small encoder), so there
         # one switch over the pairs.
-        h = jax.lax.platform_dependent(x[..., :e], p, branch, cpu=paired,
-                                       default=split)
+        if self.split_switch is None:
+          h = jax.lax.platform_dependent(x[..., :e], p, branch, cpu=paired,
+                                         default=split)
+        else:
+          h = (split if self.split_switch else paired)(x[..., :e], p, branch)
         return jnp.pad(h, ((0, 0), (0, 0), (0, e_max - e)))
 
       return jax.checkpoint(block) if self.remat else block
