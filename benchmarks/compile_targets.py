@@ -33,22 +33,16 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def compile_once(python: str, config: str, platform: str, topology: str,
-                 stages: str, workdir: pathlib.Path,
-                 overrides=()) -> tuple[int, dict | None, str, float]:
-  """(exit code, report or None, last stderr line, wall seconds) of one
-  `mode=compile` run."""
-  command = [python, '-m', 'masktas_jax.main', f'--config=configs/{config}.py',
-             f'--workdir={workdir}', '--config.mode=compile',
-             f'--config.compile.platform={platform}',
-             f'--config.compile.topology={topology}',
-             f'--config.compile.stages=({",".join(repr(s) for s in stages.split(","))},)',
-             *overrides]
+def _run(python: str, args: list[str], workdir: pathlib.Path
+         ) -> tuple[int, dict | None, str, float]:
+  """(exit code, report or None, last stderr line, wall seconds) of
+  `python ARGS` run from the repository, writing workdir/compile/report.json."""
   shutil.rmtree(workdir, ignore_errors=True)  # No stale report.
   start = time.perf_counter()
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, 'JAX_PLATFORMS': 'cpu',
-                               'PYTHONPATH': str(REPO)}, check=False)
+  result = subprocess.run([python, *args], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu',
+                                          'PYTHONPATH': str(REPO)},
+                          check=False)
   seconds = time.perf_counter() - start
   report = workdir / 'compile' / 'report.json'
   lines = [l for l in result.stderr.splitlines() if l.strip()]
@@ -57,30 +51,40 @@ def compile_once(python: str, config: str, platform: str, topology: str,
           lines[-1] if lines else '', seconds)
 
 
+def compile_once(python: str, config: str, platform: str, topology: str,
+                 stages: str, workdir: pathlib.Path,
+                 overrides=()) -> tuple[int, dict | None, str, float]:
+  """`_run` of one `mode=compile`."""
+  return _run(python, [
+      '-m', 'masktas_jax.main', f'--config=configs/{config}.py',
+      f'--workdir={workdir}', '--config.mode=compile',
+      f'--config.compile.platform={platform}',
+      f'--config.compile.topology={topology}',
+      f'--config.compile.stages=({",".join(repr(s) for s in stages.split(","))},)',
+      *overrides], workdir)
+
+
 def cpu_compile(config: str, batch: int, stages: str,
                 workdir: pathlib.Path) -> None:
   """Child process of a `cpu:B` target: compiles `stages` of configs/CONFIG
   at `batch` images for this host's CPU; writes a report.json shaped like
   `mode=compile`'s (no roofline: no chip table entry for a host CPU)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from masktas_jax import aot, parallel  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, str(REPO / 'configs'))
-  cfg = __import__(config).get_config()
-  for stage in stages.split(','):
-    cfg[stage].batch_size = batch
+  from masktas_jax import aot, parallel, roofline  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(REPO / 'benchmarks'))
+  import common  # pylint: disable=g-import-not-at-top
+  stages = tuple(stages.split(','))
+  cfg = common.load_config(
+      config, **{f'{stage}.batch_size': batch for stage in stages})
   mesh = parallel.make_mesh(jax.devices()[:1])
   rows = []
-  for program in aot.programs(cfg, mesh, tuple(stages.split(','))):
+  for program in aot.programs(cfg, mesh, stages):
     start = time.perf_counter()
     compiled = program.fn.lower(*program.args).compile()
     seconds = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    total = sum(int(getattr(memory, f'{n}_size_in_bytes', 0) or 0)
-                for n in ('argument', 'output', 'temp')) - int(
-                    memory.alias_size_in_bytes or 0)
     rows.append({'stage': program.stage, 'program': program.name,
                  'batch_per_device': batch, 'devices': 1,
-                 'bytes': {'total': total},
+                 'bytes': roofline.memory_sizes(compiled),
                  'model_flops_per_device': program.model_flops,
                  'compile_s': seconds})
   (workdir / 'compile').mkdir(parents=True, exist_ok=True)
@@ -90,18 +94,9 @@ def cpu_compile(config: str, batch: int, stages: str,
 
 def compile_cpu(python: str, config: str, batch: int, stages: str,
                 workdir: pathlib.Path) -> tuple[int, dict | None, str, float]:
-  """`compile_once` for a `cpu:B` target."""
-  shutil.rmtree(workdir, ignore_errors=True)
-  start = time.perf_counter()
-  result = subprocess.run(
-      [python, __file__, '--cpu-child', f'{config}:{batch}:{stages}:{workdir}'],
-      cwd=REPO, capture_output=True, text=True, check=False,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(REPO)})
-  report = workdir / 'compile' / 'report.json'
-  lines = [l for l in result.stderr.splitlines() if l.strip()]
-  return (result.returncode,
-          json.loads(report.read_text()) if report.exists() else None,
-          lines[-1] if lines else '', time.perf_counter() - start)
+  """`_run` of one `cpu:B` target's child process."""
+  return _run(python, [__file__, '--cpu-child',
+                       f'{config}:{batch}:{stages}:{workdir}'], workdir)
 
 
 def max_batch(python, config, platform, topology, per_device, devices,

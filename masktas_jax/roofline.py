@@ -14,18 +14,26 @@ from typing import Any
 from masktas_jax import chips
 
 
-def figures(compiled, target: chips.Target, model_flops: float, dtype: str,
-            batch: int) -> dict[str, Any]:
-  """A report row's figures for `compiled` (one step of `batch` global
-  images, `model_flops` over all devices, matmuls in `dtype`): sizes in
-  bytes per device, FLOPs, seconds."""
+def memory_sizes(compiled) -> dict[str, int]:
+  """XLA's memory analysis of `compiled`, bytes per device: argument,
+  output, alias, temp, generated_code, and their total."""
   memory = compiled.memory_analysis()
   sizes = {name: int(getattr(memory, f'{name}_size_in_bytes', 0) or 0)
            for name in ('argument', 'output', 'alias', 'temp',
                         'generated_code')}
   # Donated arguments are reused for outputs: counted once.
-  total = (sizes['argument'] + sizes['output'] - sizes['alias'] +
-           sizes['temp'] + sizes['generated_code'])
+  sizes['total'] = (sizes['argument'] + sizes['output'] - sizes['alias'] +
+                    sizes['temp'] + sizes['generated_code'])
+  return sizes
+
+
+def figures(compiled, target: chips.Target, model_flops: float, dtype: str,
+            batch: int) -> dict[str, Any]:
+  """A report row's figures for `compiled` (one step of `batch` global
+  images, `model_flops` over all devices, matmuls in `dtype`): sizes in
+  bytes per device, FLOPs, seconds."""
+  sizes = memory_sizes(compiled)
+  total = sizes.pop('total')
   cost = compiled.cost_analysis() or {}
   if isinstance(cost, list):  # Older JAX: one dict per device program.
     cost = cost[0] if cost else {}

@@ -124,8 +124,7 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
     return write_outputs(out, evolution, scoring)
 
   # --- scorer: teacher features of the evaluation images, once -------------
-  scorer = scorer_from_config(config, workdir,
-                              capacity=capacity(s))
+  scorer = scorer_from_config(config, workdir, capacity=capacity(s))
   scoring['teacher_entropy'] = scorer.teacher_entropy
   split = s.eval_split or config.data.train_split
   parallel.log(f'search: {scorer.num_images} images of {split!r}, '

@@ -122,20 +122,19 @@ def test_supernet_gradients_are_the_subnet_gradients_zero_elsewhere():
   def loss(tokens):
     return jnp.sum(jnp.sin(tokens) * jnp.arange(tokens.shape[-1]))
 
-  grad_fns = {}
+  grad_fns, graphdefs = {}, {}
   # split_switch True: the accelerators' layout (heads and MLP ratio switched
   # apart), which a CPU would not otherwise compile.
   for remat, split, mode in [(True, None, 'switch'), (False, None, 'switch'),
                              (True, True, 'switch'), (False, True, 'switch'),
                              (True, None, 'mask')]:
-    gd = nnx.split(_perturbed(SMALL, seed=3, remat=remat,
-                              split_switch=split))[0]
+    gd = graphdefs[remat, split] = nnx.split(
+        _perturbed(SMALL, seed=3, remat=remat, split_switch=split))[0]
     grad_fns[remat, split, mode] = jax.jit(jax.grad(
         lambda s, a, gd=gd, mode=mode: loss(nnx.merge(gd, s).encode(
             images, a, ids_keep, mode=mode))))
-  split_gd = nnx.split(_perturbed(SMALL, seed=3, split_switch=True))[0]
-  split_forward = jax.jit(lambda s, a: nnx.merge(split_gd, s).encode(
-      images, a, ids_keep))
+  split_forward = jax.jit(lambda s, a: nnx.merge(
+      graphdefs[True, True], s).encode(images, a, ids_keep))
   rng = np.random.default_rng(5)
   # The extremes and one sample: each dense reference gradient runs eagerly.
   for arch in [SMALL.max_arch(), SMALL.min_arch(), SMALL.sample(rng)]:

@@ -104,6 +104,12 @@ def _mlp_branch(x, p, *, mlp: int):
   return _mlp(_ln(x, p['ln2_scale'][:e], p['ln2_bias'][:e]), p, mlp, e)
 
 
+def _pair_branch(x, p, *, attention, mlp):
+  """A whole block from an `_attention_branch` and an `_mlp_branch`."""
+  x = x + attention(x, p)
+  return x + mlp(x, p)
+
+
 def _masked_block(x, p, head_mask, mlp_mask, active, embed_mask, count):
   """One block under masks: x (B, N, E) zero-padded, E the max width or a
   narrower static one (the first E channels of every weight)."""
@@ -202,35 +208,36 @@ class Supernet(nnx.Module):
     # `switch.switch` keeps one shared residual buffer (remat=False); under
     # remat only the layer's input is kept, so a plain switch is enough.
     choose = jax.lax.switch if self.remat else switch.switch
+    # Under remat each branch is rematerialised too: differentiating a
+    # switch otherwise gives every branch its own residual outputs, all
+    # written in the backward pass; these branches' residuals are their
+    # operands, the same in every branch.
+    remat = jax.checkpoint if self.remat else (lambda f: f)
 
     def block_at_width(e: int):
       attn_fns = [functools.partial(_attention_branch, heads=h) for h in heads]
       mlp_fns = [functools.partial(_mlp_branch, mlp=mlp_width(e, r))
                  for r in ratios]
-      # Under remat each branch is rematerialised too: differentiating a
-      # switch otherwise gives every branch its own residual outputs, all
-      # written in the backward pass; these branches' residuals are their
-      # operands, the same in every branch.
-      remat = jax.checkpoint if self.remat else (lambda f: f)
+      split_attn = [remat(f) for f in attn_fns]
+      split_mlp = [remat(f) for f in mlp_fns]
+      # In `layer_choices` order, as `layer_branch` numbers them.
+      pair_fns = [remat(functools.partial(_pair_branch, attention=a, mlp=m))
+                  for a in attn_fns for m in mlp_fns]
 
       def split(h, p, branch):
         # Each half gets only its own weights: a switch's backward returns
         # a cotangent for every operand, in every branch.
-        h = h + choose(branch // len(ratios), [remat(f) for f in attn_fns],
-                       h, {k: p[k] for k in _ATTN_KEYS})
-        return h + choose(branch % len(ratios), [remat(f) for f in mlp_fns],
-                          h, {k: p[k] for k in _MLP_KEYS})
+        h = h + choose(branch // len(ratios), split_attn, h,
+                       {k: p[k] for k in _ATTN_KEYS})
+        return h + choose(branch % len(ratios), split_mlp, h,
+                          {k: p[k] for k in _MLP_KEYS})
 
       def paired(h, p, branch):
-        pair_fns = [
-            remat(lambda h, p, a=a, m=m: (lambda h: h + m(h, p))(h + a(h, p)))
-            for a in attn_fns for m in mlp_fns]
         return choose(branch, pair_fns, h, p)
 
       def block(x, p, branch):
         # Tokens travel at the max width, zero past e; the block runs on
-        # static slices, so it costs the subnet's FLOPs. `layer_branch`
-        # numbers (heads, ratio) pairs as `layer_choices`. Compiled for an
+        # static slices, so it costs the subnet's FLOPs. Compiled for an
         # accelerator, attention and MLP are switched apart: len(heads) +
         # len(ratios) bodies instead of their product, for the code
         # generation that is most of XLA:TPU's compile time. XLA:CPU pays
@@ -243,7 +250,7 @@ class Supernet(nnx.Module):
           h = (split if self.split_switch else paired)(x[..., :e], p, branch)
         return jnp.pad(h, ((0, 0), (0, 0), (0, e_max - e)))
 
-      return jax.checkpoint(block) if self.remat else block
+      return remat(block)
 
     # The embed width is switched per layer, inside one scan, not around
     # the whole encoder: one scan, embedding and final norm in the program
@@ -257,7 +264,7 @@ class Supernet(nnx.Module):
     # (custom VJPs included) sees everything it must differentiate.
     def layer(x, inputs):
       p, branch = inputs
-      index = jnp.where(branch >= len(heads) * len(ratios), skip_index,
+      index = jnp.where(branch >= len(space.layer_choices), skip_index,
                         embed_index)
       return choose(index, block_fns, x, p, branch), None
 
