@@ -13,9 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from masktas_jax import config_lib, data
+from masktas_jax import config_lib, data, hostmem
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# As `python -m masktas_jax.main` does, so that CPU step times match the
+# pipeline's (benchmarks/host_malloc.py measures the difference).
+hostmem.reuse_freed_memory()
 
 
 def command() -> str:

@@ -15,7 +15,8 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from masktas_jax import artifacts, cli, config_lib, parallel, preflight
+from masktas_jax import artifacts, cli, config_lib, hostmem, parallel
+from masktas_jax import preflight
 from masktas_jax.errors import MaskTASError, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -76,6 +77,8 @@ def run(config, workdir: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+  # Before anything starts JAX's back end (see hostmem).
+  hostmem.reuse_freed_memory()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
