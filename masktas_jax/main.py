@@ -77,8 +77,6 @@ def run(config, workdir: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-  # Before anything starts JAX's back end (see hostmem).
-  hostmem.reuse_freed_memory()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
@@ -100,6 +98,9 @@ def main(argv: list[str]) -> None:
     jax.config.update('jax_platforms', 'cpu')
     # Compile-only executables cannot be loaded back from JAX's cache.
     jax.config.update('jax_enable_compilation_cache', False)
+  else:
+    # Before anything starts JAX's back end. Compiling runs no steps.
+    hostmem.reuse_freed_memory()
   try:
     if not compile_only:
       parallel.initialize_distributed(
