@@ -10,7 +10,7 @@ batch. Per stage it prints the medians over rounds of the step time, the
 kernel (sys) time and the minor page faults per step, and the ratio of the
 step times.
 
-  python benchmarks/host_malloc.py             # configs/demo.py, ~4 min
+  python benchmarks/host_malloc.py             # configs/demo.py, ~5 min
   python benchmarks/host_malloc.py --rounds 3 --iters 30
 """
 
