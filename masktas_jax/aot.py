@@ -371,8 +371,10 @@ def run(config, workdir: epath.Path) -> list[dict[str, Any]]:
           f"{r['bytes']['total'] / chips.GIB:.2f} GiB per device against "
           f"the {r['usable_memory'] / chips.GIB:.1f} GiB JAX may use of the "
           f"{target.chip.name}'s {target.chip.memory / chips.GIB:.0f} GiB")
+      remedies = [f"lower config.{r['stage']}.batch_size", 'use more devices']
+      if not config[r['stage']].get('remat', True):
+        remedies.insert(1, f"set config.{r['stage']}.remat=True")
       raise CompileError(
           f"{r['stage']} ({r['program']}) does not fit {target.topology}: "
-          f"{need}; lower config.{r['stage']}.batch_size or use more "
-          'devices')
+          f"{need}; {', '.join(remedies[:-1])} or {remedies[-1]}")
   return rows

@@ -31,7 +31,7 @@ def make_task(config, steps: int, warmup: int) -> trainer.Task:
 
   def loss(params, fixed, batch, rng, _):
     model = nnx.merge(graphdef, params, fixed)
-    return model(batch['image'], rng, t.mask_ratio)[0], {}
+    return model(batch['image'], rng, t.mask_ratio, remat=t.remat)[0], {}
 
   schedule = trainer.warmup_cosine(t.base_lr * t.batch_size / 256, steps,
                                    warmup)

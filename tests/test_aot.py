@@ -126,6 +126,7 @@ def test_a_program_that_does_not_fit_is_one_line(tmp_path):
   assert lines[0].startswith('masktas_jax: error: teacher (train step) does '
                              'not fit v5e:2x2: ')
   assert 'HBM' in lines[0] and 'config.teacher.batch_size' in lines[0]
+  assert 'set config.teacher.remat=True' in lines[0]
   # The report says so too.
   (row,) = _report(tmp_path)[0]['programs']
   assert not row['fits'] and 'RESOURCE_EXHAUSTED' in row['error']
@@ -191,3 +192,22 @@ def test_the_default_config_names_a_valid_target():
                               config.compile.topology)
   assert set(config.compile.stages) == set(aot.STAGES)
   assert target.count == 4
+
+
+def test_teacher_remat_trades_temporaries_for_recomputation(tmp_path):
+  """`teacher.remat` keeps each MAE block's input only: the step's
+  temporaries shrink, XLA counts the recomputed forward, and the model
+  FLOPs (what a step must compute) stay the same."""
+  rows = {}
+  for remat in (False, True):
+    result = run(*SPACE, f'--workdir={tmp_path / str(remat)}',
+                 "--config.compile.stages=('teacher',)",
+                 '--config.teacher.batch_size=1024',
+                 f'--config.teacher.remat={remat}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows[remat] = _report(tmp_path / str(remat))[1]['teacher', 'train step']
+  kept, remat = rows[False], rows[True]
+  assert remat['bytes']['temp'] < 0.6 * kept['bytes']['temp']
+  assert remat['model_flops_per_device'] == kept['model_flops_per_device']
+  assert (remat['xla_flops_per_device_one_iteration'] >
+          1.1 * kept['xla_flops_per_device_one_iteration'])

@@ -61,6 +61,29 @@ def test_sincos_table_against_an_independent_construction():
   np.testing.assert_allclose(vit.sincos_pos_embed(d, g), want, atol=1e-6)
 
 
+def test_remat_changes_what_is_kept_not_the_loss_or_its_gradient():
+  """`teacher.remat` recomputes the blocks in the backward pass: the
+  pre-training loss and every gradient match the plain step's (the memory
+  it saves is checked on a TPU target in test_aot)."""
+  images = jax.random.uniform(jax.random.key(1), (8, 32, 32, 3))
+  results = []
+  for remat in (False, True):
+    task = teacher.make_task(demo_config(**{'teacher.remat': remat}), 10, 1)
+    params, fixed = task.init(jax.random.key(0), None)
+    results.append(jax.jit(jax.value_and_grad(
+        lambda p, f=fixed, t=task: t.loss(p, f, {'image': images},
+                                          jax.random.key(2), None)[0]))(
+                                              params))
+  (loss, grads), (loss_r, grads_r) = results
+  np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
+  flat, flat_r = jax.tree.leaves(grads), jax.tree.leaves(grads_r)
+  assert len(flat) == len(flat_r) > 10
+  for g, g_r in zip(flat, flat_r):
+    np.testing.assert_allclose(g_r, g, rtol=1e-4, atol=1e-6)
+  # The gradient is not trivially zero.
+  assert max(float(np.abs(g).max()) for g in flat) > 1e-3
+
+
 def test_teacher_stage_lowers_the_reconstruction_loss(tmp_path):
   config = demo_config(**{'teacher.steps': 60, 'teacher.batch_size': 32,
                           'log_every': 10, 'checkpoint_every': 30})

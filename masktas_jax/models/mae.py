@@ -84,10 +84,12 @@ class PixelDecoder(nnx.Module):
     self.decoder_pred = nnx.Linear(embed_dim, patch_size**2 * in_chans,
                                    kernel_init=vit._dense_init, rngs=rngs)
 
-  def __call__(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
+  def __call__(self, latent: jax.Array, ids_restore: jax.Array,
+               remat: bool = False) -> jax.Array:
     """Tokens (B, 1 + K, in_dim), CLS first -> pixels (B, N, p*p*C).
 
-    `ids_restore` (B, N) puts [kept, mask tokens] back into patch order.
+    `ids_restore` (B, N) puts [kept, mask tokens] back into patch order;
+    `remat` as in `vit.run_blocks`.
     """
     x = self.decoder_embed(latent)
     b, n = ids_restore.shape
@@ -96,8 +98,8 @@ class PixelDecoder(nnx.Module):
     patches = gather_tokens(jnp.concatenate([x[:, 1:], fill], axis=1),
                             ids_restore)
     x = jnp.concatenate([x[:, :1], patches], axis=1) + self.decoder_pos_embed[...]
-    for block in self.decoder_blocks:
-      x = block(x)
+    x = vit.run_blocks(self.decoder_blocks, x,
+                       [None] * len(self.decoder_blocks), remat)
     return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
 
@@ -131,26 +133,33 @@ class MAE(nnx.Module):
     """
     return self.encoder.encode(images, ids_keep)
 
-  def decode(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
+  def decode(self, latent: jax.Array, ids_restore: jax.Array,
+             remat: bool = False) -> jax.Array:
     """Encoder tokens (B, 1 + K, D) -> pixel predictions (B, N, p*p*C).
 
     `ids_restore` (B, N) puts [kept, mask tokens] back into patch order.
     """
     if not self.has_decoder:
       raise ValueError('this MAE has no decoder (an encoder-only checkpoint)')
-    return self.decoder(latent, ids_restore)
+    return self.decoder(latent, ids_restore, remat)
 
   def reconstruct(self, images: jax.Array, ids_keep: jax.Array,
-                  ids_restore: jax.Array) -> jax.Array:
-    """Pixel predictions (B, N, p*p*C) for a given mask."""
-    return self.decode(self.encode(images, ids_keep), ids_restore)
+                  ids_restore: jax.Array, remat: bool = False) -> jax.Array:
+    """Pixel predictions (B, N, p*p*C) for a given mask; `remat` as in
+    `vit.run_blocks`, for encoder and decoder."""
+    return self.decode(self.encoder.encode(images, ids_keep, remat=remat),
+                       ids_restore, remat)
 
-  def __call__(self, images: jax.Array, rng: jax.Array,
-               mask_ratio: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One MAE training forward: (loss, pred (B, N, p*p*C), mask (B, N))."""
+  def __call__(self, images: jax.Array, rng: jax.Array, mask_ratio: float,
+               remat: bool = False
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One MAE training forward: (loss, pred (B, N, p*p*C), mask (B, N)).
+
+    `remat` trades memory for a second forward in the backward pass
+    (`vit.run_blocks`)."""
     c = self.config
     ids_keep, mask, ids_restore = random_masking(rng, images.shape[0],
                                                  c.num_patches, mask_ratio)
-    pred = self.reconstruct(images, ids_keep, ids_restore)
+    pred = self.reconstruct(images, ids_keep, ids_restore, remat)
     target = patchify(images, c.patch_size)
     return losses.pixel_loss(pred, target, mask, c.norm_pix_loss), pred, mask

@@ -183,6 +183,26 @@ class Block(nnx.Module):
     return x + drop_path(self.mlp(self.norm2(x)), self.drop_rate, keys[1])
 
 
+def _call_block(block: Block, x: jax.Array,
+                key: jax.Array | None) -> jax.Array:
+  return block(x, key)
+
+
+def run_blocks(blocks: Sequence[Block], x: jax.Array,
+               keys: Sequence[jax.Array | None], remat: bool) -> jax.Array:
+  """`blocks` in turn on x (B, N, D), one drop-path key (or None) each.
+
+  With `remat` only each block's input is kept for the backward pass,
+  which recomputes the rest: per block the activations of one block
+  instead of all of them (the MLP's hidden (B, N, 4D) ones dominate), for
+  one more forward of the blocks' FLOPs.
+  """
+  call = nnx.remat(_call_block) if remat else _call_block
+  for block, key in zip(blocks, keys):
+    x = call(block, x, key)
+  return x
+
+
 # What the classification head reads: the CLS token (DeiT, the paper), or
 # the mean of the final-normed patch tokens (AutoFormer's --gp).
 POOLS = ('cls', 'mean')
@@ -260,18 +280,17 @@ class VisionTransformer(nnx.Module):
     return jnp.concatenate([cls.astype(tokens.dtype), tokens], axis=1)
 
   def encode(self, images: jax.Array, ids_keep: jax.Array | None = None,
-             rng: jax.Array | None = None) -> jax.Array:
+             rng: jax.Array | None = None, remat: bool = False) -> jax.Array:
     """(B, H, W, C) -> final-normed tokens (B, 1 + K, D), CLS first.
 
     `rng` turns drop path on (training); without it the pass is
-    deterministic.
+    deterministic. `remat` recomputes each block's activations in the
+    backward pass instead of keeping them (`run_blocks`).
     """
     x = self.embed(images, ids_keep)
     keys = ([None] * self.depth if rng is None else
             jax.random.split(rng, self.depth))
-    for block, key in zip(self.blocks, keys):
-      x = block(x, key)
-    return self.norm(x)
+    return self.norm(run_blocks(self.blocks, x, keys, remat))
 
   def __call__(self, images: jax.Array,
                rng: jax.Array | None = None) -> jax.Array:
