@@ -8,9 +8,10 @@ grid of configs and targets, one process each, gathered into one table.
 Per config and target: memory per device against the chip's, analytic model
 GFLOPs per device and step, the roofline step time and images/s per chip,
 and the compile time on this host. With --max-batch, the largest per-device
-batch (a power of two) whose supernet step XLA:TPU still compiles, found by
-doubling from the config's. These are compiler figures, not runs. GPU
-targets need the '.[cuda]' extra (its own venv: `--python`).
+batch (a power of two times the config's) whose supernet step still
+compiles and fits, with the memory of each batch compiled on the way.
+These are compiler figures, not runs. GPU targets need the '.[cuda]'
+extra (its own venv: `--python`).
 
 `cpu:B` is this host's CPU at B images per step (one device): the same
 programs (`aot.programs`) compiled for it, in a fresh process with no
@@ -99,22 +100,50 @@ def compile_cpu(python: str, config: str, batch: int, stages: str,
                        f'{config}:{batch}:{stages}:{workdir}'], workdir)
 
 
-def max_batch(python, config, platform, topology, per_device, devices,
-              root) -> int:
-  """The largest power-of-two multiple of `per_device` (which compiled)
-  whose supernet step still compiles and fits, doubling until one does
-  not; 64 x `per_device` means at least that. Any failure counts as not
-  fitting."""
-  best, batch = per_device, 2 * per_device
-  while batch <= 64 * per_device:
-    code, _, _, _ = compile_once(
+def max_batch(python, config, platform, topology, row: dict,
+              root: pathlib.Path) -> tuple[int, dict[int, float], str]:
+  """The largest power-of-two multiple of `row`'s batch per device (which
+  compiled) whose supernet step still compiles and fits; 64 x that batch
+  means at least that. Starts at the largest such batch that fits if the
+  temporaries grew in proportion to the batch (the rest fixed), then
+  doubles until one does not fit or halves until one does: XLA
+  rematerialises under memory pressure, so the guess is a start, not an
+  answer. Any failure counts as not fitting.
+
+  Returns (batch, {batch: GiB per device of each batch compiled}, the
+  last failure's one-line reason)."""
+  per_device, devices = int(row['batch_per_device']), row['devices']
+  sizes = row['bytes']
+  memory = {per_device: sizes['total'] / 2**30}
+  failure = ''
+
+  def fits(batch: int) -> bool:
+    nonlocal failure
+    code, report, last, _ = compile_once(
         python, config, platform, topology, 'supernet',
         root / f'{config}_{topology}_{batch}'.replace(':', '_'),
         [f'--config.supernet.batch_size={batch * devices}'])
-    if code:
-      break
-    best, batch = batch, 2 * batch
-  return best
+    if code or report is None:
+      failure = last
+      return False
+    memory[batch] = report['programs'][0]['bytes']['total'] / 2**30
+    return True
+
+  limit = 64 * per_device
+  per_image = sizes['temp'] / per_device
+  guess = per_device
+  while (2 * guess <= limit and sizes['total'] - sizes['temp'] +
+         2 * guess * per_image <= row['usable_memory']):
+    guess *= 2
+  if guess > per_device and not fits(guess):
+    guess //= 2
+    while guess > per_device and not fits(guess):
+      guess //= 2
+    return guess, memory, failure
+  best = guess
+  while 2 * best <= limit and fits(2 * best):
+    best *= 2
+  return best, memory, failure
 
 
 def main():
@@ -170,8 +199,13 @@ def main():
                 flush=True)
           continue
         extra = ''
-        if args.max_batch and r['stage'] == 'supernet' and platform == 'tpu':
-          extra = f" {max_batch(args.python, config, platform, topology, int(r['batch_per_device']), r['devices'], root)} |"
+        if args.max_batch and r['stage'] == 'supernet':
+          best, memory, failure = max_batch(args.python, config, platform,
+                                            topology, r, root)
+          by_batch = ', '.join(f'{b}: {m:.2f}' for b, m in sorted(
+              memory.items()))
+          extra = (f' {best} ({memory[best]:.2f} GiB; by batch: {by_batch}; '
+                   f'{2 * best}: {failure or "not tried"}) |')
         elif args.max_batch:
           extra = ' |'
         print(f"| {config} | {topology} | {r['stage']} | {r['program']} | "
