@@ -44,11 +44,12 @@ else
   fi
 fi
 
-# XLA:GPU's Triton GEMM emitter could not tile the training steps' fused
-# matmuls when they were compiled for an H100 without one attached
-# (mode=compile; masktas_jax/aot.py says more); cuBLAS runs them instead.
-# Kept until a real GPU shows the Triton path compiles; flags given in
-# XLA_FLAGS come after this one and win.
+# Triton GEMM fusions off, as mode=compile has them (masktas_jax/aot.py
+# says why it must), so that a run compiles the programs whose memory
+# mode=compile reported; cuBLAS runs the matmuls. With a GPU, XLA's
+# autotuner would likely drop the Triton tilings that fail and compile with
+# Triton on (not yet tried on a GPU): XLA_FLAGS=--xla_gpu_enable_triton_gemm=true
+# tries it, since flags given in XLA_FLAGS come after this one and win.
 export XLA_FLAGS="--xla_gpu_enable_triton_gemm=false${XLA_FLAGS:+ $XLA_FLAGS}"
 
 python="${PYTHON:-python}"

@@ -43,12 +43,17 @@ STAGES = ('teacher', 'supernet', 'search', 'finetune')
 _BACKENDS = {'tpu': ('libtpu', "pip install -e '.[tpu]'"),
              'cuda': ('jax_cuda12_plugin', "pip install -e '.[cuda]'")}
 # XLA options per platform. cuda: no Triton GEMM fusions. Compiled without a
-# GPU (so without autotuning), XLA:GPU's Triton emitter stops on the
-# training steps' fused matmuls ('Couldn't find output tile sizes that
-# satisfy hlo: dot f32[1040,128]': a matmul fused with the reshapes around
-# it, 1040 = 16 images x 65 tokens) although every plain matmul of those
-# shapes compiles; cuBLAS runs those matmuls instead. launch/gpu_multinode.sh
-# sets the same for real runs until a GPU shows the Triton path compiles.
+# GPU, XLA cannot autotune: each GEMM fusion gets one default Triton tiling,
+# untried. The attention's output projection reads the attention output
+# transposed and flattened to (batch x tokens) rows, so its row tile must
+# divide the token count; a ViT's (CLS + patches: 20, 50, 65, 197) never
+# does, and XLA stops ("Couldn't find output tile sizes that satisfy hlo:
+# dot f32[1040,128]", 1040 = 16 images x 65 tokens;
+# benchmarks/gpu_triton_tiles.py). With a GPU the autotuner tries each
+# tiling, drops those that fail and keeps cuBLAS as a candidate, so real
+# runs likely compile with Triton on (unconfirmed: no GPU was lent);
+# launch/gpu_multinode.sh turns it off too, so that real runs compile what
+# these figures describe.
 COMPILER_OPTIONS = {'cuda': {'xla_gpu_enable_triton_gemm': False}}
 # libtpu also takes a lock file that lets one process per host load it:
 # compiling opens no TPU, so several compiles (and a training run on a TPU
