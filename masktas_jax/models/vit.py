@@ -193,9 +193,9 @@ def run_blocks(blocks: Sequence[Block], x: jax.Array,
   """`blocks` in turn on x (B, N, D), one drop-path key (or None) each.
 
   With `remat` only each block's input is kept for the backward pass,
-  which recomputes the rest: per block the activations of one block
-  instead of all of them (the MLP's hidden (B, N, 4D) ones dominate), for
-  one more forward of the blocks' FLOPs.
+  which recomputes the block's activations (the MLP's hidden (B, N, 4D)
+  ones dominate) one block at a time: a fraction of their memory for one
+  more forward of the blocks.
   """
   call = nnx.remat(_call_block) if remat else _call_block
   for block, key in zip(blocks, keys):
