@@ -184,7 +184,7 @@ def main():
       image_size=space.image_size, patch_size=space.patch_size,
       in_chans=space.in_chans, embed_dim=t.embed_dim, depth=t.depth,
       num_heads=t.num_heads, decoder_depth=0), rngs=nnx.Rngs(args.seed))
-  teacher_def = nnx.graphdef(teacher)
+  teacher_def = nnx.graphdef(teacher.encoder)
   # The schedule's length does not change the step's work.
   task = supernet_train.make_task(config, teacher, 1000, 100, args.batch)
   # One device, as the utilisation is measured against one device's peak.

@@ -38,11 +38,12 @@ def make_loss(config, student_def, teacher_def, *, forward=None):
 
   `params`/`fixed` are pure dicts of the student's parameters and other
   variables; `batch['image']` is (B, S, S, 3) float32; `constants` is
-  `{'teacher': the teacher's pure state}`, plus optionally `'arch'`, an
-  encoded Arch trained in place of the one the step draws (benchmarks, and
-  one compiled step for any forced Arch). `terms` are the loss's two parts.
-  With `supernet.compute_dtype='bfloat16'` the forward and backward run in
-  bf16 on bf16 copies of the weights; gradients and the losses are float32.
+  `{'teacher': the pure state of the teacher's encoder}` (`teacher_def`'s),
+  plus optionally `'arch'`, an encoded Arch trained in place of the one
+  the step draws (benchmarks, and one compiled step for any forced Arch).
+  `terms` are the loss's two parts. With `supernet.compute_dtype=
+  'bfloat16'` the forward and backward run in bf16 on bf16 copies of the
+  weights; gradients and the losses are float32.
 
   `forward(student, images, arch, ids_keep, ids_restore)` replaces the
   student call (e.g. a dense student ignoring `arch`, for benchmarks).
@@ -86,7 +87,10 @@ def make_task(config, teacher: MAE, steps: int, warmup: int,
   512) and, with `supernet.freeze_inactive`, no update outside the drawn
   subnet."""
   s = config.supernet
-  teacher_def, teacher_state = nnx.split(teacher)
+  # The step reads the teacher's encoder only. XLA drops unused arguments,
+  # but the trainer puts every constant on every device: the MAE decoder's
+  # weights (~0.1 GB for MAE's ViT-B) would sit in each one's memory.
+  teacher_def, teacher_state = nnx.split(teacher.encoder)
   teacher_dim = teacher.config.embed_dim
   student_def = nnx.split(nnx.eval_shape(
       lambda: model_dirs.build_student(config, teacher_dim, nnx.Rngs(0))),
