@@ -17,9 +17,8 @@ import argparse
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.experimental import topologies
 
-from masktas_jax import chips
+from masktas_jax import aot, chips
 from masktas_jax.models import vit
 
 
@@ -40,10 +39,8 @@ def main():
   parser.add_argument('--width', type=int, default=128)
   parser.add_argument('--heads', type=int, default=2)
   args = parser.parse_args()
-  device = topologies.get_topology_desc(
-      platform='cuda', topology_name='1xh100',
-      target_config=chips.gpu_target_config('h100'),
-      topology=chips.gpu_topology(1)).devices[0]
+  # mode=compile's own compile-only device.
+  (device,) = aot.target_devices(chips.parse_target('cuda', '1xh100'))
   sharding = jax.sharding.SingleDeviceSharding(device)
   block = nnx.eval_shape(lambda: vit.Block(
       args.width, args.heads, 4 * args.width, rngs=nnx.Rngs(0),

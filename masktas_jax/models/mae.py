@@ -125,13 +125,14 @@ class MAE(nnx.Module):
   def has_decoder(self) -> bool:
     return self.config.decoder_depth > 0
 
-  def encode(self, images: jax.Array,
-             ids_keep: jax.Array | None = None) -> jax.Array:
+  def encode(self, images: jax.Array, ids_keep: jax.Array | None = None,
+             remat: bool = False) -> jax.Array:
     """(B, H, W, C) normalised images -> final-normed tokens (B, 1 + K, D).
 
-    CLS first, patches in raster order (or the `ids_keep` (B, K) subset).
+    CLS first, patches in raster order (or the `ids_keep` (B, K) subset);
+    `remat` as in `vit.run_blocks`.
     """
-    return self.encoder.encode(images, ids_keep)
+    return self.encoder.encode(images, ids_keep, remat=remat)
 
   def decode(self, latent: jax.Array, ids_restore: jax.Array,
              remat: bool = False) -> jax.Array:
@@ -147,8 +148,8 @@ class MAE(nnx.Module):
                   ids_restore: jax.Array, remat: bool = False) -> jax.Array:
     """Pixel predictions (B, N, p*p*C) for a given mask; `remat` as in
     `vit.run_blocks`, for encoder and decoder."""
-    return self.decode(self.encoder.encode(images, ids_keep, remat=remat),
-                       ids_restore, remat)
+    return self.decode(self.encode(images, ids_keep, remat), ids_restore,
+                       remat)
 
   def __call__(self, images: jax.Array, rng: jax.Array, mask_ratio: float,
                remat: bool = False
