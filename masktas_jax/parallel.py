@@ -12,12 +12,18 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from masktas_jax.errors import ConfigError
 
 DATA = 'data'
+# How long a process waits for its peers at start-up: the coordination
+# service's connection (JAX's default is 300 s) and the barrier before the
+# CPU collectives' first use. Processes started together on a loaded host, or
+# a late pod slice, can be minutes apart.
+STARTUP_TIMEOUT_S = 600
 
 
 def _cluster_detected() -> bool:
@@ -61,9 +67,43 @@ def initialize_distributed(coordinator_address: str = '',
     if not 0 <= process_id < num_processes:
       raise ConfigError(f'--process_id: {process_id} is not in 0..'
                         f'{num_processes - 1}')
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(coordinator_address, num_processes,
+                               process_id,
+                               initialization_timeout=STARTUP_TIMEOUT_S)
   elif _cluster_detected():
-    jax.distributed.initialize()
+    jax.distributed.initialize(initialization_timeout=STARTUP_TIMEOUT_S)
+  else:
+    return
+  _connect_cpu_collectives()
+
+
+def _connect_cpu_collectives() -> None:
+  """Builds the CPU collectives' connection between all devices now, with
+  every process at the same point.
+
+  Gloo (JAX's CPU collectives) connects a set of devices the first time a
+  program reduces over them, and waits only 30 s (a fixed timeout of gloo's
+  key-value rendezvous) for the other processes to get there. Left to the
+  first training step, a process still compiling it 30 s after another
+  finished fails the run with `DEADLINE_EXCEEDED: GetKeyValue() timed out`.
+  Here the processes first meet at a coordination-service barrier (timeout
+  STARTUP_TIMEOUT_S), then reduce one number over every device, so the
+  connection every later all-devices reduction reuses is made while they
+  are milliseconds apart; a reduction itself waits for its peers much
+  longer. Accelerators' collectives (ICI, NCCL) need none of this.
+  """
+  if jax.process_count() == 1 or jax.default_backend() != 'cpu':
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  distributed.global_state.client.wait_at_barrier(
+      'masktas_cpu_collectives', STARTUP_TIMEOUT_S * 1000)
+  mesh = make_mesh()
+  ones = jax.make_array_from_process_local_data(
+      batch_sharded(mesh), np.ones(jax.local_device_count(), np.float32))
+  total = jax.jit(jnp.sum, out_shardings=replicated(mesh))(ones)
+  if int(total) != jax.device_count():
+    raise RuntimeError(f'CPU collectives: the sum of one per device is '
+                       f'{int(total)}, not {jax.device_count()}')
 
 
 def log(message: str) -> None:

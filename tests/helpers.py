@@ -27,6 +27,41 @@ SMALL = {'space.embed_dims': (32, 48), 'space.depths': (2, 3),
          'search.crossovers': 4}
 
 
+def tree_scale(*trees) -> float:
+  """The largest |x| over every leaf of `trees` (arrays or pytrees of
+  them)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return max(float(np.abs(np.asarray(x)).max(initial=0.0))
+             for x in jax.tree.leaves(trees))
+
+
+def assert_close(actual, desired, scale: float, rtol: float = 1e-5,
+                 err_msg: str = '') -> None:
+  """|actual - desired| <= rtol * scale elementwise.
+
+  `scale` is the size of what was summed to make the values, not the size
+  of the values: two float32 computations equal in exact arithmetic that
+  sum in different orders (another XLA fusion, thread count or machine)
+  differ by about eps * sum |terms|. A gradient entry that cancels (the
+  key bias's is zero by softmax's shift invariance) is pure rounding of
+  terms as large as the rest of its tree, so a tolerance relative to the
+  entry itself fails at random. For a gradient tree, `tree_scale(tree)`;
+  an error of substance (a dropped mask, an off-by-one slice) is a
+  difference of the terms' own size, which this still catches.
+  """
+  actual, desired = np.asarray(actual), np.asarray(desired)
+  assert actual.shape == desired.shape, (actual.shape, desired.shape, err_msg)
+  diff = np.abs(actual.astype(np.float64) - desired.astype(np.float64))
+  bound = rtol * scale
+  bad = ~(diff <= bound)  # NaN counts as bad.
+  if bad.any():
+    i = np.unravel_index(np.argmax(np.where(bad, diff, -1)), diff.shape)
+    raise AssertionError(
+        f'{err_msg}: {int(bad.sum())} of {diff.size} elements differ by more '
+        f'than {rtol:g} x scale {scale:.3g} = {bound:.3g}; worst at {i}: '
+        f'{actual[i]!r} vs {desired[i]!r}')
+
+
 def run(*args, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
   """`python -m masktas_jax.main ARGS` on the CPU, output captured."""
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})}

@@ -15,6 +15,8 @@ from masktas_jax.models import vit
 from masktas_jax.models.supernet import Supernet
 from masktas_jax.space import Arch, SearchSpace
 
+from helpers import assert_close, tree_scale
+
 # AutoFormer's tiny space on a small image (4 patches) to keep tests fast;
 # the widths, heads, MLP ratios and depths are the real ones.
 TINY = SearchSpace((192, 216, 240), (12, 13, 14), (3, 4), (3.5, 4.0),
@@ -112,8 +114,36 @@ def test_supernet_logits_equal_extracted_classifier(tiny):
                                  want, atol=1e-5)
 
 
+def _check_subnet_gradient(g, want, arch, err_msg, zeros=True):
+  """Supernet gradient `g` against the dense subnet's `want` on the subnet's
+  slices (to 1e-5 of the largest gradient entry: what float32 sums of
+  terms that size can promise), and, with `zeros`, exactly zero outside."""
+  scale = tree_scale(want)
+  e, last = arch.embed_dim, arch.depth - 1
+  h, m = arch.num_heads[0], arch.mlp_dims[0]
+  layers, l0 = g['layers'], want['blocks'][0]
+  assert_close(layers['w1'][...][0, :e, :m], l0['mlp']['fc1']['kernel'][...],
+               scale, err_msg=f'{err_msg} fc1')
+  assert_close(layers['wq'][...][0, :e, :h],
+               l0['attn']['query']['kernel'][...], scale,
+               err_msg=f'{err_msg} query')
+  assert_close(g['patch_kernel'][...][:, :e],
+               want['patch_embed']['proj']['kernel'][...], scale,
+               err_msg=f'{err_msg} patch embedding')
+  assert_close(layers['w2'][...][last, :arch.mlp_dims[last], :e],
+               want['blocks'][last]['mlp']['fc2']['kernel'][...], scale,
+               err_msg=f'{err_msg} fc2')
+  if zeros:  # Nothing outside the subnet moves.
+    assert np.all(layers['w1'][...][0, :, m:] == 0)
+    assert np.all(layers['wq'][...][0, :, h:] == 0)
+    assert np.all(g['patch_kernel'][...][:, e:] == 0)
+    assert np.all(layers['w1'][...][arch.depth:] == 0)
+
+
 def test_supernet_gradients_are_the_subnet_gradients_zero_elsewhere():
-  """Weight sharing: d loss / d supernet weights, sliced, is the subnet's."""
+  """Weight sharing: d loss / d supernet weights, sliced, is the subnet's;
+  every path (remat, switch layouts, masks) gives the same gradient; and the
+  comparison still catches a dropped mask or a slice off by one."""
   model = _perturbed(SMALL, seed=3)
   graphdef, state = nnx.split(model)
   images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
@@ -144,40 +174,43 @@ def test_supernet_gradients_are_the_subnet_gradients_zero_elsewhere():
                     )(ds)
     e, grads = arch.embed_dim, {}
     tokens = split_forward(state, SMALL.encode(arch))
-    np.testing.assert_allclose(tokens[..., :e], dense.encode(images, ids_keep),
-                               atol=1e-5)
+    dense_tokens = dense.encode(images, ids_keep)
+    assert_close(tokens[..., :e], dense_tokens, tree_scale(dense_tokens),
+                 err_msg='tokens')
     assert np.all(tokens[..., e:] == 0)
     for key, fn in grad_fns.items():
-      g = fn(state, SMALL.encode(arch))
-      grads[key] = g
-      scale = float(jnp.abs(g['layers']['w1'][...]).max())
-      l0 = want['blocks'][0]
-      h, m = arch.num_heads[0], arch.mlp_dims[0]
-      np.testing.assert_allclose(g['layers']['w1'][...][0, :e, :m],
-                                 l0['mlp']['fc1']['kernel'][...],
-                                 atol=2e-5 * scale, err_msg=str(key))
-      np.testing.assert_allclose(g['layers']['wq'][...][0, :e, :h],
-                                 l0['attn']['query']['kernel'][...],
-                                 atol=2e-5 * scale, err_msg=str(key))
-      np.testing.assert_allclose(g['patch_kernel'][...][:, :e],
-                                 want['patch_embed']['proj']['kernel'][...],
-                                 atol=2e-5 * scale, err_msg=str(key))
-      last = arch.depth - 1
-      np.testing.assert_allclose(
-          g['layers']['w2'][...][last, :arch.mlp_dims[last], :e],
-          want['blocks'][last]['mlp']['fc2']['kernel'][...],
-          atol=2e-5 * scale, err_msg=str(key))
-      # Nothing outside the subnet moves.
-      assert np.all(g['layers']['w1'][...][0, :, m:] == 0)
-      assert np.all(g['layers']['wq'][...][0, :, h:] == 0)
-      assert np.all(g['patch_kernel'][...][:, e:] == 0)
-      assert np.all(g['layers']['w1'][...][arch.depth:] == 0)
-    # Every path gives the same full gradient.
-    ref = jax.tree.leaves(grads[True, None, 'mask'])
+      grads[key] = fn(state, SMALL.encode(arch))
+      _check_subnet_gradient(grads[key], want, arch, str(key))
+    # Every path gives the same full gradient, to the scale of the tree.
+    ref = grads[True, None, 'mask']
+    scale = tree_scale(ref)
     for key, g in grads.items():
-      for a, b in zip(jax.tree.leaves(g), ref):
-        np.testing.assert_allclose(a, b, atol=2e-5 * max(1.0, float(
-            jnp.abs(b).max(initial=0))), err_msg=str(key))
+      for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g),
+                              jax.tree.leaves(ref)):
+        assert_close(a, b, scale,
+                     err_msg=f'{key} {jax.tree_util.keystr(path)}')
+
+  # The same comparisons fail on what a real error would give. A slice off
+  # by one:
+  arch = SMALL.min_arch()
+  dense = model.extract(arch)
+  dg, ds = nnx.split(dense)
+  want = jax.grad(lambda s: loss(nnx.merge(dg, s).encode(images, ids_keep)))(
+      ds)
+  e, m = arch.embed_dim, arch.mlp_dims[0]
+  g = grad_fns[True, None, 'mask'](state, SMALL.encode(arch))
+  for shifted in (g['layers']['w1'][...][0, :e, 1:m + 1],
+                  g['layers']['w1'][...][0, 1:e + 1, :m]):
+    with pytest.raises(AssertionError, match='elements differ'):
+      assert_close(shifted, want['blocks'][0]['mlp']['fc1']['kernel'][...],
+                   tree_scale(want))
+  # The first layer's MLP mask dropped (its inactive channels switched on):
+  dropped = dict(SMALL.encode(arch))
+  dropped['mlp_mask'] = np.array(dropped['mlp_mask'])
+  dropped['mlp_mask'][0] = 1
+  with pytest.raises(AssertionError, match='elements differ'):
+    _check_subnet_gradient(grad_fns[True, None, 'mask'](state, dropped), want,
+                           arch, 'mask dropped', zeros=False)
 
 
 @pytest.mark.parametrize('mode, remat', [('switch', True), ('switch', False),

@@ -7,6 +7,8 @@ import pytest
 
 from masktas_jax.models import switch
 
+from helpers import assert_close, tree_scale
+
 
 def _branches():
   # Different residual shapes per branch, an integer operand used for
@@ -45,8 +47,8 @@ def test_values_and_gradients_match_lax_switch(index):
                                                              p, i)
     got = jax.jit(jax.value_and_grad(loss, argnums=1, has_aux=True),
                   static_argnums=0)(switch.switch, p, i)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6),
-                 got, want)
+    scale = tree_scale(want)
+    jax.tree.map(lambda x, y: assert_close(x, y, scale), got, want)
 
 
 def test_inside_scan_under_grad_and_vmap_without_leaks():
@@ -68,7 +70,8 @@ def test_inside_scan_under_grad_and_vmap_without_leaks():
   with jax.checking_leaks():
     got = jax.jit(jax.grad(loss, argnums=1), static_argnums=0)(
         switch.switch, stacked, branch)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), got,
+  # Gradients to the scale of the whole tree (terms summed in another order).
+  jax.tree.map(lambda x, y, s=tree_scale(want): assert_close(x, y, s), got,
                want)
   # A batch of branch indices: vmap turns the switch into a select.
   batched = jnp.asarray([[1, 0, 2], [2, 2, 0]], jnp.int32)
@@ -76,6 +79,5 @@ def test_inside_scan_under_grad_and_vmap_without_leaks():
                                                      b))(batched)
   for k, b in enumerate(batched):
     want = jax.grad(loss, argnums=1)(jax.lax.switch, stacked, b)
-    jax.tree.map(lambda x, y, k=k: np.testing.assert_allclose(x[k], y,
-                                                              atol=1e-5),
+    jax.tree.map(lambda x, y, k=k, s=tree_scale(want): assert_close(x[k], y, s),
                  got, want)

@@ -20,7 +20,7 @@ from masktas_jax import teacher, trainer
 from masktas_jax.models import vit
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from helpers import Interrupted, interrupt_after  # noqa: E402
+from helpers import Interrupted, assert_close, interrupt_after, tree_scale  # noqa: E402
 from torch_mae import TorchMAE  # noqa: E402  pylint: disable=g-import-not-at-top
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -78,10 +78,13 @@ def test_remat_changes_what_is_kept_not_the_loss_or_its_gradient():
   np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
   flat, flat_r = jax.tree.leaves(grads), jax.tree.leaves(grads_r)
   assert len(flat) == len(flat_r) > 10
+  # To the scale of the whole gradient: recomputation may fuse and sum in
+  # another order, and some entries cancel (the key bias's are zero).
+  scale = tree_scale(grads)
   for g, g_r in zip(flat, flat_r):
-    np.testing.assert_allclose(g_r, g, rtol=1e-4, atol=1e-6)
+    assert_close(g_r, g, scale)
   # The gradient is not trivially zero.
-  assert max(float(np.abs(g).max()) for g in flat) > 1e-3
+  assert scale > 1e-3
 
 
 def test_teacher_stage_lowers_the_reconstruction_loss(tmp_path):
