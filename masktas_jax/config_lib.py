@@ -54,7 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   # 'digits' (bundled scikit-learn digits), 'folder' (images under
-  # data.data_dir) or a tfds name such as 'imagenet2012' or 'cifar10'.
+  # data.data_dir), 'idx' (IDX files such as Fashion-MNIST's under
+  # data.data_dir, '' = Debian's) or a tfds name such as 'imagenet2012'.
   c.data.name = 'imagenet2012'
   # tfds data_dir (local path or bucket) or the image folder; '' = default.
   c.data.data_dir = ''

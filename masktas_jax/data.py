@@ -9,7 +9,8 @@ quarter of float32's bytes to copy); `prepare` normalises them on the
 device, inside the jitted step or evaluation.
 
 Sources, by `config.data.name`: the bundled scikit-learn digits ('digits'),
-a folder of images ('folder', under `config.data.data_dir`), and any other
+a folder of images ('folder', under `config.data.data_dir`), IDX files such
+as Fashion-MNIST's ('idx', `idx_source`), and any other
 name is a tfds dataset ('imagenet2012', 'cifar10', ...) read with random
 access from its array_record copy under `config.data.data_dir`
 (`tfds_source`; no TensorFlow, no download).
@@ -137,11 +138,15 @@ def get_source(data_config, split: str
     root = data_config.data_dir
     split_root = os.path.join(root, split) if root else ''
     return FolderSource(split_root if os.path.isdir(split_root) else root)
-  # Imported here: tfds loads only when a tfds dataset is asked for.
-  from masktas_jax import tfds_source  # pylint: disable=g-import-not-at-top
   # Errors name the config field that holds the split.
   field = next((f'config.data.{f}' for f in ('train_split', 'eval_split')
                 if data_config.get(f) == split), 'split')
+  # Imported here: each loads (and tfds with it) only when asked for.
+  # pylint: disable=g-import-not-at-top
+  if name == 'idx':
+    from masktas_jax import idx_source
+    return idx_source.IdxSource(data_config.data_dir, split, field)
+  from masktas_jax import tfds_source
   return tfds_source.TfdsSource(name, split, data_config.data_dir, field)
 
 

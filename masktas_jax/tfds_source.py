@@ -31,12 +31,12 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     builder = tfds.builder(name, data_dir=data_dir or None)
   except tfds.core.registered.DatasetNotFoundError:
     known = tfds.list_builders(with_community_datasets=False)
-    close = difflib.get_close_matches(name, known + ['digits', 'folder'], 3)
+    close = difflib.get_close_matches(name, known + ['digits', 'folder', 'idx'], 3)
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ''
     where = (f'neither in the tfds catalogue nor prepared under {data_dir}'
              if data_dir else 'not in the tfds catalogue')
     raise DataError(f'config.data.name: no tfds dataset {name!r} ({where}), '
-                    f"and it is not 'digits' or 'folder'{hint}") from None
+                    f"and it is not 'digits', 'folder' or 'idx'{hint}") from None
   except Exception as e:  # pylint: disable=broad-except
     # A bad config or version suffix ('cifar10:9.9.9'), or a builder whose
     # code fails to load: the tfds message says which.

@@ -309,7 +309,7 @@ def test_tfds_source_feeds_the_pipelines(cifar10_dir):
 @pytest.mark.parametrize('name, split, field, expected', [
     ('cifar10x', 'train', 'config.data.name',
      "no tfds dataset 'cifar10x' (neither in the tfds catalogue nor prepared "
-     "under {dir}), and it is not 'digits' or 'folder'; did you mean "
+     "under {dir}), and it is not 'digits', 'folder' or 'idx'; did you mean "
      "'cifar10'"),
     ('cifar100', 'train', 'config.data.data_dir',
      "tfds dataset 'cifar100' is not prepared in {dir}/cifar100/3.0.2 and "
