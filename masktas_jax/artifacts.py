@@ -108,12 +108,17 @@ def finetune_metrics(workdir: epath.PathLike) -> epath.Path:
   return stage_dir(workdir, 'finetune') / FINETUNE_METRICS
 
 
+def arch_key(arch_json: str) -> str:
+  """A short name for an Arch (its JSON's digest), for folders of runs."""
+  return hashlib.sha1(arch_json.encode()).hexdigest()[:12]
+
+
 def rank_finetune_dir(workdir: epath.PathLike, steps: int,
                       arch_json: str) -> epath.Path:
   """Where mode=rank's fine-tuning yardstick runs one Arch for `steps` steps:
   a workdir of its own, so that an interrupted rank resumes per Arch."""
-  digest = hashlib.sha1(arch_json.encode()).hexdigest()[:12]
-  return stage_dir(workdir, 'rank') / 'finetune' / f'{steps}steps' / digest
+  return (stage_dir(workdir, 'rank') / 'finetune' / f'{steps}steps' /
+          arch_key(arch_json))
 
 
 # --- model directories ----------------------------------------------------

@@ -77,6 +77,31 @@ def test_demo_is_small_enough_for_a_cpu():
   assert space.num_patches <= 64
 
 
+def test_fashion_reads_debian_idx_files_and_never_chooses_on_test():
+  c = load('fashion')
+  config_lib.validate(c)
+  with pytest.raises(AttributeError):
+    c.search.populaton = 3
+  assert ('python -m masktas_jax.main --config=configs/fashion.py'
+          in (CONFIGS / 'fashion.py').read_text())
+  assert (c.data.name, c.data.data_dir) == ('idx', '')
+  assert c.teacher.pretrain and not c.teacher.checkpoint
+  # Train and validation are disjoint parts of Fashion-MNIST's train set;
+  # the search and the training read those, the test split is the report.
+  assert (c.data.train_split, c.data.eval_split) == ('train[:55000]',
+                                                      'train[55000:]')
+  assert c.search.eval_split == c.data.eval_split
+  assert c.finetune.eval_split == 'test'
+  # A window that holds every embed width at some depth.
+  space = config_lib.space_from_config(c)
+  assert space.num_patches == 49
+  rng = np.random.default_rng(0)
+  inside = {a.embed_dim for a in (space.sample(rng) for _ in range(3000))
+            if c.search.min_params_m <= space.count_params(a) / 1e6
+            <= c.search.max_params_m}
+  assert inside == set(space.embed_dims)
+
+
 def test_demo_wide_is_the_search_signal_setting():
   demo, wide = load('demo'), load('demo', 'wide')
   space = config_lib.space_from_config(wide)

@@ -14,7 +14,9 @@ from flax import nnx
 
 from masktas_jax import artifacts, config_lib, data, errors, finetune
 from masktas_jax import finetuning, model_dirs, trainer
-from masktas_jax.space import Arch
+from masktas_jax.models import student
+from masktas_jax.space import Arch, SearchSpace
+import helpers
 from helpers import Interrupted, interrupt_after, read_scalars
 from helpers import search_config
 
@@ -171,6 +173,56 @@ def test_a_missing_or_foreign_arch_is_a_clear_error(tmp_path):
   config.finetune.arch = json.dumps(Arch(40, 2, (1, 1), (2.0, 2.0)).to_dict())
   with pytest.raises(errors.FinetuneError, match='embed_dim'):
     finetune.resolve_arch(config, epath.Path(tmp_path), space)
+
+
+def _every_config():
+  """(name, config) of every configs/*.py file with each argument it takes."""
+  root = helpers.ROOT / 'configs'
+  transfer = [f'transfer.py:{d}' for d in ('cifar10', 'oxford_iiit_pet')]
+  files = ['demo.py', 'demo.py:wide', 'fashion.py', 'tiny.py', 'small.py',
+           'base.py', 'paper.py:tiny', 'paper.py:base'] + transfer
+  assert {f.split(':')[0] for f in files} == {p.name for p in root.glob(
+      '*.py')}, 'a config file this test does not know'
+  return [(f, config_lib.load_config(str(root / f), check=False))
+          for f in files]
+
+
+def test_inherited_weights_default_to_a_pooling_supernet_training_scores(
+    monkeypatch):
+  """Every config that fine-tunes inherited weights reads them through
+  tokens the student's losses score one by one (the patch tokens), not the
+  CLS output, which no loss term scores; and that is so: the projected
+  features do not depend on the CLS output at all, the pixel predictions
+  are one row per patch (the decoder reads CLS only as context)."""
+  for name, config in _every_config():
+    if not config.finetune.from_scratch:
+      assert config.finetune.pool in student.SCORED_POOLS, name
+  space = SearchSpace((32, 48), (2, 3), (1, 2), (2.0, 3.0), image_size=16,
+                      patch_size=4, num_classes=5)
+  model = student.Student(space, teacher_dim=16, decoder_dim=16,
+                          decoder_depth=1, decoder_heads=1,
+                          rngs=nnx.Rngs(0)).extract(space.max_arch())
+  images = jax.random.normal(jax.random.key(0), (2, space.image_size,
+                                                 space.image_size, 3))
+  n = space.num_patches
+  ids_keep = jnp.tile(jnp.arange(0, n, 2), (2, 1))
+  ids_restore = jnp.tile(jnp.argsort(jnp.concatenate(
+      [jnp.arange(0, n, 2), jnp.arange(1, n, 2)])), (2, 1))
+  encode, shifts = model.encoder.encode, []
+  # The encoder's tokens (B, 1 + K, E) moved by the (2, E) shift in `shifts`:
+  # row 0 on the CLS token, row 1 on every patch token.
+  monkeypatch.setattr(model.encoder, 'encode', lambda *a: encode(*a).at[
+      :, 0].add(shifts[-1][0]).at[:, 1:].add(shifts[-1][1]))
+
+  def features(shift):
+    shifts.append(shift)
+    pixels, features = model(images, ids_keep, ids_restore)
+    assert pixels.shape[1] == n  # A prediction per patch, none for CLS.
+    return jnp.sum(jnp.sin(features))
+
+  grad = jax.grad(features)(jnp.zeros((2, space.max_embed)))
+  assert np.all(np.asarray(grad[0]) == 0)  # CLS: never scored.
+  assert np.abs(np.asarray(grad[1])).max() > 1e-3  # Patches: scored.
 
 
 def test_mean_pooled_classifier_reads_the_mean_patch_token(tmp_path):

@@ -2,6 +2,7 @@
 and Debian's real Fashion-MNIST where it is installed (CI installs it)."""
 
 import gzip
+import json
 import os
 import struct
 
@@ -11,6 +12,8 @@ from ml_collections import ConfigDict
 
 from masktas_jax import data, idx_source
 from masktas_jax.errors import DataError
+
+import helpers
 
 
 def _idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
@@ -155,12 +158,14 @@ def test_a_folder_without_the_files_is_named(tmp_path):
 
 
 FASHION = idx_source.DEFAULT_DIR
-
-
-@pytest.mark.skipif(
+# CI installs the package: there these tests run, never skip.
+needs_fashion = pytest.mark.skipif(
     not os.path.isdir(FASHION) and not os.environ.get('CI'),
     reason='Debian\'s Fashion-MNIST is not installed (apt-get install '
     'dataset-fashion-mnist; .ci/run installs it, and there this test runs)')
+
+
+@needs_fashion
 def test_debian_fashion_mnist_reads_with_the_default_folder():
   """The real files: 60,000 + 10,000 labelled 28 px images, 10 classes
   balanced (6,000 and 1,000 each), the config's validation carve-out
@@ -179,3 +184,19 @@ def test_debian_fashion_mnist_reads_with_the_default_folder():
   # Real pictures, not blank or constant: the mean grey level of
   # Fashion-MNIST's training images is about 72.9 (0.286 of 255).
   assert 70 < everything.images.mean() < 76
+
+
+@needs_fashion
+def test_configs_fashion_runs_end_to_end_on_the_real_files(tmp_path):
+  """configs/fashion.py's whole pipeline, shrunk to a few steps a stage:
+  every stage reads the real IDX files through its own split, and the
+  fine-tuned subnet is scored on all 10,000 test images."""
+  result = helpers.run(f'--config={helpers.ROOT}/configs/fashion.py',
+                       f'--workdir={tmp_path}', *helpers.SHRUNK,
+                       '--config.search.min_params_m=0',
+                       '--config.search.max_params_m=0')
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert 0 <= summary['finetune']['top1'] <= 1
+  metrics = json.loads((tmp_path / 'finetune/metrics.json').read_text())
+  assert metrics['images'] == 10_000 and metrics['split'] == 'test', metrics

@@ -13,23 +13,7 @@ from etils import epath
 from flax import nnx
 
 from masktas_jax import model_dirs
-from helpers import ROOT
-
-# The demo pipeline, shrunk: a tiny teacher and space, a few steps each.
-SMALL = (
-    '--config.teacher.steps=4', '--config.teacher.batch_size=16',
-    '--config.teacher.embed_dim=64', '--config.teacher.num_heads=1',
-    '--config.teacher.depth=2', '--config.teacher.decoder_embed_dim=32',
-    '--config.supernet.steps=4', '--config.supernet.batch_size=16',
-    '--config.supernet.decoder_embed_dim=32', '--config.space.depths=(2,3)',
-    '--config.space.embed_dims=(32,48)', '--config.search.population=4',
-    '--config.search.generations=6', '--config.search.parents=2',
-    '--config.search.mutations=2', '--config.search.crossovers=2',
-    '--config.search.eval_images=32', '--config.search.batch_size=16',
-    '--config.search.min_params_m=0.05', '--config.search.max_params_m=0.1',
-    '--config.finetune.steps=4', '--config.finetune.batch_size=16',
-    '--config.checkpoint_every=2', '--config.log_every=2')
-
+from helpers import ROOT, SHRUNK as SMALL
 
 def _pipeline(workdir):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONUNBUFFERED': '1'}

@@ -13,6 +13,14 @@ from masktas_jax.models.mae import PixelDecoder
 from masktas_jax.models.supernet import ArchArrays, Supernet
 from masktas_jax.space import Arch, SearchSpace
 
+# The classifier poolings (vit.POOLS) whose tokens the student's losses
+# score one by one: the feature loss compares each visible patch token's
+# projection with the teacher's, the decoder predicts each patch's pixels;
+# the CLS output is scored by neither (the decoder reads it only as
+# context), so a subnet fine-tuned from inherited weights through 'cls'
+# starts from a token supernet training barely shapes.
+SCORED_POOLS = ('mean',)
+
 
 class Student(nnx.Module):
   """Weight-sharing encoder + decoder `S_d` + projector `M` (2-layer MLP).

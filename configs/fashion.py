@@ -1,0 +1,96 @@
+"""The whole pipeline on Fashion-MNIST (real data), on a 2-core CPU.
+
+  sudo apt-get install dataset-fashion-mnist   # the IDX files, ~30 MB
+  python -m masktas_jax.main --config=configs/fashion.py --workdir=/tmp/fashion
+
+70,000 grey 28 x 28 images of 10 kinds of clothing: 55,000 train the teacher
+and the supernet (labels unused) and fine-tune the found subnet, the other
+5,000 of Fashion-MNIST's training set are the validation split (what the
+search scores candidates on, and what studies choose on), and the 10,000
+test images give the reported top-1, never used to choose anything.
+"""
+
+from masktas_jax import config_lib
+
+
+def get_config(arg=None):
+  if arg not in (None, ''):
+    raise ValueError(f'configs/fashion.py takes no argument, got {arg!r}')
+  config = config_lib.base_config()
+  # Debian's IDX files ('' = /usr/share/datasets/fashion-mnist).
+  config.data.name = 'idx'
+  config.data.data_dir = ''
+  # A validation split carved from train; the test split is reported only.
+  config.data.train_split = 'train[:55000]'
+  config.data.eval_split = 'train[55000:]'
+  # 28 px, patch 4: 49 patches of 48 values (grey repeated as RGB).
+  config.space.image_size = 28
+  config.space.patch_size = 4
+  config.space.num_classes = 10
+  # 64..128 channels, 2..6 layers, 1..2 heads, MLP ratio 2..4: 0.07 M to
+  # 1.2 M parameters.
+  config.space.embed_dims = (64, 96, 128)
+  config.space.depths = (2, 3, 4, 5, 6)
+  config.space.num_heads = (1, 2)
+  config.space.mlp_ratios = (2.0, 3.0, 4.0)
+  # Save every 500 steps, log every 50.
+  config.checkpoint_every = 500
+  config.log_every = 50
+  # Teacher: a 4-layer, 192-wide MAE (wider than any student) with a
+  # 1-block decoder, ~3.5 epochs.
+  config.teacher.embed_dim = 192
+  config.teacher.depth = 4
+  config.teacher.num_heads = 3
+  config.teacher.decoder_embed_dim = 128
+  config.teacher.decoder_depth = 1
+  config.teacher.decoder_num_heads = 2
+  config.teacher.steps = 1500
+  config.teacher.warmup_epochs = 0.2
+  config.teacher.batch_size = 128
+  # Supernet: 75% masking keeps 12 of 49 patches; ~3.5 epochs.
+  config.supernet.mask_ratio = 0.75
+  config.supernet.steps = 1500
+  config.supernet.warmup_epochs = 0.2
+  config.supernet.batch_size = 128
+  config.supernet.decoder_embed_dim = 128
+  config.supernet.decoder_num_heads = 2
+  # Search: 20 candidates x 5 generations in a window of 0.25-0.55 M
+  # parameters (45% of the space), where wide-and-shallow and
+  # narrow-and-deep subnets meet: embed 64 at depth 5-6, 96 at 3-6, 128 at
+  # 2-4.
+  config.search.min_params_m = 0.25
+  config.search.max_params_m = 0.55
+  config.search.population = 20
+  config.search.generations = 5
+  config.search.parents = 5
+  config.search.mutations = 10
+  config.search.crossovers = 10
+  # Candidates are scored on 1,024 validation images.
+  config.search.eval_images = 1024
+  config.search.eval_split = 'train[55000:]'
+  config.search.batch_size = 128
+  # mode=rank: labelled support from train, queries from validation.
+  config.rank.train_images = 5000
+  config.rank.eval_images = 5000
+  # Fine-tuning: ~5 epochs of batch 128, reported on the test split.
+  config.finetune.steps = 2000
+  config.finetune.batch_size = 128
+  config.finetune.lr = 2e-3
+  config.finetune.eval_split = 'test'
+  # Ours, for inherited weights: base_config's mean pooling (supernet
+  # training never scores the CLS token) and a short warm-up against the
+  # new head (~100 steps).
+  config.finetune.warmup_epochs = 0.25
+  # Light augmentation for ~5 epochs of a small model: crops of at least
+  # 35% with flips (clothes are left-right symmetric), label smoothing;
+  # no mixing, RandAugment, erasing or drop path; a mild layer decay.
+  config.finetune.crop_min_scale = 0.35
+  config.finetune.flip = True
+  config.finetune.mixup = 0.0
+  config.finetune.cutmix = 0.0
+  config.finetune.random_erase = 0.0
+  config.finetune.randaugment = 0.0
+  config.finetune.label_smoothing = 0.1
+  config.finetune.drop_path = 0.0
+  config.finetune.layer_decay = 0.9
+  return config_lib.lock(config)
