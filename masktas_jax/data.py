@@ -34,8 +34,8 @@ from masktas_jax import imaging, parallel
 from masktas_jax.errors import DataError
 from masktas_jax.randaugment import RandAugment
 
-if TYPE_CHECKING:  # Imported at run time only when a tfds name is used.
-  from masktas_jax import tfds_source
+if TYPE_CHECKING:  # Imported at run time only when their source is used.
+  from masktas_jax import idx_source, tfds_source
 
 # ImageNet statistics, as the MAE teacher checkpoints expect.
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -59,6 +59,8 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 class ArraySource:
   """Random-access source over in-memory (N, H, W, 3) uint8 images."""
+
+  in_memory = True  # Read without worker processes (`reading`).
 
   def __init__(self, images: np.ndarray, labels: np.ndarray | None,
                num_classes: int):
@@ -118,8 +120,8 @@ class FolderSource:
             'label': -1 if self.labels is None else self.labels[i]}
 
 
-def get_source(data_config, split: str
-               ) -> ArraySource | FolderSource | tfds_source.TfdsSource:
+def get_source(data_config, split: str) -> (
+    ArraySource | FolderSource | idx_source.IdxSource | tfds_source.TfdsSource):
   """The source named by `config.data.name` for one split.
 
   For 'folder', `data_dir/split` is used when that sub-folder exists (e.g.
@@ -243,7 +245,7 @@ def reading(data_config, source) -> Reading:
   thread, 42 ms with two, on 2 cores).
   """
   cores = _cores()
-  in_memory = isinstance(source, ArraySource)
+  in_memory = getattr(source, 'in_memory', False)
   workers = data_config.get('workers')
   if workers is None:
     free = _available_bytes() or cores * _WORKER_BYTES

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from masktas_jax.data import ArraySource
 from masktas_jax.errors import DataError
 
 DEFAULT_DIR = '/usr/share/datasets/fashion-mnist'
@@ -109,13 +108,16 @@ def _check_folder(root: str) -> None:
         '{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]')
 
 
-class IdxSource(ArraySource):
+class IdxSource:
   """One split expression over an IDX folder; `source[i]['image']` is
   (H, W, 3) uint8 (grey repeated), `num_classes` the largest label of the
-  files read + 1.
+  files read + 1. In memory, as `data.ArraySource`: `images` (N, H, W),
+  `labels` (N,).
 
   `field` is the config field that named the split, for errors.
   """
+
+  in_memory = True  # Read without worker processes (data.reading).
 
   def __init__(self, root: str, split: str, field: str = 'split'):
     # Imported here, as in data.get_source: tfds only when it is needed.
@@ -149,11 +151,13 @@ class IdxSource(ArraySource):
       raise DataError(f'{field}: {split!r} joins images of different sizes '
                       f'{sorted(shapes)}')
     self.root, self.split = root, split
-    images, labels = np.concatenate(images), np.concatenate(labels)
-    if not len(images):
+    self.images, self.labels = np.concatenate(images), np.concatenate(labels)
+    if not len(self.images):
       raise DataError(f'{field}: {split!r} is empty')
-    num_classes = max(int(a[1].max()) for a in arrays.values()) + 1
-    super().__init__(images, labels, num_classes)
+    self.num_classes = max(int(a[1].max()) for a in arrays.values()) + 1
+
+  def __len__(self) -> int:
+    return len(self.images)
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     return {'image': np.repeat(self.images[i][..., None], 3, axis=-1),
