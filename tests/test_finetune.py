@@ -321,8 +321,8 @@ def test_the_training_loss_erases_when_asked():
                                 None)[0])
     if not p:
       model = nnx.merge(nnx.split(finetuning.build_classifier(
-          space, arch, 10, 0.0, nnx.Rngs(0)), nnx.Param, ...)[0], params,
-                        fixed)
+          space, arch, 10, 0.0, nnx.Rngs(0), config.finetune.pool),
+                                  nnx.Param, ...)[0], params, fixed)
       want = optax.softmax_cross_entropy(model(batch['image']), jax.nn.one_hot(
           batch['label'], 10) * (1 - config.finetune.label_smoothing) +
                                          config.finetune.label_smoothing / 10)
