@@ -93,8 +93,8 @@ def probe_top1(config, workdir: epath.Path, archs: list[Arch]) -> list[float]:
   c.rank.yardstick = 'linear'
   encoder = model_dirs.load_student(artifacts.supernet_model(c, workdir),
                                     c).encoder
-  return list(rank.yardstick_top1(c, workdir, encoder,
-                                  config_lib.space_from_config(c), archs))
+  return [float(t) for t in rank.yardstick_top1(
+      c, workdir, encoder, config_lib.space_from_config(c), archs)]
 
 
 def _summary(values: list[float]) -> str:
