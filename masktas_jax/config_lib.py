@@ -14,6 +14,7 @@ import ml_collections
 from masktas_jax import chips
 from masktas_jax.errors import ConfigError
 from masktas_jax.losses import RELATION_FORMS
+from masktas_jax.models.student import CLS_TARGETS
 from masktas_jax.models.vit import POOLS
 from masktas_jax.space import ArchError, SearchSpace
 
@@ -145,6 +146,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.supernet.weight_decay = 0.05
   # Weight of the feature-prediction term against pixel regression.
   c.supernet.beta = 1.0
+  # What the CLS output learns to predict, weighted as one more token of
+  # the feature loss (models.CLS_TARGETS): 'none' (the paper), the
+  # teacher's CLS output or the mean of its visible patch tokens (ours, so
+  # that a classifier reading CLS starts from a trained token).
+  c.supernet.cls_target = 'none'
   # Student decoder: 2 blocks (paper), width and heads.
   c.supernet.decoder_depth = 2
   c.supernet.decoder_embed_dim = 512
@@ -269,8 +275,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Classifier input: 'mean' (the mean of the final-normed patch tokens:
   # AutoFormer's --gp; MAE's fine-tuning pools too, normalising after) or
   # 'cls' (the CLS token: DeiT, and the paper, which says nothing else).
-  # Ours: 'mean', as supernet training scores the patch tokens, not the
-  # CLS output (models.student.SCORED_POOLS): on demo.py:wide's
+  # Ours: 'mean', as supernet training scores the patch tokens, and the
+  # CLS output only under supernet.cls_target (models.student.scored_pools):
+  # on demo.py:wide's
   # 100-step fine-tunes, 'mean' added 34 points of top-1 to inherited
   # subnets (10 of 10).
   c.finetune.pool = 'mean'
@@ -440,6 +447,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          config.supernet.grad_clip)
   _check(config.supernet.beta >= 0, 'supernet.beta', 'must be >= 0',
          config.supernet.beta)
+  _check(config.supernet.cls_target in CLS_TARGETS,
+         'supernet.cls_target', f'expected one of {CLS_TARGETS}',
+         config.supernet.cls_target)
   _check(config.supernet.compute_dtype in COMPUTE_DTYPES,
          'supernet.compute_dtype', f'expected one of {COMPUTE_DTYPES}',
          config.supernet.compute_dtype)

@@ -69,10 +69,27 @@ def feature_prediction_loss(z_student: jax.Array,
   return jnp.mean(smooth_l1(layer_norm_no_affine(z_student), target))
 
 
+def cls_prediction_target(z_teacher: jax.Array, target: str) -> jax.Array:
+  """What the student's CLS output predicts (`supernet.cls_target`): the
+  teacher's CLS output ('teacher_cls') or the mean of its visible patch
+  tokens ('teacher_mean'). z_teacher (B, 1 + K, D_t), CLS first -> (B, D_t).
+  """
+  if target == 'teacher_cls':
+    return z_teacher[:, 0]
+  if target == 'teacher_mean':
+    return z_teacher[:, 1:].mean(axis=1)
+  raise ValueError("cls target: expected 'teacher_cls' or 'teacher_mean', "
+                   f'got {target!r}')
+
+
 def student_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
                  z_student: jax.Array, z_teacher: jax.Array, beta: float,
-                 norm_pix: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Paper eq. 9-11: L_reg(P~, X_m) + beta * L_pre(Z~_s, Z_t).
+                 norm_pix: bool = True, cls_student: jax.Array | None = None,
+                 cls_teacher: jax.Array | None = None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Paper eq. 9-11: L_reg(P~, X_m) + beta * L_pre(Z~_s, Z_t), plus, when
+  the CLS output is supervised (ours), beta * L_pre of the projected CLS
+  output against its target, as one more token.
 
   Args:
     pred: (B, N, P) student decoder pixels.
@@ -82,13 +99,22 @@ def student_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
     z_teacher: (B, T, D_t) teacher tokens of the same visible patches.
     beta: weight of the feature term.
     norm_pix: normalise each target patch (eq. 10's x-bar).
+    cls_student: (B, D_t) the projected student CLS output, or None.
+    cls_teacher: (B, D_t) its target (`cls_prediction_target`).
 
   Returns:
-    (total loss, {'pixel_loss': L_reg, 'feature_loss': L_pre}).
+    (total loss, {'pixel_loss': L_reg, 'feature_loss': L_pre} and
+    'cls_loss' when the CLS output is supervised).
   """
   reg = pixel_loss(pred, target, mask, norm_pix)
   pre = feature_prediction_loss(z_student, z_teacher)
-  return reg + beta * pre, {'pixel_loss': reg, 'feature_loss': pre}
+  terms = {'pixel_loss': reg, 'feature_loss': pre}
+  total = reg + beta * pre
+  if cls_student is not None:
+    terms['cls_loss'] = feature_prediction_loss(cls_student[:, None],
+                                                cls_teacher[:, None])
+    total = total + beta * terms['cls_loss']
+  return total, terms
 
 
 # How a token-token relation map is formed (eq. 16's `Z_j . Z_k`), before

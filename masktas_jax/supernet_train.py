@@ -41,7 +41,7 @@ def make_loss(config, student_def, teacher_def, *, forward=None):
   `{'teacher': the pure state of the teacher's encoder}` (`teacher_def`'s),
   plus optionally `'arch'`, an encoded Arch trained in place of the one
   the step draws (benchmarks, and one compiled step for any forced Arch).
-  `terms` are the loss's two parts. With `supernet.compute_dtype=
+  `terms` are the loss's parts (three with `supernet.cls_target`). With `supernet.compute_dtype=
   'bfloat16'` the forward and backward run in bf16 on bf16 copies of the
   weights; gradients and the losses are float32.
 
@@ -51,7 +51,8 @@ def make_loss(config, student_def, teacher_def, *, forward=None):
   s = config.supernet
   space = config_lib.space_from_config(config)
   dtype = jnp.dtype(s.compute_dtype)
-  forward = forward or (lambda student, *args: student(*args))
+  with_cls = s.cls_target != 'none'
+  forward = forward or (lambda student, *args: student(*args, cls=with_cls))
 
   def loss(params, fixed, batch, rng, constants):
     arch_key, mask_key = jax.random.split(rng)
@@ -62,14 +63,19 @@ def make_loss(config, student_def, teacher_def, *, forward=None):
         mask_key, images.shape[0], space.num_patches, s.mask_ratio)
     teacher = nnx.merge(teacher_def, cast(constants['teacher'], dtype))
     z_teacher = jax.lax.stop_gradient(
-        teacher.encode(images.astype(dtype), ids_keep)[:, 1:])
+        teacher.encode(images.astype(dtype), ids_keep)).astype(jnp.float32)
     student = nnx.merge(student_def, cast(params, dtype), cast(fixed, dtype))
     pixels, z_student = forward(student, images.astype(dtype), arch,
                                 ids_keep, ids_restore)
+    z_student = z_student.astype(jnp.float32)
+    cls_student = cls_teacher = None
+    if with_cls:
+      cls_student, z_student = z_student[:, 0], z_student[:, 1:]
+      cls_teacher = losses.cls_prediction_target(z_teacher, s.cls_target)
     return losses.student_loss(
         pixels.astype(jnp.float32), patchify(images, space.patch_size), mask,
-        z_student.astype(jnp.float32), z_teacher.astype(jnp.float32), s.beta,
-        config.teacher.norm_pix_loss)
+        z_student, z_teacher[:, 1:], s.beta, config.teacher.norm_pix_loss,
+        cls_student, cls_teacher)
 
   return loss
 

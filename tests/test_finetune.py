@@ -190,13 +190,17 @@ def _every_config():
 def test_inherited_weights_default_to_a_pooling_supernet_training_scores(
     monkeypatch):
   """Every config that fine-tunes inherited weights reads them through
-  tokens the student's losses score one by one (the patch tokens), not the
-  CLS output, which no loss term scores; and that is so: the projected
-  features do not depend on the CLS output at all, the pixel predictions
-  are one row per patch (the decoder reads CLS only as context)."""
+  tokens the student's losses score one by one: the patch tokens, and the
+  CLS output only when supernet.cls_target supervises it; and that is so:
+  without it the projected features do not depend on the CLS output at
+  all, the pixel predictions are one row per patch (the decoder reads CLS
+  only as context); with it the CLS output has a projection of its own."""
   for name, config in _every_config():
     if not config.finetune.from_scratch:
-      assert config.finetune.pool in student.SCORED_POOLS, name
+      assert config.finetune.pool in student.scored_pools(
+          config.supernet.cls_target), name
+  assert student.scored_pools('none') == ('mean',)
+  assert 'cls' in student.scored_pools('teacher_mean')
   space = SearchSpace((32, 48), (2, 3), (1, 2), (2.0, 3.0), image_size=16,
                       patch_size=4, num_classes=5)
   model = student.Student(space, teacher_dim=16, decoder_dim=16,
@@ -214,15 +218,19 @@ def test_inherited_weights_default_to_a_pooling_supernet_training_scores(
   monkeypatch.setattr(model.encoder, 'encode', lambda *a: encode(*a).at[
       :, 0].add(shifts[-1][0]).at[:, 1:].add(shifts[-1][1]))
 
-  def features(shift):
+  def features(shift, cls=False):
     shifts.append(shift)
-    pixels, features = model(images, ids_keep, ids_restore)
+    pixels, features = model(images, ids_keep, ids_restore, cls=cls)
     assert pixels.shape[1] == n  # A prediction per patch, none for CLS.
+    assert features.shape[1] == n // 2 + cls
     return jnp.sum(jnp.sin(features))
 
   grad = jax.grad(features)(jnp.zeros((2, space.max_embed)))
   assert np.all(np.asarray(grad[0]) == 0)  # CLS: never scored.
   assert np.abs(np.asarray(grad[1])).max() > 1e-3  # Patches: scored.
+  grad = jax.grad(lambda s: features(s, cls=True))(
+      jnp.zeros((2, space.max_embed)))
+  assert np.abs(np.asarray(grad[0])).max() > 1e-3  # CLS projected too.
 
 
 def test_mean_pooled_classifier_reads_the_mean_patch_token(tmp_path):

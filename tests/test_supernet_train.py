@@ -10,6 +10,7 @@ from flax import nnx
 
 from masktas_jax import config_lib, errors, losses, model_dirs, supernet_train
 from masktas_jax import trainer
+from masktas_jax.masking import random_masking
 from masktas_jax.models.mae import MAE
 from helpers import Interrupted, demo_config, interrupt_after, read_scalars
 
@@ -143,3 +144,66 @@ def test_bfloat16_compute_keeps_float32_weights_and_close_losses():
   for key in ('loss', 'pixel_loss', 'feature_loss'):
     assert results['bfloat16'][key] == pytest.approx(results['float32'][key],
                                                      rel=2e-2), key
+
+
+def _np_ln(x):
+  mean = x.mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(((x - mean)**2).mean(-1, keepdims=True) + 1e-6)
+
+
+def test_cls_target_scores_the_projected_cls_output_against_the_teacher():
+  """supernet.cls_target: the loss gains beta x SmoothL1(LN(projected CLS),
+  LN(target)), the target the teacher's CLS output or the mean of its
+  visible patch tokens, against a float64 NumPy computation on the dense
+  student of the step's Arch; the pixel and feature terms stay as they are
+  without it."""
+  small = {'space.embed_dims': (32, 48), 'space.depths': (2, 3),
+           'space.num_heads': (1, 2), 'space.mlp_ratios': (2.0,),
+           'teacher.embed_dim': 64, 'teacher.depth': 2, 'teacher.num_heads': 1,
+           'supernet.decoder_embed_dim': 32, 'supernet.beta': 0.7}
+  base = demo_config('', **small)
+  teacher_model = MAE(model_dirs.mae_config(base), rngs=nnx.Rngs(0))
+  teacher_def, teacher_state = nnx.split(teacher_model.encoder)
+  space = config_lib.space_from_config(base)
+  arch = space.sample(np.random.default_rng(2))
+  constants = {'teacher': nnx.to_pure_dict(teacher_state),
+               'arch': space.encode(arch)}
+  student = model_dirs.build_student(base, 64, nnx.Rngs(1))
+  student_def, params, fixed = nnx.split(student, nnx.Param, ...)
+  params, fixed = nnx.to_pure_dict(params), nnx.to_pure_dict(fixed)
+  images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  rng = jax.random.key(5)
+  # The step's masking, as make_loss draws it.
+  ids_keep, _, ids_restore = random_masking(
+      jax.random.split(rng)[1], 4, space.num_patches, base.supernet.mask_ratio)
+  dense = student.extract(arch)
+  cls_out = np.asarray(dense(images, ids_keep, ids_restore, cls=True)[1][:, 0],
+                       np.float64)
+  teacher_tokens = np.asarray(teacher_model.encode(images, ids_keep),
+                              np.float64)
+  terms = {}
+  for target in ('none', 'teacher_cls', 'teacher_mean'):
+    config = demo_config('', **small, **{'supernet.cls_target': target})
+    loss = supernet_train.make_loss(config, student_def, teacher_def)
+    total, terms[target] = loss(params, fixed, {'image': images}, rng,
+                                constants)
+    extra = 0.0
+    if target != 'none':
+      want = (teacher_tokens[:, 0] if target == 'teacher_cls'
+              else teacher_tokens[:, 1:].mean(1))
+      d = np.abs(_np_ln(cls_out) - _np_ln(want))
+      expected = np.where(d < 1, 0.5 * d * d, d - 0.5).mean()
+      assert float(terms[target]['cls_loss']) == pytest.approx(expected,
+                                                               rel=1e-4)
+      extra = 0.7 * float(terms[target]['cls_loss'])
+    else:
+      assert 'cls_loss' not in terms[target]
+    for key in ('pixel_loss', 'feature_loss'):
+      assert float(terms[target][key]) == pytest.approx(
+          float(terms['none'][key]), rel=1e-6), (target, key)
+    assert float(total) == pytest.approx(
+        float(terms[target]['pixel_loss']) +
+        0.7 * float(terms[target]['feature_loss']) + extra, rel=1e-6)
+  # Two different targets: the term is not the same number twice.
+  assert abs(float(terms['teacher_cls']['cls_loss']) -
+             float(terms['teacher_mean']['cls_loss'])) > 1e-3

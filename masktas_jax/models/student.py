@@ -13,13 +13,26 @@ from masktas_jax.models.mae import PixelDecoder
 from masktas_jax.models.supernet import ArchArrays, Supernet
 from masktas_jax.space import Arch, SearchSpace
 
-# The classifier poolings (vit.POOLS) whose tokens the student's losses
-# score one by one: the feature loss compares each visible patch token's
-# projection with the teacher's, the decoder predicts each patch's pixels;
-# the CLS output is scored by neither (the decoder reads it only as
-# context), so a subnet fine-tuned from inherited weights through 'cls'
-# starts from a token supernet training barely shapes.
-SCORED_POOLS = ('mean',)
+# What the CLS output learns to predict in supernet training
+# (`supernet.cls_target`): 'none' (the paper: nothing; the decoder reads it
+# only as context), the teacher's CLS output ('teacher_cls'), or the mean of
+# the teacher's visible patch tokens ('teacher_mean', the feature MAE's own
+# fine-tuning pools). Ours, so that a classifier reading CLS starts from a
+# token supernet training shaped.
+CLS_TARGETS = ('none', 'teacher_cls', 'teacher_mean')
+
+
+def scored_pools(cls_target: str = 'none') -> tuple[str, ...]:
+  """The classifier poolings (vit.POOLS) whose tokens supernet training
+  scores: the feature loss compares each visible patch token's projection
+  with the teacher's and the decoder predicts each patch's pixels ('mean'),
+  and the CLS output only under a `cls_target` other than 'none'. A subnet
+  fine-tuned from inherited weights through another pooling starts from a
+  token supernet training barely shaped."""
+  if cls_target not in CLS_TARGETS:
+    raise ValueError(f'cls_target: expected one of {CLS_TARGETS}, got '
+                     f'{cls_target!r}')
+  return ('mean',) if cls_target == 'none' else ('mean', 'cls')
 
 
 class Student(nnx.Module):
@@ -47,12 +60,15 @@ class Student(nnx.Module):
                             kernel_init=vit._dense_init, rngs=rngs)
 
   def __call__(self, images: jax.Array, arch: ArchArrays, ids_keep: jax.Array,
-               ids_restore: jax.Array) -> tuple[jax.Array, jax.Array]:
+               ids_restore: jax.Array, cls: bool = False
+               ) -> tuple[jax.Array, jax.Array]:
     """Pixels (B, N, p*p*C) for every patch and projected features
-    (B, K, D_teacher) of the K visible patches (CLS left out)."""
+    (B, K, D_teacher) of the K visible patches (CLS left out), or with
+    `cls` (B, 1 + K, D_teacher), the CLS output's projection first."""
     tokens = self.encoder.encode(images, arch, ids_keep, mode='switch')
     pixels = self.decoder(tokens, ids_restore)
-    features = self.proj2(vit.gelu(self.proj1(tokens[:, 1:])))
+    features = self.proj2(vit.gelu(self.proj1(tokens if cls else
+                                              tokens[:, 1:])))
     return pixels, features
 
   def extract(self, arch: Arch) -> 'DenseStudent':
@@ -86,10 +102,12 @@ class DenseStudent(nnx.Module):
     self.proj1, self.proj2 = proj1, proj2
 
   def __call__(self, images: jax.Array, ids_keep: jax.Array,
-               ids_restore: jax.Array) -> tuple[jax.Array, jax.Array]:
+               ids_restore: jax.Array, cls: bool = False
+               ) -> tuple[jax.Array, jax.Array]:
     """As `Student.__call__`, for its one Arch: pixels (B, N, p*p*C) and
-    features (B, K, D_teacher)."""
+    features (B, K, D_teacher), or (B, 1 + K, D_teacher) with `cls`."""
     tokens = self.encoder.encode(images, ids_keep)
     pixels = self.decoder(tokens, ids_restore)
-    features = self.proj2(vit.gelu(self.proj1(tokens[:, 1:])))
+    features = self.proj2(vit.gelu(self.proj1(tokens if cls else
+                                              tokens[:, 1:])))
     return pixels, features
