@@ -21,6 +21,8 @@ from masktas_jax.space import ArchError, SearchSpace
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 # mode=rank's supervised yardsticks (masktas_jax.rank).
 YARDSTICKS = ('knn', 'linear', 'finetune')
+# finetune.head_init's choices.
+HEAD_INITS = ('random', 'probe')
 MODES = ('pipeline', 'space', 'teacher', 'supernet', 'search', 'rank',
          'finetune', 'summary', 'compile')
 
@@ -281,6 +283,13 @@ def base_config() -> ml_collections.ConfigDict:
   # 100-step fine-tunes, 'mean' added 34 points of top-1 to inherited
   # subnets (10 of 10).
   c.finetune.pool = 'mean'
+  # The new head: 'random' (the paper) or 'probe' (LP-FT, ours): a linear
+  # probe fitted on the inherited encoder's features of
+  # `probe_images` training images, behind a fixed (non-affine)
+  # standardisation of those features that stays for the fine-tuning (a
+  # probe of raw features has weights too large to fine-tune from).
+  c.finetune.head_init = 'random'
+  c.finetune.probe_images = 10000
 
   c.compile = ml_collections.ConfigDict()
   # mode=compile: compile every stage's step ahead of time for an
@@ -506,5 +515,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f.ema)
   _check(f.pool in POOLS, 'finetune.pool', f'expected one of {POOLS}',
          f.pool)
+  _check(f.head_init in HEAD_INITS, 'finetune.head_init',
+         f'expected one of {HEAD_INITS}', f.head_init)
+  _check(not (f.head_init == 'probe' and f.from_scratch),
+         'finetune.head_init', "'probe' needs inherited weights "
+         '(finetune.from_scratch=False)', f.head_init)
+  _check(f.probe_images >= 1, 'finetune.probe_images', 'must be >= 1',
+         f.probe_images)
   chips.parse_target(config.compile.platform, config.compile.topology)
   return config

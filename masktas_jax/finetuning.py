@@ -26,8 +26,9 @@ import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, config_lib, data, evaluator, model_dirs
-from masktas_jax import parallel, tensorboard, trainer
+from masktas_jax import artifacts, config_lib, data, evaluator, fitness
+from masktas_jax import model_dirs, parallel, tensorboard, trainer
+from masktas_jax import probe as probe_lib
 from masktas_jax.errors import FinetuneError
 from masktas_jax.models import vit
 from masktas_jax.space import Arch, SearchSpace
@@ -35,26 +36,87 @@ from masktas_jax.space import Arch, SearchSpace
 
 def build_classifier(space: SearchSpace, arch: Arch, num_classes: int,
                      drop_path: float, rngs: nnx.Rngs,
-                     pool: str = 'cls') -> vit.VisionTransformer:
+                     pool: str = 'cls',
+                     standardize: bool = False) -> vit.VisionTransformer:
   return vit.VisionTransformer(
       embed_dim=arch.embed_dim, num_heads=arch.num_heads,
       mlp_dims=arch.mlp_dims, image_size=space.image_size,
       patch_size=space.patch_size, num_classes=num_classes,
       in_chans=space.in_chans, rngs=rngs, drop_path_rate=drop_path,
-      pool=pool)
+      pool=pool, standardize=standardize)
 
 
 def initial_weights(classifier: vit.VisionTransformer,
-                    inherited: dict | None) -> tuple[dict, dict]:
+                    inherited: dict | None,
+                    probe: dict | None = None) -> tuple[dict, dict]:
   """(params, other variables) of `classifier` as pure dicts, every weight
   but the head replaced by `inherited` (an extracted encoder's parameters),
-  when given."""
+  when given; with `probe` (`probe.fit_linear_probe`'s), the head and the
+  standardisation in front of it (a `standardize` classifier) set from it.
+  """
   _, params, rest = nnx.split(classifier, nnx.Param, ...)
-  params = nnx.to_pure_dict(params)
+  params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
   if inherited is not None:
     params.update({k: v for k, v in inherited.items()
                    if k in params and k != 'head'})
-  return params, nnx.to_pure_dict(rest)
+  if probe is not None:
+    params['head'] = {'kernel': probe['kernel'], 'bias': probe['bias']}
+    rest.update(feature_mean=probe['mean'], feature_scale=probe['scale'])
+  return params, rest
+
+
+def fold_standardization(params: dict, fixed: dict) -> tuple[dict, dict]:
+  """A `standardize` classifier's (params, other variables) as a plain
+  classifier's computing the same logits: the head reads
+  (f - mean) * scale, so kernel' = scale[:, None] * kernel and
+  bias' = bias - (mean * scale) @ kernel."""
+  fixed = dict(fixed)
+  mean, scale = fixed.pop('feature_mean'), fixed.pop('feature_scale')
+  kernel, bias = params['head']['kernel'], params['head']['bias']
+  head = {'kernel': scale[:, None] * kernel,
+          'bias': bias - (mean * scale) @ kernel}
+  return {**params, 'head': head}, fixed
+
+
+def pooled_features(classifier: vit.VisionTransformer,
+                    batches) -> tuple[np.ndarray, np.ndarray]:
+  """What `classifier`'s head reads ((n, D) float32) and the labels (n,) of
+  every valid image of `batches` (uint8 batches, normalised on device)."""
+  graphdef, state = nnx.split(classifier)
+
+  def features(state, batch, _):
+    return (nnx.merge(graphdef, state).features(batch['image']),
+            batch['label'], batch['valid'])
+
+  run = evaluator.Evaluator(features)
+  placed, feats, labels = run.place(state), [], []
+  for out in run.map(batches, placed):
+    f, label, valid = jax.device_get(out)
+    feats.append(np.asarray(f, np.float32)[valid])
+    labels.append(np.asarray(label)[valid])
+  return np.concatenate(feats), np.concatenate(labels)
+
+
+def fit_head(config, space: SearchSpace, arch: Arch, num_classes: int,
+             inherited: dict) -> dict[str, jax.Array]:
+  """LP-FT's first stage: a linear probe (`probe.fit_linear_probe`) on the
+  inherited encoder's pooled features of `finetune.probe_images` training
+  images (centre crops, no augmentation), behind their standardisation."""
+  f = config.finetune
+  classifier = build_classifier(space, arch, num_classes, 0.0, nnx.Rngs(0),
+                                f.pool)
+  classifier = nnx.merge(nnx.graphdef(classifier),
+                         *initial_weights(classifier, inherited))
+  feats, labels = pooled_features(classifier, fitness.eval_batches(
+      config, config.data.train_split, f.probe_images, f.batch_size,
+      config.seed + 9))
+  probe = jax.jit(probe_lib.fit_linear_probe, static_argnums=2)(
+      jnp.asarray(feats), jnp.asarray(labels), num_classes)
+  top1 = float(np.mean(np.argmax(np.asarray(probe_lib.probe_logits(
+      probe, jnp.asarray(feats))), -1) == labels))
+  parallel.log(f'finetune: head from a linear probe of {len(labels)} '
+               f'training images\' features (train top-1 {100 * top1:.1f}%)')
+  return probe
 
 
 def layer_ids(params: Any, depth: int) -> Any:
@@ -229,22 +291,26 @@ def finished(workdir: epath.Path) -> dict[str, Any] | None:
 
 
 def make_task(config, space: SearchSpace, arch: Arch, num_classes: int,
-              steps: int, warmup: int, inherited: dict | None
-              ) -> trainer.Task:
+              steps: int, warmup: int, inherited: dict | None,
+              probe: dict | None = None) -> trainer.Task:
   """Fine-tuning as a trainer.Task: the classifier for `arch` (its encoder
-  from `inherited`, an extracted encoder's parameters, when given: an
-  argument of the jitted init), cross-entropy on smoothed, optionally mixed
-  labels, AdamW with layer-wise lr decay."""
+  from `inherited`, an extracted encoder's parameters, when given; its head
+  and a fixed standardisation in front of it from `probe`, `fit_head`'s,
+  when given: arguments of the jitted init), cross-entropy on smoothed,
+  optionally mixed labels, AdamW with layer-wise lr decay."""
   f = config.finetune
+  standardize = probe is not None
   graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(
       lambda: build_classifier(space, arch, num_classes, f.drop_path,
-                               nnx.Rngs(0), f.pool)), nnx.Param, ...)
+                               nnx.Rngs(0), f.pool, standardize)),
+                                           nnx.Param, ...)
   schedule = trainer.warmup_cosine(f.lr, steps, warmup)
 
-  def init(rng, inherited):
+  def init(rng, inputs):
+    # inputs: (inherited, probe), or None for random weights.
     return initial_weights(build_classifier(
-        space, arch, num_classes, f.drop_path, nnx.Rngs(rng), f.pool),
-                           inherited)
+        space, arch, num_classes, f.drop_path, nnx.Rngs(rng), f.pool,
+        standardize), *(inputs or (None, None)))
 
   def loss(params, fixed, batch, rng, _):
     mix_key, drop_key = jax.random.split(rng)
@@ -265,7 +331,8 @@ def make_task(config, space: SearchSpace, arch: Arch, num_classes: int,
                     schedule=schedule, weight_decay=f.weight_decay,
                     layer_decay=f.layer_decay)
   return trainer.Task(
-      init=init, loss=loss, schedule=schedule, init_inputs=inherited,
+      init=init, loss=loss, schedule=schedule,
+      init_inputs=(inherited, probe),
       optimizer=with_ema(adamw, f.ema) if f.ema else adamw)
 
 
@@ -289,16 +356,22 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
   exported = artifacts.model_dir(workdir, 'finetune')
 
   def task():
-    inherited = None
+    inherited = probe = None
     if not f.from_scratch:
       extracted = model_dirs.load_student(
           artifacts.supernet_model(config, workdir),
           config).encoder.extract(arch)
       inherited = nnx.to_pure_dict(nnx.state(extracted, nnx.Param))
+      if f.head_init == 'probe':
+        probe = fit_head(config, space, arch, num_classes, inherited)
     return make_task(config, space, arch, num_classes, steps, warmup,
-                     inherited)
+                     inherited, probe)
 
   def save(params, fixed, path):
+    if f.head_init == 'probe' and not f.from_scratch:
+      # Exported as a plain classifier: the standardisation folded into the
+      # head, the same logits.
+      params, fixed = fold_standardization(params, fixed)
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_classifier(
         space, arch, num_classes, f.drop_path, nnx.Rngs(0), f.pool)))
     model_dirs.save_classifier(nnx.merge(graphdef, params, fixed), space,

@@ -27,7 +27,6 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from etils import epath
 from flax import nnx
 from scipy import stats
@@ -37,14 +36,13 @@ from masktas_jax import fitness, parallel, report
 from masktas_jax.errors import MaskTASError
 from masktas_jax.evolution import SearchError, Window, check_window
 from masktas_jax.evolution import random_candidate
+from masktas_jax.probe import linear_probe_top1
 from masktas_jax.space import Arch
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 # Bootstrap resamples of the subnets for the 95% intervals.
 BOOTSTRAP_RESAMPLES = 1000
-# Linear probe: full-batch Adam on standardised features.
-PROBE_STEPS, PROBE_LR, PROBE_WEIGHT_DECAY = 300, 0.01, 1e-4
 
 
 class RankError(MaskTASError, ValueError):
@@ -74,56 +72,6 @@ def knn_top1(train_features: np.ndarray, train_labels: np.ndarray,
   np.add.at(votes, (np.arange(len(query_features))[:, None],
                     np.asarray(train_labels)[nearest]), weights)
   return float(np.mean(votes.argmax(1) == np.asarray(query_labels)))
-
-
-def linear_probe_top1(train_features: np.ndarray, train_labels: np.ndarray,
-                      query_features: np.ndarray, query_labels: np.ndarray,
-                      num_classes: int, steps: int = PROBE_STEPS,
-                      lr: float = PROBE_LR,
-                      weight_decay: float = PROBE_WEIGHT_DECAY) -> np.ndarray:
-  """Top-1 of a softmax-regression probe per subnet, all in one call.
-
-  Each subnet's features are standardised with its support set's channel
-  statistics (channels that are zero throughout, a narrower subnet's
-  padding, stay zero), then a linear classifier is trained by full-batch
-  Adam with L2 decay for `steps` steps, vmapped over the subnets.
-
-  Args:
-    train_features: (P, N, D) support features of P subnets; train_labels
-      (N,) ints.
-    query_features: (P, M, D); query_labels (M,) ints.
-
-  Returns:
-    (P,) top-1 accuracy on the queries.
-  """
-  opt = optax.adamw(lr, weight_decay=weight_decay)
-  targets = jax.nn.one_hot(jnp.asarray(train_labels), num_classes)
-
-  def one(train, query):
-    mean = train.mean(0)
-    std = train.std(0)
-    scale = jnp.where(std > 1e-6, 1 / jnp.maximum(std, 1e-6), 0.0)
-    train, query = (train - mean) * scale, (query - mean) * scale
-    params = {'w': jnp.zeros((train.shape[1], num_classes)),
-              'b': jnp.zeros((num_classes,))}
-
-    def loss(p):
-      logits = train @ p['w'] + p['b']
-      return jnp.mean(optax.softmax_cross_entropy(logits, targets))
-
-    def step(carry, _):
-      p, state = carry
-      updates, state = opt.update(jax.grad(loss)(p), state, p)
-      return (optax.apply_updates(p, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None,
-                                  length=steps)
-    predicted = jnp.argmax(query @ params['w'] + params['b'], -1)
-    return jnp.mean(predicted == jnp.asarray(query_labels))
-
-  return np.asarray(jax.jit(jax.vmap(one))(
-      jnp.asarray(train_features, jnp.float32),
-      jnp.asarray(query_features, jnp.float32)))
 
 
 class FeatureExtractor:

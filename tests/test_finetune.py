@@ -13,7 +13,7 @@ from etils import epath
 from flax import nnx
 
 from masktas_jax import artifacts, config_lib, data, errors, finetune
-from masktas_jax import finetuning, model_dirs, trainer
+from masktas_jax import finetuning, fitness, model_dirs, trainer
 from masktas_jax.models import student
 from masktas_jax.space import Arch, SearchSpace
 import helpers
@@ -395,3 +395,75 @@ def test_finetuning_with_ema_exports_the_average_and_resumes_it(
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
   assert any(not np.allclose(e, p) for e, p in zip(jax.tree.leaves(ema),
                                                     jax.tree.leaves(last)))
+
+
+def test_lp_ft_starts_from_a_probe_of_standardised_features(
+    workdir, tmp_path, monkeypatch):  # noqa: F811
+  """finetune.head_init='probe': the head starts as a linear probe behind
+  the standardisation of the inherited features (their mean and 1 / std,
+  checked against float64 NumPy), which stays fixed through fine-tuning,
+  and the export, a plain classifier, computes the trained model's logits.
+  """
+  space = config_lib.space_from_config(search_config())
+  arch = space.sample(np.random.default_rng(3))
+  config = search_config(**{
+      'finetune.steps': 4, 'finetune.batch_size': 16,
+      'finetune.head_init': 'probe', 'finetune.probe_images': 48,
+      'finetune.pool': 'mean', 'finetune.warmup_epochs': 0,
+      'finetune.eval_split': 'validation', 'log_every': 2,
+      'checkpoint_every': 2})
+  config.finetune.arch = json.dumps(arch.to_dict())
+  config.search.supernet = str(
+      artifacts.model_dir(epath.Path(workdir), 'supernet'))
+  probes = []
+  fit_head = finetuning.fit_head
+  monkeypatch.setattr(finetuning, 'fit_head', lambda *a: probes.append(
+      fit_head(*a)) or probes[-1])
+  finetune.run(config, epath.Path(tmp_path))
+  probe = {k: np.asarray(v, np.float64) for k, v in probes[0].items()}
+
+  # The inherited encoder's mean patch tokens of the probe's images.
+  encoder = model_dirs.load_student(config.search.supernet,
+                                    config).encoder.extract(arch)
+  batches = fitness.eval_batches(config, config.data.train_split, 48, 16,
+                                 config.seed + 9)
+  feats = np.concatenate([np.asarray(encoder.encode(jnp.asarray(
+      data.normalize(b['image']))), np.float64)[b['valid']][:, 1:].mean(1)
+                          for b in batches])
+  assert len(feats) == 48
+  helpers.assert_close(probe['mean'], feats.mean(0), np.abs(feats).max())
+  helpers.assert_close(probe['scale'], 1 / feats.std(0), 1 / feats.std(0),
+                       rtol=1e-4)
+  # The classifier it starts from reads the standardised features.
+  start = finetuning.build_classifier(space, arch, 10, 0.0, nnx.Rngs(0),
+                                      'mean', standardize=True)
+  inherited = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
+  start = nnx.merge(nnx.graphdef(start), *finetuning.initial_weights(
+      start, inherited, probes[0]))
+  images = jnp.asarray(data.normalize(batches[0]['image']))
+  want = ((feats[:16] - probe['mean']) * probe['scale']) @ probe['kernel'] + (
+      probe['bias'])
+  helpers.assert_close(np.asarray(start(images)), want, np.abs(want).max())
+
+  # Fixed through training; the export computes the trained logits.
+  with ocp.CheckpointManager((tmp_path / 'finetune/checkpoints').resolve(),
+                             item_names=('state', 'data')) as manager:
+    saved = manager.restore(4, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore())).state
+  np.testing.assert_array_equal(saved['fixed']['feature_mean'], probes[0]['mean'])
+  np.testing.assert_array_equal(saved['fixed']['feature_scale'],
+                                probes[0]['scale'])
+  assert not np.allclose(saved['params']['head']['kernel'], probe['kernel'])
+  trained = nnx.merge(nnx.graphdef(start), saved['params'], saved['fixed'])
+  exported = model_dirs.load_classifier(tmp_path / 'finetune/model')
+  assert not exported.standardize
+  want = np.asarray(trained(images), np.float64)
+  helpers.assert_close(np.asarray(exported(images)), want, np.abs(want).max())
+
+
+def test_lp_ft_needs_inherited_weights():
+  with pytest.raises(errors.ConfigError, match='finetune.head_init'):
+    search_config(**{'finetune.head_init': 'probe',
+                     'finetune.from_scratch': True})
+  with pytest.raises(errors.ConfigError, match='finetune.head_init'):
+    search_config(**{'finetune.head_init': 'linear'})

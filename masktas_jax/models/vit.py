@@ -28,8 +28,9 @@ _token_init = nnx.initializers.truncated_normal(stddev=0.02)
 
 
 class FixedEmbedding(nnx.Variable):
-  """A non-trainable table (MAE's sin-cos positions): not an nnx.Param, so
-  optimisers and parameter counts skip it, while checkpoints keep it."""
+  """A non-trainable table (MAE's sin-cos positions, the feature statistics
+  of a standardised head): not an nnx.Param, so optimisers and parameter
+  counts skip it, while checkpoints keep it."""
 
 
 def sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
@@ -224,7 +225,11 @@ class VisionTransformer(nnx.Module):
                head_dim: int = HEAD_DIM,
                pos_embed: Literal['learned', 'sincos'] = 'learned',
                drop_path_rate: float = 0.0,
-               pool: Literal['cls', 'mean'] = 'cls'):
+               pool: Literal['cls', 'mean'] = 'cls',
+               standardize: bool = False):
+    """`standardize`: the head reads (pooled - feature_mean) *
+    feature_scale, two fixed (D,) vectors (identity until set), the
+    non-affine normalisation a linear probe is fitted behind (LP-FT)."""
     if len(num_heads) != len(mlp_dims):
       raise ValueError('num_heads and mlp_dims need one value per layer, got '
                        f'{len(num_heads)} and {len(mlp_dims)}')
@@ -257,6 +262,10 @@ class VisionTransformer(nnx.Module):
     self.norm = layer_norm(embed_dim, rngs)
     self.head = (nnx.Linear(embed_dim, num_classes, kernel_init=_dense_init,
                             rngs=rngs) if num_classes else None)
+    if standardize:
+      self.feature_mean = FixedEmbedding(jnp.zeros((embed_dim,)))
+      self.feature_scale = FixedEmbedding(jnp.ones((embed_dim,)))
+    self.standardize = standardize
 
   @property
   def depth(self) -> int:
@@ -299,9 +308,18 @@ class VisionTransformer(nnx.Module):
     if self.head is None:
       raise ValueError('this VisionTransformer has no classification head '
                        '(num_classes=0)')
+    features = self.features(images, rng)
+    if self.standardize:
+      features = ((features - self.feature_mean[...]) *
+                  self.feature_scale[...])
+    return self.head(features)
+
+  def features(self, images: jax.Array,
+               rng: jax.Array | None = None) -> jax.Array:
+    """(B, H, W, C) -> (B, D): what the head reads, the CLS token or the
+    mean final-normed patch token (`pool`), before any standardisation."""
     tokens = self.encode(images, rng=rng)
-    return self.head(tokens[:, 0] if self.pool == 'cls' else
-                     tokens[:, 1:].mean(axis=1))
+    return tokens[:, 0] if self.pool == 'cls' else tokens[:, 1:].mean(axis=1)
 
 
 def count_params(module: nnx.Module) -> int:
