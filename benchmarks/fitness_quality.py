@@ -120,7 +120,7 @@ def test_top1(config, model_dir: epath.Path) -> float:
   result = finetuning.evaluate(
       model_dirs.load_classifier(model_dir), data.eval_pipeline(
           data.get_source(config.data, 'test'), image_size=space.image_size,
-          batch_size=120))
+          crop_fraction=config.data.eval_crop_fraction, batch_size=120))
   cache.write_text(json.dumps(result))
   return result['top1']
 

@@ -9,11 +9,19 @@ random weights: `--scratch`). Scored on the validation split
 Also the linear probe of each subnet's inherited features (mode=rank's
 'linear' yardstick), the ceiling a fine-tune from them should pass.
 
+Recipes that read the CLS token through a supernet trained to predict the
+teacher's mean token (`supernet.cls_target`) take that supernet from
+`--cls-workdir` (a workdir whose supernet was trained so, on the same
+teacher).
+
 Each run is cached in `--cache/<recipe>/<steps>/<arch>/<seed>/` (a finished
 run is read back, an interrupted one resumes), so the study grows run by
-run across sessions. Prints, per recipe and budget, the mean top-1 of the
-inherited and the scratch runs and the margin inherited - scratch, mean +-
-std over (subnet, seed) pairs, with how many pairs inheriting wins.
+run across sessions; runs go seed by seed (every subnet and recipe of seed
+0 first), so a study stopped early is balanced. `--report` prints the table
+of what is done without training. Prints, per recipe and budget, the mean
+top-1 of the inherited and the scratch runs and the margin inherited -
+scratch, mean +- std over the (subnet, seed) pairs done for both, with how
+many pairs inheriting wins.
 
   python -m masktas_jax.main --config=configs/fashion.py --workdir=/tmp/fashion
   python benchmarks/inheritance.py --workdir=/tmp/fashion \
@@ -37,14 +45,18 @@ from masktas_jax.space import Arch
 
 import common  # pylint: disable=g-bad-import-order
 
-# Recipe name -> config.finetune overrides, on top of the config's own
-# (None: keep the config's value). 'paper' is the recipe before this study
-# (the CLS token, no warm-up); the config's defaults are 'mean_warmup'.
+# Recipe name -> config.finetune overrides, on top of the config's own.
+# 'paper' is the recipe before this study (the CLS token, no warm-up); the
+# config's defaults are 'mean_warmup'. '_supernet': 'cls' reads the
+# supernet of --cls-workdir (CLS output trained to predict the teacher's
+# mean token) instead of --workdir's.
 RECIPES = {
     'paper': {'pool': 'cls', 'warmup_epochs': 0.0},
     'cls_warmup': {'pool': 'cls'},
+    'cls_supervised': {'pool': 'cls', '_supernet': 'cls'},
     'mean': {'pool': 'mean', 'warmup_epochs': 0.0},
     'mean_warmup': {'pool': 'mean'},
+    'mean_warmup_lpft': {'pool': 'mean', 'head_init': 'probe'},
     'mean_warmup_half_lr': {'pool': 'mean', 'lr': 0.5},
     'mean_warmup_ld075': {'pool': 'mean', 'layer_decay': 0.75},
     # What suits random weights: no layer decay (no body to protect).
@@ -70,8 +82,9 @@ def recipe_config(config, recipe: str, steps: int, seed: int, arch: Arch,
   """`config` fine-tuning `arch` by `recipe` for `steps` steps."""
   c = config.copy_and_resolve_references()
   for field, value in RECIPES[recipe].items():
-    c.finetune[field] = (c.finetune[field] * value if field in _FACTORS
-                         else value)
+    if not field.startswith('_'):
+      c.finetune[field] = (c.finetune[field] * value if field in _FACTORS
+                           else value)
   c.finetune.steps = steps
   c.finetune.eval_split = config.data.eval_split
   c.finetune.from_scratch = from_scratch
@@ -116,6 +129,13 @@ def main() -> None:
                       help='the recipe of the from-scratch runs')
   parser.add_argument('--budgets', default='0.25,1',
                       help="fractions of the config's finetune.steps")
+  parser.add_argument('--steps', default='',
+                      help='budgets in steps instead of --budgets')
+  parser.add_argument('--cls-workdir', default='',
+                      help="a workdir whose supernet was trained with "
+                      "supernet.cls_target (for '_supernet': 'cls' recipes)")
+  parser.add_argument('--report', action='store_true',
+                      help='print the table of the runs done; train none')
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--archs', type=int, default=6)
   parser.add_argument('--arch-seed', type=int, default=0)
@@ -123,39 +143,60 @@ def main() -> None:
 
   workdir, cache = epath.Path(args.workdir), epath.Path(args.cache)
   config = common.load_config(args.config)
-  supernet = str(artifacts.supernet_model(config, workdir))
+  supernets = {None: str(artifacts.supernet_model(config, workdir))}
+  if args.cls_workdir:
+    supernets['cls'] = str(artifacts.supernet_model(
+        config, epath.Path(args.cls_workdir)))
   space = config_lib.space_from_config(config)
   archs = spread_archs(config, args.archs, args.arch_seed)
   seeds = [int(s) for s in args.seeds.split(',')]
-  budgets = [max(1, round(float(b) * config.finetune.steps))
-             for b in args.budgets.split(',')]
+  budgets = ([int(s) for s in args.steps.split(',')] if args.steps else
+             [max(1, round(float(b) * config.finetune.steps))
+              for b in args.budgets.split(',')])
+  recipes = args.recipes.split(',')
+  for recipe in recipes + [args.scratch]:
+    if RECIPES[recipe].get('_supernet') not in supernets:
+      parser.error(f'--recipes: {recipe!r} needs --cls-workdir')
   probe_file = cache / 'probe.json'
   if probe_file.exists():
     probes = json.loads(probe_file.read_text())
+  elif args.report:
+    probes = [float('nan')] * len(archs)
   else:
     probes = probe_top1(config, workdir, archs)
     cache.mkdir(parents=True, exist_ok=True)
     probe_file.write_text(json.dumps(probes))
 
-  def top1(recipe, steps, arch, seed, from_scratch):
-    c = recipe_config(config, recipe, steps, seed, arch, supernet,
-                      from_scratch)
-    result = finetuning.fine_tune(c, run_dir(cache, recipe, steps, arch, seed),
-                                  arch)
-    return 100 * result['top1']
+  def top1(recipe, steps, arch, seed):
+    """Validation top-1 (%) of one run; None if --report and not done."""
+    path = run_dir(cache, recipe, steps, arch, seed)
+    if args.report:
+      done = finetuning.finished(path)
+      return None if done is None else 100 * done['top1']
+    c = recipe_config(config, recipe, steps, seed, arch,
+                      supernets[RECIPES[recipe].get('_supernet')],
+                      recipe == args.scratch)
+    return 100 * finetuning.fine_tune(c, path, arch)['top1']
+
+  # Seed by seed, so that a study stopped early covers every subnet and
+  # recipe alike.
+  results = {}
+  for steps in budgets:
+    for seed in seeds:
+      for arch in archs:
+        for recipe in [args.scratch] + recipes:
+          results[recipe, steps, arch, seed] = top1(recipe, steps, arch, seed)
 
   rows = []
   for steps in budgets:
-    scratch = {(a, s): top1(args.scratch, steps, a, s, True)
-               for a in archs for s in seeds}
-    for recipe in args.recipes.split(','):
-      inherited = {(a, s): top1(recipe, steps, a, s, False)
-                   for a in archs for s in seeds}
-      margins = [inherited[k] - scratch[k] for k in inherited]
-      rows.append((recipe, steps, statistics.mean(inherited.values()),
-                   statistics.mean(scratch.values()), margins))
-      print(f'{recipe} {steps} steps: inherited - scratch '
-            f'{_summary(margins)}', flush=True)
+    for recipe in recipes:
+      pairs = [(results[recipe, steps, a, s], results[args.scratch, steps, a,
+                                                      s])
+               for s in seeds for a in archs]
+      pairs = [(i, r) for i, r in pairs if i is not None and r is not None]
+      if pairs:
+        rows.append((recipe, steps, [i for i, _ in pairs],
+                     [r for _, r in pairs], [i - r for i, r in pairs]))
 
   print(f'\n# {common.command()}')
   print('# subnets (params M, linear probe top-1 %): ' + ', '.join(
@@ -163,13 +204,14 @@ def main() -> None:
       f'{100 * p:.1f})' for a, p in zip(archs, probes)))
   print(f'# seeds {seeds}; scratch recipe {args.scratch!r}; validation '
         f'split {config.data.eval_split!r}')
-  print('| recipe | steps | inherited top-1 | scratch top-1 | inherited - '
-        'scratch (mean +- std) | inherited wins |')
-  print('|---|---:|---:|---:|---:|---:|')
+  print('| recipe | steps | pairs | inherited top-1 | scratch top-1 | '
+        'inherited - scratch (mean +- std) | inherited wins |')
+  print('|---|---:|---:|---:|---:|---:|---:|')
   for recipe, steps, inh, scr, margins in rows:
     wins = sum(m > 0 for m in margins)
-    print(f'| {recipe} | {steps} | {inh:.2f} | {scr:.2f} | '
-          f'{_summary(margins)} | {wins} of {len(margins)} |')
+    print(f'| {recipe} | {steps} | {len(margins)} | {statistics.mean(inh):.2f}'
+          f' | {statistics.mean(scr):.2f} | {_summary(margins)} | {wins} of '
+          f'{len(margins)} |')
 
 
 if __name__ == '__main__':

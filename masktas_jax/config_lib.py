@@ -66,6 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.train_split = 'train'
   # Held-out split for fine-tuning evaluation (top-1 / top-5).
   c.data.eval_split = 'validation'
+  # Evaluation view (fine-tuning's top-1, the search's and rank's images):
+  # the central crop of this fraction of the shorter side, resized to
+  # space.image_size. 0.875: DeiT's and MAE's ImageNet evaluation.
+  c.data.eval_crop_fraction = 0.875
   # Host input pipeline (`data.Reading`): worker processes (None: one per
   # core for image files, none for in-memory digits), threads per worker
   # or process (0: the cores shared among the workers; one for digits),
@@ -437,6 +441,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          'and the source)', workers)
   _check(config.data.threads >= 0, 'data.threads', 'must be >= 0 (0: the '
          'CPU cores shared among the workers)', config.data.threads)
+  _check(0 < config.data.eval_crop_fraction <= 1, 'data.eval_crop_fraction',
+         'expected 0 < fraction <= 1', config.data.eval_crop_fraction)
   _check(config.data.prefetch >= 1, 'data.prefetch', 'must be >= 1',
          config.data.prefetch)
   space_from_config(config)

@@ -395,6 +395,7 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
   source = data.get_source(config.data, split)
   result = evaluate(model, data.eval_pipeline(
       source, image_size=space.image_size,
+      crop_fraction=config.data.eval_crop_fraction,
       batch_size=parallel.check_batch_size(f.batch_size,
                                            'finetune.batch_size'),
       read=data.reading(config.data, source)))

@@ -52,6 +52,7 @@ def eval_batches(config, split: str, num_images: int, batch_size: int,
   subset = _Subset(source, indices)
   return list(data.eval_pipeline(subset, image_size=config.space.image_size,
                                  batch_size=local,
+                                 crop_fraction=config.data.eval_crop_fraction,
                                  read=data.reading(config.data, source)))
 
 

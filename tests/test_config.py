@@ -169,6 +169,10 @@ def test_every_field_has_a_comment_above_it():
     (('profile_steps', -1), 'profile_steps'),
     (('data.workers', -1), 'data.workers'),
     (('data.threads', -2), 'data.threads'),
+    (('data.eval_crop_fraction', 0.0), 'data.eval_crop_fraction'),
+    (('data.eval_crop_fraction', 1.5), 'data.eval_crop_fraction'),
+    (('supernet.cls_target', 'cls'), 'supernet.cls_target'),
+    (('finetune.probe_images', 0), 'finetune.probe_images'),
 ])
 def test_invalid_config_errors_name_the_field(override, field):
   config = load('small')

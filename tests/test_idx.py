@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from masktas_jax import data, idx_source
+from masktas_jax import data, fitness, idx_source
 from masktas_jax.errors import DataError
 
 import helpers
@@ -85,6 +85,29 @@ def test_the_pipelines_read_it_as_in_memory_images(tmp_path):
                                    seed=0))
   assert batch['image'].shape == (8, 8, 8, 3)
   assert batch['image'].dtype == np.uint8
+
+
+def test_the_whole_image_is_the_evaluation_view_at_crop_fraction_one(
+    tmp_path):
+  """data.eval_crop_fraction=1: the search's and fine-tuning's evaluation
+  images are the files' pixels unchanged at their own size (the default
+  0.875 crops and enlarges them)."""
+  arrays = _dataset(tmp_path, train=8, size=(8, 8))
+  images = arrays['train'][0].copy()
+  images[:, 3:, 2:5] = 200  # Something a crop would move.
+  _write(tmp_path, 'train-images-idx3-ubyte', images, True)
+  config = helpers.demo_config('', **{
+      'data.name': 'idx', 'data.data_dir': str(tmp_path),
+      'data.train_split': 'train', 'data.eval_split': 'train',
+      'space.image_size': 8, 'space.patch_size': 4,
+      'data.eval_crop_fraction': 1.0})
+  seen = np.concatenate([b['image'][b['valid']] for b in fitness.eval_batches(
+      config, 'train', 8, 8, 0)])
+  np.testing.assert_array_equal(seen, np.repeat(images[..., None], 3, -1))
+  config.data.eval_crop_fraction = 0.875
+  seen = np.concatenate([b['image'][b['valid']] for b in fitness.eval_batches(
+      config, 'train', 8, 8, 0)])
+  assert not np.array_equal(seen, np.repeat(images[..., None], 3, -1))
 
 
 def _corrupt(folder, case):
