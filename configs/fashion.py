@@ -23,6 +23,9 @@ def get_config(arg=None):
   # A validation split carved from train; the test split is reported only.
   config.data.train_split = 'train[:55000]'
   config.data.eval_split = 'train[55000:]'
+  # Evaluate on the whole 28 px image: the clothes fill the frame, and
+  # DeiT's 87.5% centre crop cuts their edges.
+  config.data.eval_crop_fraction = 1.0
   # 28 px, patch 4: 49 patches of 48 values (grey repeated as RGB).
   config.space.image_size = 28
   config.space.patch_size = 4
@@ -81,10 +84,13 @@ def get_config(arg=None):
   # training never scores the CLS token) and a short warm-up against the
   # new head (~100 steps).
   config.finetune.warmup_epochs = 0.25
-  # Light augmentation for ~5 epochs of a small model: crops of at least
-  # 35% with flips (clothes are left-right symmetric), label smoothing;
-  # no mixing, RandAugment, erasing or drop path; a mild layer decay.
-  config.finetune.crop_min_scale = 0.35
+  # Light augmentation for a small model: whole images with flips (clothes
+  # are left-right symmetric), label smoothing; no crops, mixing,
+  # RandAugment, erasing or drop path; a mild layer decay. Chosen on
+  # validation (the found Arch, 2,000 steps, one seed; BENCHMARKS.md):
+  # whole images 87.84%, crops >= 80% 85.42%, crops >= 35% 81.18% (all
+  # evaluated on whole images).
+  config.finetune.crop_min_scale = 1.0
   config.finetune.flip = True
   config.finetune.mixup = 0.0
   config.finetune.cutmix = 0.0
