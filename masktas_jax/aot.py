@@ -32,7 +32,7 @@ from flax import nnx
 
 from masktas_jax import artifacts, chips, config_lib, evaluator, evolution
 from masktas_jax import finetuning, fitness, flops, model_dirs, parallel
-from masktas_jax import roofline
+from masktas_jax import roofline, signals
 from masktas_jax import supernet_train, teacher, trainer
 from masktas_jax.errors import MaskTASError
 from masktas_jax.masking import num_visible
@@ -240,13 +240,17 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
   teacher_state = _abstract(nnx.to_pure_dict(teacher_state), rep)
   student = nnx.eval_shape(lambda: model_dirs.build_student(
       config, teacher_model.config.embed_dim, nnx.Rngs(0)))
-  encoder_def, encoder_state = nnx.split(student.encoder)
-  encoder_state = _abstract(nnx.to_pure_dict(encoder_state), rep)
+  # The signals search.fitness computes; the whole student when they read
+  # its decoder or projector.
+  names = signals.needed(s.fitness)
+  heads = any(n in signals.NEEDS_HEADS for n in names)
+  model_def, model_state = nnx.split(student if heads else student.encoder)
+  model_state = _abstract(nnx.to_pure_dict(model_state), rep)
   k = num_visible(space.num_patches, config.supernet.mask_ratio)
   batch = _inputs(mesh, space.image_size, s.batch_size, valid=jnp.bool_)
   del batch['label']
   prepare = fitness.teacher_features_fn(teacher_def, space, relation,
-                                        config.supernet.mask_ratio)
+                                        config.supernet.mask_ratio, names)
   jitted = _evaluator_jit(prepare, mesh, sharded_outputs=True)
   t = teacher_model.config
   out = [Program(
@@ -268,12 +272,14 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
                                        for e in space.embed_dims]
   for strategy, width, size in calls:
     group = population[:size]
-    score = _evaluator_jit(fitness.population_fn(encoder_def, relation,
-                                               strategy, width), mesh)
+    score = _evaluator_jit(fitness.population_fn(
+        model_def, relation, strategy, width, names,
+        patch_size=space.patch_size,
+        norm_pix=config.teacher.norm_pix_loss), mesh)
     out.append(Program(
         'search', f'score {size} ({strategy}' + (
             f', embed {width})' if width else ')'), score,
-        ((encoder_state, _abstract(space.encode_batch(group), rep)), prepared,
+        ((model_state, _abstract(space.encode_batch(group), rep)), prepared,
          _key(mesh)), s.batch_size,
         flops.scoring_call(space, group, s.batch_size, k, strategy, width),
         'float32', f'{size} subnets of the window, per batch'))

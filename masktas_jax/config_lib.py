@@ -14,6 +14,7 @@ import ml_collections
 from masktas_jax import chips
 from masktas_jax.errors import ConfigError
 from masktas_jax.losses import RELATION_FORMS
+from masktas_jax.signals import FITNESSES
 from masktas_jax.models.student import CLS_TARGETS
 from masktas_jax.models.vit import POOLS
 from masktas_jax.space import ArchError, SearchSpace
@@ -200,6 +201,14 @@ def base_config() -> ml_collections.ConfigDict:
   # top-1 among those whose ranking depends on the teacher; on held-out
   # seeds it did not track accuracy (BENCHMARKS.md).
   c.search.relation = 'centered_cosine'
+  # What rates a candidate (masktas_jax.signals): 'relation' (the relation
+  # consistency above, eq. 13-16), 'relation_paper' (its literal form: raw
+  # dot products, self-relations kept), 'relation_all' (on every patch,
+  # none masked), 'feature' (minus eq. 11's feature-prediction loss),
+  # 'pixel' (minus eq. 10's reconstruction loss) or 'fusion' (the mean of
+  # the relation and pixel percentiles among random window subnets). All
+  # but 'relation' are ours; mode=rank reports every one.
+  c.search.fitness = 'relation'
   c.search.tau = 0.1
   # The student's temperature is search.tau times this.
   c.search.student_tau_ratio = 1.0
@@ -487,6 +496,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f'must be 0 (unbounded) or >= search.{lo} ({s[lo]})', s[hi])
   for field in ('tau', 'student_tau_ratio'):
     _check(s[field] > 0, f'search.{field}', 'must be positive', s[field])
+  _check(s.fitness in FITNESSES, 'search.fitness',
+         f'expected one of {FITNESSES}', s.fitness)
   _check(s.relation in RELATION_FORMS, 'search.relation',
          f'expected one of {RELATION_FORMS}', s.relation)
   _check(s.scoring in ('auto', 'vmap', 'map'), 'search.scoring',

@@ -201,6 +201,19 @@ def random_candidate(space: SearchSpace, window: Window,
       f'{max_tries} random draws; widen the window or enlarge the space')
 
 
+def sample_archs(space, window: Window, count: int, seed: int) -> list[Arch]:
+  """`count` distinct random Archs inside `window` (fewer if it holds fewer)."""
+  rng, archs, seen = np.random.default_rng(seed), [], set()
+  for _ in range(count):
+    try:
+      arch = random_candidate(space, window, rng, exclude=frozenset(seen))
+    except SearchError:
+      break
+    seen.add(arch)
+    archs.append(arch)
+  return archs
+
+
 def mutate(arch: Arch, space: SearchSpace, rng: np.random.Generator,
            depth_prob: float, layer_prob: float, embed_prob: float) -> Arch:
   """AutoFormer's mutation. Returns a valid Arch of `space`.

@@ -19,7 +19,7 @@ from etils import epath
 from flax import nnx
 
 from masktas_jax import artifacts, config_lib, data, evaluator, losses
-from masktas_jax import model_dirs, parallel
+from masktas_jax import model_dirs, parallel, signals
 from masktas_jax.masking import random_masking
 from masktas_jax.space import Arch, SearchSpace
 
@@ -83,48 +83,68 @@ def over_population(one, archs, strategy: str):
       one, archs)
 
 
+# The search's default signals: the relation fitness and its control.
+DEFAULT_SIGNALS = ('relation', 'student_entropy')
+
+
 def teacher_features_fn(teacher_def, space: SearchSpace,
-                        relation: losses.Relation, mask_ratio: float):
+                        relation: losses.Relation, mask_ratio: float,
+                        names: Sequence[str] = DEFAULT_SIGNALS):
   """`fn(teacher_state, batch, rng)` for an `evaluator.Evaluator`: masks a
-  batch of B images (`rng`) and computes what scoring reads of it, once:
-  {'image', 'valid', 'ids_keep' (B, K), 'z_teacher' (B, K, D_t) the
-  teacher's visible patch tokens, 'entropy' (B,) its relation maps' mean
-  row entropy (0 where not valid)}."""
+  batch of B images (`rng`) and computes what scoring the signals `names`
+  reads of it, once: {'image', 'valid', 'ids_keep' (B, K), 'z_teacher'
+  (B, K, D_t) the teacher's visible patch tokens, 'entropy' (B,) its
+  relation maps' mean row entropy (0 where not valid)}, plus 'mask' and
+  'ids_restore' (B, N) for 'pixel', 'z_teacher_all' (B, N, D_t), every
+  patch's, for 'relation_all'."""
 
   def prepare(teacher_state, batch, rng):
     images, valid = batch['image'], batch['valid']
-    ids_keep, _, _ = random_masking(rng, images.shape[0], space.num_patches,
-                                    mask_ratio)
-    z_teacher = nnx.merge(teacher_def, teacher_state).encode(
-        images, ids_keep)[:, 1:]
-    return {'image': images, 'valid': valid, 'ids_keep': ids_keep,
-            'z_teacher': z_teacher,
-            'entropy': jnp.where(valid, relation.teacher_entropy(z_teacher),
-                                 0.0)}
+    ids_keep, mask, ids_restore = random_masking(
+        rng, images.shape[0], space.num_patches, mask_ratio)
+    teacher = nnx.merge(teacher_def, teacher_state)
+    z_teacher = teacher.encode(images, ids_keep)[:, 1:]
+    out = {'image': images, 'valid': valid, 'ids_keep': ids_keep,
+           'z_teacher': z_teacher,
+           'entropy': jnp.where(valid, relation.teacher_entropy(z_teacher),
+                                0.0)}
+    if 'pixel' in names:
+      out.update(mask=mask, ids_restore=ids_restore)
+    if 'relation_all' in names:
+      out['z_teacher_all'] = teacher.encode(images)[:, 1:]
+    return out
 
   return prepare
 
 
-def population_fn(encoder_def, relation: losses.Relation, strategy: str,
-                  width: int | None = None):
-  """`fn((encoder_state, archs), batch, rng)` for an `evaluator.Evaluator`:
-  (P, 2) summed fitness and student entropy of the P stacked encoded
-  `archs` over one prepared batch (`teacher_features_fn`'s output, without
-  'entropy'), by `strategy` (STRATEGIES); 'vmap' at static embed `width`
-  (None: the max) for Archs no wider."""
+def population_fn(model_def, relation: losses.Relation, strategy: str,
+                  width: int | None = None,
+                  names: Sequence[str] = DEFAULT_SIGNALS, *,
+                  patch_size: int = 0, norm_pix: bool = True):
+  """`fn((model_state, archs), batch, rng)` for an `evaluator.Evaluator`:
+  (P, len(names)) the signals `names` (`signals.SIGNALS`) of the P stacked
+  encoded `archs`, summed over the images of one prepared batch
+  (`teacher_features_fn`'s output, without 'entropy'), by `strategy`
+  (STRATEGIES); 'vmap' at static embed `width` (None: the max) for Archs
+  no wider. `model_def` is the supernet encoder's, or the whole student's
+  when a signal reads its decoder or projector (signals.NEEDS_HEADS)."""
   mode = ENCODE_MODES[strategy]
   at = {'width': width} if width else {}
+  heads = any(n in signals.NEEDS_HEADS for n in names)
 
   def score(inputs, batch, _):
-    encoder_state, archs = inputs
-    encoder = nnx.merge(encoder_def, encoder_state)
+    model_state, archs = inputs
+    model = nnx.merge(model_def, model_state)
+    encoder = model.encoder if heads else model
 
     def one(arch):
-      z_student = encoder.encode(batch['image'], arch, batch['ids_keep'],
-                                 mode=mode, **at)[:, 1:]
-      per_image = jnp.stack([
-          relation.fitness(batch['z_teacher'], z_student),
-          relation.student_entropy(z_student)], -1)
+      tokens = encoder.encode(batch['image'], arch, batch['ids_keep'],
+                              mode=mode, **at)
+      tokens_all = (encoder.encode(batch['image'], arch, mode=mode, **at)
+                    if 'relation_all' in names else None)
+      per_image = signals.compute(
+          names, relation, batch, tokens, tokens_all,
+          model if heads else None, patch_size=patch_size, norm_pix=norm_pix)
       return jnp.sum(jnp.where(batch['valid'][:, None], per_image, 0.0),
                      axis=0)
 
@@ -165,25 +185,46 @@ class PopulationScorer:
   so one compiled function serves every generation) and scored in one call
   per batch (`strategy`, see STRATEGIES; 'auto': 'map' on CPU, else
   'vmap'). `relation` says how relation maps are formed (losses.Relation).
+
+  It computes the signals `names` (`signals.SIGNALS`; those reading the
+  decoder or projector need the whole `student`, of which `encoder` is the
+  supernet) and rates by `fitness` (`signals.FITNESSES`): one signal, or
+  'fusion', percentiles among the reference subnets of `calibrate`.
   """
 
   def __init__(self, encoder, teacher, space: SearchSpace,
                batches: Sequence[dict[str, np.ndarray]], *,
                relation: losses.Relation, mask_ratio: float, seed: int,
-               capacity: int, strategy: str = 'auto', mesh=None):
+               capacity: int, strategy: str = 'auto', mesh=None,
+               names: Sequence[str] = DEFAULT_SIGNALS,
+               fitness: str = 'relation', student=None,
+               norm_pix: bool = True):
     strategy = resolve_strategy(strategy)
     self.space, self.capacity, self.relation = space, capacity, relation
     self.strategy, self.encoder = strategy, encoder
+    self.names, self.fitness, self.norm_pix = tuple(names), fitness, norm_pix
+    for name in signals.needed(fitness):
+      if name not in self.names:
+        raise ValueError(f'fitness {fitness!r} needs the signal {name!r}')
+    heads = any(n in signals.NEEDS_HEADS for n in self.names)
+    if heads and student is None:
+      raise ValueError(f'signals {self.names} need the student (decoder and '
+                       'projector), not only its encoder')
+    self.reference = None
     self.mesh = mesh or parallel.make_mesh()
-    self.encoder_def, encoder_state = nnx.split(encoder)
+    self.encoder_def = nnx.graphdef(encoder)
+    self.model_def, model_state = nnx.split(student if heads else encoder)
     teacher_def, teacher_state = nnx.split(teacher)
     prepare = evaluator.Evaluator(
-        teacher_features_fn(teacher_def, space, relation, mask_ratio),
+        teacher_features_fn(teacher_def, space, relation, mask_ratio,
+                            self.names),
         self.mesh, sharded_outputs=True)
     self.batches = list(prepare.map(
         ({'image': b['image'], 'valid': b['valid']} for b in batches),
         prepare.place(nnx.to_pure_dict(teacher_state)), seed))
-    self.encoder_state = prepare.place(nnx.to_pure_dict(encoder_state))
+    self.model_state = prepare.place(nnx.to_pure_dict(model_state))
+    self.encoder_state = (prepare.place(nnx.to_pure_dict(nnx.state(encoder)))
+                          if heads else self.model_state)
     # Over every process's share.
     self.num_images = int(sum(jax.device_get(
         [jnp.sum(b['valid']) for b in self.batches])))
@@ -200,7 +241,9 @@ class PopulationScorer:
     `alone`, so each counts its own traces)."""
     if (strategy, alone, width) not in self._scorers:
       self._scorers[strategy, alone, width] = evaluator.Evaluator(
-          population_fn(self.encoder_def, self.relation, strategy, width),
+          population_fn(self.model_def, self.relation, strategy, width,
+                        self.names, patch_size=self.space.patch_size,
+                        norm_pix=self.norm_pix),
           self.mesh)
     return self._scorers[strategy, alone, width]
 
@@ -229,19 +272,37 @@ class PopulationScorer:
               for lo in range(0, len(archs), self.capacity)]
     return embed_chunks(archs, self._call_size(self.space.embed_dims[0]))
 
-  def evaluate(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
-    """((P,) fitness, (P,) student map entropy), each a mean per image; the
-    entropy (a fraction of its maximum) needs no teacher: the control that
-    the fitness must beat."""
-    per_image = np.zeros((len(archs), 2))
+  def signals(self, archs: Sequence[Arch]) -> dict[str, np.ndarray]:
+    """Each signal of `names`: (P,) its mean per image."""
+    per_image = np.zeros((len(archs), len(self.names)))
     for width, indices in self.buckets(archs):
       chunk = [archs[i] for i in indices]
       padded = chunk + [chunk[-1]] * (self._call_size(width) - len(chunk))
       encoded = self.space.encode_batch(padded)
       per_image[indices] = self._scorer(self.strategy, width=width).sum(
-          self.batches, (self.encoder_state, encoded))[:len(chunk)]
+          self.batches, (self.model_state, encoded))[:len(chunk)]
     per_image /= self.num_images
-    return per_image[:, 0], per_image[:, 1]
+    return dict(zip(self.names, per_image.T))
+
+  def calibrate(self, archs: Sequence[Arch]) -> None:
+    """Scores `archs` as the reference subnets of 'fusion' percentiles."""
+    self.reference = self.signals(archs)
+
+  def rate(self, values: dict[str, np.ndarray]) -> np.ndarray:
+    """(P,) the fitness of the subnets whose `signals` are `values`."""
+    if self.fitness != 'fusion':
+      return values[self.fitness]
+    if self.reference is None:
+      raise ValueError("fitness 'fusion' needs reference subnets: call "
+                       'calibrate first')
+    return signals.fuse(values, self.reference)
+
+  def evaluate(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
+    """((P,) fitness, (P,) student map entropy), each a mean per image; the
+    entropy (a fraction of its maximum) needs no teacher: the control that
+    the fitness must beat."""
+    values = self.signals(archs)
+    return self.rate(values), values['student_entropy']
 
   def __call__(self, archs: Sequence[Arch]) -> np.ndarray:
     """(len(archs),) mean fitness per image; higher is better."""
@@ -251,8 +312,9 @@ class PopulationScorer:
     """The same fitness for one Arch alone through the `switch` path (a
     check of the vectorised scorer, and the per-candidate baseline)."""
     total = self._scorer('map', alone=True).sum(
-        self.batches, (self.encoder_state, self.space.encode_batch([arch])))
-    return float(total[0, 0]) / self.num_images
+        self.batches, (self.model_state, self.space.encode_batch([arch])))
+    values = dict(zip(self.names, total[0][:, None] / self.num_images))
+    return float(self.rate(values)[0])
 
   def tokens(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
     """((n, K, D_t) teacher tokens, (P, n, K, max_embed) student tokens) of
@@ -260,7 +322,7 @@ class PopulationScorer:
     the fitness compares, for studies of other relation maps."""
     encoder_def = self.encoder_def
 
-    def student(inputs, batch, _):
+    def student(inputs, batch, _):  # pylint: disable=redefined-outer-name
       encoder_state, arch = inputs
       encoder = nnx.merge(encoder_def, encoder_state)
       return encoder.encode(batch['image'], arch, batch['ids_keep'],
@@ -291,21 +353,31 @@ def relation_from_config(search_config) -> losses.Relation:
 
 
 def scorer_from_config(config, workdir: epath.Path, capacity: int,
-                       relation: losses.Relation | None = None
+                       relation: losses.Relation | None = None,
+                       names: Sequence[str] | None = None
                        ) -> PopulationScorer:
   """The search's scorer: the workdir's (or config.search.supernet's)
   supernet and the teacher, on `search.eval_images` masked images of the
-  search split; `relation` overrides the config's."""
+  search split, rating by `search.fitness`; `relation` overrides the
+  config's, `names` the signals computed (default: those the fitness
+  needs)."""
   s = config.search
-  encoder, teacher = load_models(config, workdir)
+  names = tuple(names or signals.needed(s.fitness))
+  teacher = model_dirs.load_teacher(
+      artifacts.teacher_model(config, workdir), config)
+  student = model_dirs.load_student(
+      artifacts.supernet_model(config, workdir), config)
   split = s.eval_split or config.data.train_split
   batches = eval_batches(config, split, s.eval_images, s.batch_size,
                          config.seed + 2)
+  heads = any(n in signals.NEEDS_HEADS for n in names)
   return PopulationScorer(
-      encoder, teacher, config_lib.space_from_config(config), batches,
+      student.encoder, teacher, config_lib.space_from_config(config), batches,
       relation=relation or relation_from_config(s),
       mask_ratio=config.supernet.mask_ratio, seed=config.seed + 3,
-      capacity=capacity, strategy=s.scoring)
+      capacity=capacity, strategy=s.scoring, names=names, fitness=s.fitness,
+      student=student if heads else None,
+      norm_pix=config.teacher.norm_pix_loss)
 
 
 def check_teacher_entropy(entropy: float) -> str | None:

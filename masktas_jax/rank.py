@@ -32,10 +32,10 @@ from flax import nnx
 from scipy import stats
 
 from masktas_jax import artifacts, config_lib, data, evaluator, finetuning
-from masktas_jax import fitness, parallel, report
+from masktas_jax import fitness, parallel, report, signals
 from masktas_jax.errors import MaskTASError
 from masktas_jax.evolution import SearchError, Window, check_window
-from masktas_jax.evolution import random_candidate
+from masktas_jax.evolution import sample_archs
 from masktas_jax.probe import linear_probe_top1
 from masktas_jax.space import Arch
 
@@ -43,6 +43,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-imp
 
 # Bootstrap resamples of the subnets for the 95% intervals.
 BOOTSTRAP_RESAMPLES = 1000
+# Parameter-count strata of `kendall_within_strata`.
+STRATA = 3
 
 
 class RankError(MaskTASError, ValueError):
@@ -116,19 +118,6 @@ class FeatureExtractor:
     return np.concatenate(feats, axis=1), np.concatenate(labels)
 
 
-def sample_archs(space, window: Window, count: int, seed: int) -> list[Arch]:
-  """`count` distinct random Archs inside `window` (fewer if it holds fewer)."""
-  rng, archs, seen = np.random.default_rng(seed), [], set()
-  for _ in range(count):
-    try:
-      arch = random_candidate(space, window, rng, exclude=frozenset(seen))
-    except SearchError:
-      break
-    seen.add(arch)
-    archs.append(arch)
-  return archs
-
-
 def correlation(x: Sequence[float], y: Sequence[float],
                 seed: int = 0) -> dict[str, Any]:
   """Kendall tau-b and Spearman rho of x and y (n,), each with a percentile
@@ -153,6 +142,35 @@ def correlation(x: Sequence[float], y: Sequence[float],
                                                               [2.5, 97.5])]
                               if len(boot) else [float('nan')] * 2)
   return result
+
+
+def kendall_within_strata(x: Sequence[float], y: Sequence[float],
+                          size: Sequence[float], strata: int = STRATA,
+                          seed: int = 0) -> dict[str, Any]:
+  """Kendall tau-b of x and y within strata of `size` (the subnets cut
+  into `strata` groups of consecutive parameter counts, equal in number),
+  averaged over the strata, with a percentile bootstrap 95% interval
+  (pairs resampled within each stratum): what a fitness knows beyond size.
+  A fitness that only re-discovers size has ~0 here."""
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  groups = np.array_split(np.argsort(np.asarray(size, float), kind='stable'),
+                          strata)
+  rng = np.random.default_rng(seed)
+
+  def mean_tau(pick):
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', stats.ConstantInputWarning)
+      taus = [stats.kendalltau(x[g], y[g]).statistic for g in pick
+              if len(g) > 1]
+    taus = [t for t in taus if np.isfinite(t)]
+    return float(np.mean(taus)) if taus else float('nan')
+
+  boot = np.array([mean_tau([rng.choice(g, len(g)) for g in groups])
+                   for _ in range(BOOTSTRAP_RESAMPLES)])
+  boot = boot[np.isfinite(boot)]
+  return {'kendall_tau': mean_tau(groups), 'strata': strata,
+          'kendall_ci': ([float(v) for v in np.percentile(boot, [2.5, 97.5])]
+                         if len(boot) else [float('nan')] * 2)}
 
 
 def check_labels(config) -> None:
@@ -228,7 +246,8 @@ def scatter_plot(result: dict[str, Any], path: epath.PathLike) -> None:
   """The yardstick against the fitness and against each control."""
   archs = result['archs']
   accuracy = 100 * np.array([a['yardstick'] for a in archs])
-  panels = [('fitness', 'label-free fitness (relation consistency)', 1.0,
+  variant = result['fitness_variant']
+  panels = [('fitness', f'label-free fitness ({variant})', 1.0,
              result['fitness'])] + [
                  (name, label, scale, result['controls'][name])
                  for name, label, scale in (
@@ -258,12 +277,17 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   check_labels(config)
   archs = sample_archs(space, window, r.num_archs, config.seed + 4)
 
-  # --- label-free: exactly the search's fitness ----------------------------
-  scorer = fitness.scorer_from_config(config, workdir, capacity=len(archs))
+  # --- label-free: every fitness variant, the search's among them ----------
+  scorer = fitness.scorer_from_config(config, workdir, capacity=len(archs),
+                                      names=signals.SIGNALS)
   warning = fitness.check_teacher_entropy(scorer.teacher_entropy)
   if warning:
     parallel.log(warning)
-  scores, student_entropy = scorer.evaluate(archs)
+  values = scorer.signals(archs)
+  # 'fusion' by rank among these subnets.
+  variants = {name: (signals.fuse(values, values) if name == 'fusion'
+                     else values[name]) for name in signals.FITNESSES}
+  scores, student_entropy = variants[s.fitness], values['student_entropy']
 
   # --- supervised yardstick and the free controls --------------------------
   accuracy = yardstick_top1(config, workdir, scorer.encoder, space, archs)
@@ -275,15 +299,23 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
       'relation': dataclasses.asdict(scorer.relation),
       'teacher_entropy': scorer.teacher_entropy,
       'fitness_images': scorer.num_images,
+      'fitness_variant': s.fitness,
       'fitness': correlation(scores, accuracy, config.seed),
-      'controls': {name: correlation(values, accuracy, config.seed)
-                   for name, values in (('params', params), ('macs', macs),
-                                        ('student_entropy', student_entropy))},
+      'controls': {name: correlation(v, accuracy, config.seed)
+                   for name, v in (('params', params), ('macs', macs),
+                                   ('student_entropy', student_entropy))},
+      'variants': {name: {
+          **correlation(v, accuracy, config.seed),
+          'within_params': kendall_within_strata(v, accuracy, params,
+                                                 seed=config.seed)}
+                   for name, v in variants.items()},
       'archs': [{'arch': a.to_dict(), 'params': p, 'macs': m,
                  'fitness': float(f), 'student_entropy': float(h),
-                 'yardstick': float(acc)}
-                for a, p, m, f, h, acc in zip(archs, params, macs, scores,
-                                              student_entropy, accuracy)]}
+                 'yardstick': float(acc),
+                 'variants': {n: float(v[i]) for n, v in variants.items()}}
+                for i, (a, p, m, f, h, acc) in enumerate(zip(
+                    archs, params, macs, scores, student_entropy,
+                    accuracy))]}
   if r.yardstick == 'knn':
     result['knn_k'] = r.knn_k
   out = artifacts.stage_dir(workdir, 'rank')
@@ -295,8 +327,12 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   lo, hi = f['kendall_ci']
   controls = ', '.join(f'{k} {v["kendall_tau"]:.3f}'
                        for k, v in result['controls'].items())
+  others = ', '.join(f'{k} {v["kendall_tau"]:.3f} (within params '
+                     f'{v["within_params"]["kendall_tau"]:.3f})'
+                     for k, v in result['variants'].items())
   parallel.log(f'rank: {len(archs)} subnets, Kendall tau {f["kendall_tau"]:.3f}'
                f' [{lo:.3f}, {hi:.3f}], Spearman rho {f["spearman_rho"]:.3f} '
                f'between the label-free fitness and {r.yardstick} top-1 '
-               f'(controls: {controls}); wrote {out / artifacts.RANK}')
+               f'(controls: {controls}; every variant: {others}); wrote '
+               f'{out / artifacts.RANK}')
   return result

@@ -25,6 +25,7 @@ from etils import epath
 from masktas_jax import artifacts, config_lib, losses, parallel, report
 from masktas_jax import tensorboard, trainer
 from masktas_jax.evolution import Evolution, SearchError, Window, check_window
+from masktas_jax.evolution import sample_archs
 from masktas_jax.fitness import check_teacher_entropy, relation_from_config
 from masktas_jax.fitness import capacity, scorer_from_config
 
@@ -46,7 +47,8 @@ def write_outputs(out: epath.Path, evolution: Evolution,
                   scoring: dict[str, Any]) -> dict[str, Any]:
   """history.jsonl, best_arch.json and the two plots; returns the best.
 
-  `scoring` ('relation', 'teacher_entropy') goes into best_arch.json.
+  `scoring` ('fitness_variant', 'relation', 'teacher_entropy') goes into
+  best_arch.json.
   """
   arch, fitness = evolution.best
   space = evolution.space
@@ -103,6 +105,13 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
           f'config.search: the window ({window.describe()}) differs from the '
           f'one of the search in {out} ({evolution.window.describe()}); use '
           'another workdir for a new window')
+    # Searches saved before the choice rated by the relation.
+    saved_fitness = state.get('fitness_variant', 'relation')
+    if saved_fitness != s.fitness:
+      raise SearchError(
+          f'config.search.fitness: {s.fitness!r} differs from the fitness '
+          f'of the search in {out} ({saved_fitness!r}): values would not '
+          'compare; use another workdir')
     saved = state.get('relation')
     if saved is not None and saved != _relation_dict(relation):
       raise SearchError(
@@ -116,7 +125,8 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
     parallel.log(f'search: resumed after generation {evolution.generation}')
   else:
     evolution = Evolution.from_config(space, s, config.seed)
-  scoring = {'relation': _relation_dict(relation),
+  scoring = {'fitness_variant': s.fitness,
+             'relation': _relation_dict(relation),
              'teacher_entropy': teacher_entropy}
   if evolution.done:
     parallel.log(f'search: {out / artifacts.BEST_ARCH} is complete; not '
@@ -125,6 +135,10 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
 
   # --- scorer: teacher features of the evaluation images, once -------------
   scorer = scorer_from_config(config, workdir, capacity=capacity(s))
+  if s.fitness == 'fusion':
+    # Percentiles among a fixed sample of the window (the same on resume).
+    scorer.calibrate(sample_archs(space, window, scorer.capacity,
+                                  config.seed + 10))
   scoring['teacher_entropy'] = scorer.teacher_entropy
   split = s.eval_split or config.data.train_split
   parallel.log(f'search: {scorer.num_images} images of {split!r}, '

@@ -7,7 +7,7 @@ import pytest
 from etils import epath
 
 from masktas_jax import artifacts, config_lib, data, errors, fitness, losses
-from masktas_jax import evaluator, rank, search, supernet_train
+from masktas_jax import evaluator, rank, search, signals, supernet_train
 from masktas_jax.evolution import SearchError, Window
 from masktas_jax.space import Arch
 from helpers import read_scalars, search_config
@@ -257,7 +257,9 @@ def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
       artifacts.model_dir(epath.Path(workdir), 'supernet'))
   config.teacher.checkpoint = str(epath.Path(workdir) / 'teacher' / 'model')
   result = rank.run(config, epath.Path(tmp_path))
-  assert result == json.loads((tmp_path / 'rank/rank.json').read_text())
+  # NaN-safe (a stratum of one subnet has no Kendall).
+  assert json.dumps(result) == json.dumps(json.loads(
+      (tmp_path / 'rank/rank.json').read_text()))
   assert (tmp_path / 'rank/scatter.png').read_bytes()[:4] == b'\x89PNG'
   assert result['yardstick'] == yardstick
   archs = result['archs']
@@ -280,6 +282,21 @@ def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
                             config.seed)
     assert json.dumps(c) == json.dumps(want)  # NaN-safe equality.
   assert 0 < result['teacher_entropy'] < 1
+  # Every fitness variant, with its Kendall within parameter strata; the
+  # search's own is the one reported as 'fitness'.
+  assert set(result['variants']) == set(signals.FITNESSES)
+  assert result['fitness_variant'] == config.search.fitness
+  for name, c in result['variants'].items():
+    column = [a['variants'][name] for a in archs]
+    want = rank.correlation(column, accuracy, config.seed)
+    assert json.dumps({k: c[k] for k in want}) == json.dumps(want), name
+    assert json.dumps(c['within_params']) == json.dumps(
+        rank.kendall_within_strata(column, accuracy,
+                                   [a['params'] for a in archs],
+                                   seed=config.seed))
+  assert [a['fitness'] for a in archs] == [
+      a['variants'][config.search.fitness] for a in archs]
+  assert all(a['variants']['pixel'] < 0 for a in archs)
   if yardstick == 'finetune':
     # Each subnet was fine-tuned (and is read back on a rerun).
     runs = list((tmp_path / 'rank/finetune/2steps').iterdir())

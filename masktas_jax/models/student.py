@@ -67,9 +67,11 @@ class Student(nnx.Module):
     `cls` (B, 1 + K, D_teacher), the CLS output's projection first."""
     tokens = self.encoder.encode(images, arch, ids_keep, mode='switch')
     pixels = self.decoder(tokens, ids_restore)
-    features = self.proj2(vit.gelu(self.proj1(tokens if cls else
-                                              tokens[:, 1:])))
-    return pixels, features
+    return pixels, self.project(tokens if cls else tokens[:, 1:])
+
+  def project(self, tokens: jax.Array) -> jax.Array:
+    """The projector M: (B, T, max_embed) tokens -> (B, T, D_teacher)."""
+    return self.proj2(vit.gelu(self.proj1(tokens)))
 
   def extract(self, arch: Arch) -> 'DenseStudent':
     """The dense student of `arch`, holding this student's weights: the
