@@ -511,6 +511,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(config.rank[field] > 0, f'rank.{field}', 'must be positive',
            config.rank[field])
   f = config.finetune
+  _check(f.lr > 0, 'finetune.lr', 'must be positive', f.lr)
+  _check(f.weight_decay >= 0, 'finetune.weight_decay', 'must be >= 0',
+         f.weight_decay)
   _check(0 <= f.drop_path < 1, 'finetune.drop_path', 'expected 0 <= rate < 1',
          f.drop_path)
   _check(0 < f.layer_decay <= 1, 'finetune.layer_decay',

@@ -173,6 +173,11 @@ def test_every_field_has_a_comment_above_it():
     (('data.eval_crop_fraction', 1.5), 'data.eval_crop_fraction'),
     (('supernet.cls_target', 'cls'), 'supernet.cls_target'),
     (('finetune.probe_images', 0), 'finetune.probe_images'),
+    (('finetune.lr', 0.0), 'finetune.lr'),
+    (('finetune.weight_decay', -0.1), 'finetune.weight_decay'),
+    (('finetune.warmup_epochs', -1.0), 'finetune.warmup_epochs'),
+    (('finetune.head_init', 'linear'), 'finetune.head_init'),
+    (('search.fitness', 'relations'), 'search.fitness'),
 ])
 def test_invalid_config_errors_name_the_field(override, field):
   config = load('small')
