@@ -1,0 +1,288 @@
+"""Does a label-free fitness pick better architectures on real data?
+
+On `configs/fashion.py`, per seed (the supernet's training seed and the
+sample of subnets; one teacher for all, `--teacher` or trained here once):
+
+1. trains the supernet (`--root/seed<s>/`, resumable);
+2. picks `--archs` subnets spread evenly over the window's parameter range;
+3. the yardstick: each fine-tuned from its inherited weights with the
+   config's recipe for `--steps` steps, once per fine-tuning seed
+   (`--ft-seeds`), top-1 on the validation split (what the default is
+   chosen on) and on the test split (what is reported); the mean over the
+   fine-tuning seeds is the yardstick, their agreement (Kendall between two
+   seeds) its noise ceiling; also the linear probe of the inherited
+   features, and every `--scratch-every`-th subnet from random weights
+   (does inheriting keep the architectures' order?);
+4. every label-free signal (`masktas_jax.signals`: the fitness variants and
+   the student-entropy control) in one pass, plus parameters and MACs.
+
+Each fitness's Kendall with the yardstick (bootstrap 95% interval over the
+subnets) and within three parameter strata; the default is the variant
+with the best mean validation Kendall on the `--select` seeds, reported on
+the others with the test yardstick. Everything is cached under --root (a
+rerun picks up where it stopped; `--report` trains nothing). Prints the
+tables and writes `--root/signal_study.json` and `--root/signal_study.png`.
+
+  python benchmarks/signal_study.py --root=/root/studies/signals \
+      --teacher=/root/studies/fashion_s0/teacher/model --seeds=0,1,2,3 \
+      --select=0,1
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import statistics
+
+import numpy as np
+from etils import epath
+from scipy import stats
+
+from masktas_jax import artifacts, config_lib, data, finetuning, fitness
+from masktas_jax import main, model_dirs, rank, report, signals
+from masktas_jax.evolution import Window, sample_archs
+from masktas_jax.space import Arch
+
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+import common  # pylint: disable=g-bad-import-order
+
+CONTROLS = ('params', 'macs', 'student_entropy')
+
+
+def _log(message: str) -> None:
+  print(f'[signal_study] {message}', flush=True)
+
+
+def spread(config, count: int, seed: int) -> list[Arch]:
+  """`count` subnets at evenly spaced quantiles of parameter count among
+  1,000 random ones of the window (seeded)."""
+  space = config_lib.space_from_config(config)
+  pool = sorted(sample_archs(space, Window.from_config(config.search), 1000,
+                             seed), key=space.count_params)
+  return [pool[i] for i in np.linspace(0, len(pool) - 1, count).round()
+          .astype(int)]
+
+
+def supernet(args, config, seed: int) -> epath.Path:
+  """The workdir of seed `seed`'s supernet, trained if not yet."""
+  workdir = epath.Path(args.root) / f'seed{seed}'
+  c = config.copy_and_resolve_references()
+  c.mode, c.seed = 'supernet', seed
+  if not artifacts.is_model_dir(artifacts.model_dir(workdir, 'supernet'),
+                                'student'):
+    if args.report:
+      raise SystemExit(f'--report: no supernet in {workdir} yet')
+    _log(f'seed {seed}: training the supernet')
+    main.run(c, str(workdir))
+  return workdir
+
+
+def test_top1(config, model: epath.Path) -> float:
+  """Top-1 on the test split of the classifier at `model` (cached)."""
+  cache = model.parent / 'test_top1.json'
+  if cache.exists():
+    return json.loads(cache.read_text())['top1']
+  source = data.get_source(config.data, 'test')
+  result = finetuning.evaluate(model_dirs.load_classifier(model),
+                               data.eval_pipeline(
+      source, image_size=config.space.image_size, batch_size=256,
+      crop_fraction=config.data.eval_crop_fraction,
+      read=data.reading(config.data, source)))
+  cache.write_text(json.dumps(result))
+  return result['top1']
+
+
+def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
+               scratch: bool = False) -> tuple[float, float] | None:
+  """(validation, test) top-1 of `arch` fine-tuned with seed `ft_seed`, or
+  None under --report when not done."""
+  run = (workdir / 'finetune' / f'{args.steps}steps' /
+         artifacts.arch_key(arch.to_json()) /
+         (f'scratch{ft_seed}' if scratch else f'ft{ft_seed}'))
+  if args.report and finetuning.finished(run) is None:
+    return None
+  c = config.copy_and_resolve_references()
+  c.finetune.steps, c.finetune.from_scratch = args.steps, scratch
+  c.finetune.eval_split = config.data.eval_split
+  c.finetune.arch = arch.to_json()
+  c.search.supernet = str(artifacts.model_dir(workdir, 'supernet'))
+  # Its own data order and head per (supernet seed, fine-tuning seed).
+  c.seed = 1000 * (ft_seed + 1) + config.seed
+  val = finetuning.fine_tune(config_lib.validate(c), run, arch)['top1']
+  return val, test_top1(c, artifacts.model_dir(run, 'finetune'))
+
+
+def study_seed(args, config, seed: int) -> dict:
+  """Everything measured on seed `seed` (cached per step)."""
+  workdir = supernet(args, config, seed)
+  c = config.copy_and_resolve_references()
+  c.seed = seed
+  c.search.supernet = str(artifacts.model_dir(workdir, 'supernet'))
+  space = config_lib.space_from_config(c)
+  archs = spread(c, args.archs, seed)
+  cache = workdir / f'signals_{args.archs}.json'
+  if cache.exists():
+    out = json.loads(cache.read_text())
+  else:
+    _log(f'seed {seed}: label-free signals and probe of {len(archs)} subnets')
+    scorer = fitness.scorer_from_config(c, workdir, capacity=len(archs),
+                                        names=signals.SIGNALS)
+    values = scorer.signals(archs)
+    out = {name: v.tolist() for name, v in values.items()}
+    out['fusion'] = signals.fuse(values, values).tolist()
+    probe = c.copy_and_resolve_references()
+    probe.rank.yardstick = 'linear'
+    out['probe'] = rank.yardstick_top1(probe, workdir, scorer.encoder, space,
+                                       archs).tolist()
+    cache.write_text(json.dumps(out))
+  out['params'] = [space.count_params(a) for a in archs]
+  out['macs'] = [space.count_macs(a) for a in archs]
+  out['archs'] = [a.to_dict() for a in archs]
+  out['ft'] = [[fine_tuned(args, c, workdir, a, k) for a in archs]
+               for k in range(args.ft_seeds)]
+  out['scratch'] = [fine_tuned(args, c, workdir, a, 0, scratch=True)
+                    if i % args.scratch_every == 0 else None
+                    for i, a in enumerate(archs)]
+  return out
+
+
+def yardstick(study: dict, split: int) -> list[float] | None:
+  """Mean top-1 over the fine-tuning seeds (split 0: validation, 1: test),
+  or None while a run is missing."""
+  runs = study['ft']
+  if any(r is None for seed in runs for r in seed):
+    return None
+  return [float(np.mean([seed[i][split] for seed in runs]))
+          for i in range(len(study['archs']))]
+
+
+def rows(study: dict, split: int) -> dict[str, dict]:
+  """Kendall (with interval) and within-strata Kendall of every fitness and
+  control against the yardstick on `split`."""
+  y = yardstick(study, split)
+  if y is None:
+    return {}
+  out = {}
+  for name in signals.FITNESSES + CONTROLS:
+    corr = rank.correlation(study[name], y)
+    out[name] = {'kendall': corr['kendall_tau'], 'ci': corr['kendall_ci'],
+                 'within_params': rank.kendall_within_strata(
+                     study[name], y, study['params'])['kendall_tau']}
+  return out
+
+
+def ceiling(study: dict, split: int) -> dict | None:
+  """Kendall between the first two fine-tuning seeds' top-1."""
+  runs = study['ft']
+  if len(runs) < 2 or any(r is None for seed in runs[:2] for r in seed):
+    return None
+  corr = rank.correlation([r[split] for r in runs[0]],
+                          [r[split] for r in runs[1]])
+  return {'kendall': corr['kendall_tau'], 'ci': corr['kendall_ci']}
+
+
+def _fmt(row: dict) -> str:
+  lo, hi = row['ci']
+  return f'{row["kendall"]:+.2f} [{lo:+.2f}, {hi:+.2f}]'
+
+
+def plot(per_seed: dict, select: list[int], path: epath.Path) -> None:
+  """Kendall of each fitness and control, selection seeds (validation) and
+  held-out seeds (test)."""
+  names = list(signals.FITNESSES + CONTROLS)
+  fig, ax = plt.subplots(figsize=(11, 4.5))
+  for j, (label, split) in enumerate((('selection seeds, validation', 0),
+                                      ('held-out seeds, test', 1))):
+    seeds = [s for s in per_seed if (s in select) == (split == 0)]
+    taus = [[rows(per_seed[s], split).get(n, {}).get('kendall', np.nan)
+             for s in seeds] for n in names]
+    ax.bar(np.arange(len(names)) + 0.4 * j - 0.2,
+           [np.nanmean(t) if t else np.nan for t in taus], 0.4, label=label)
+  ax.axhline(0, color='k', lw=0.5)
+  ax.set_xticks(range(len(names)), names, rotation=30, ha='right')
+  ax.set_ylabel('Kendall tau with fine-tuned top-1')
+  ax.legend()
+  report.save_figure(fig, path)
+
+
+def main_() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--root', required=True)
+  parser.add_argument('--config', default='configs/fashion.py')
+  parser.add_argument('--teacher', required=True,
+                      help='the teacher model directory every seed uses')
+  parser.add_argument('--seeds', default='0,1,2,3')
+  parser.add_argument('--select', default='0,1',
+                      help='seeds the default is chosen on')
+  parser.add_argument('--archs', type=int, default=30)
+  parser.add_argument('--steps', type=int, default=500)
+  parser.add_argument('--ft-seeds', type=int, default=2)
+  parser.add_argument('--scratch-every', type=int, default=3)
+  parser.add_argument('--set', action='append', default=[],
+                      help='a config override KEY=VALUE (a Python literal), '
+                      'e.g. supernet.steps=10 for a smoke run')
+  parser.add_argument('--report', action='store_true')
+  args = parser.parse_args()
+  overrides = {}
+  for item in args.set:
+    key, _, value = item.partition('=')
+    overrides[key] = ast.literal_eval(value)
+  config = common.load_config(args.config, **overrides,
+                              **{'teacher.checkpoint': args.teacher})
+  seeds = [int(s) for s in args.seeds.split(',')]
+  select = [int(s) for s in args.select.split(',')]
+  per_seed = {}
+  for seed in seeds:
+    try:
+      per_seed[seed] = study_seed(args, config, seed)
+    except SystemExit as e:
+      _log(str(e))
+
+  print(f'\n# {common.command()}')
+  print(f'# {args.archs} subnets per seed, {args.steps} fine-tuning steps, '
+        f'{args.ft_seeds} fine-tuning seeds; selection seeds {select}')
+  print('| seed | split | ft seed vs ft seed | ' + ' | '.join(
+      signals.FITNESSES + CONTROLS + ('probe',)) + ' |')
+  print('|---|---|---:|' + '---:|' * (len(signals.FITNESSES) +
+                                      len(CONTROLS) + 1))
+  summary = {}
+  for seed, study in per_seed.items():
+    split = 0 if seed in select else 1
+    table = rows(study, split)
+    if not table:
+      continue
+    c = ceiling(study, split)
+    probe = rank.correlation(study['probe'], yardstick(study, split))
+    summary[seed] = {'split': ('validation', 'test')[split], 'rows': table,
+                     'ceiling': c, 'probe': probe['kendall_tau']}
+    print(f'| {seed} | {summary[seed]["split"]} | '
+          f'{_fmt(c) if c else "-"} | ' + ' | '.join(
+              _fmt(table[n]) + f' ({table[n]["within_params"]:+.2f})'
+              for n in signals.FITNESSES + CONTROLS) +
+          f' | {probe["kendall_tau"]:+.2f} |')
+  chosen = [s for s in select if s in summary]
+  if chosen:
+    best = max(signals.FITNESSES, key=lambda n: statistics.mean(
+        summary[s]['rows'][n]['kendall'] for s in chosen))
+    print(f'\nchosen on seeds {chosen}: {best!r}')
+    summary['chosen'] = best
+  for seed, study in per_seed.items():
+    pairs = [(s[1], f[1]) for s, f in zip(study['scratch'], study['ft'][0])
+             if s is not None and f is not None]
+    if len(pairs) > 2:
+      scr, inh = zip(*pairs)
+      print(f'seed {seed}: scratch vs inherited test top-1 over {len(pairs)} '
+            f'subnets: Kendall {stats.kendalltau(scr, inh).statistic:+.2f}, '
+            f'inherited - scratch {100 * np.mean(np.subtract(inh, scr)):+.2f}'
+            ' points')
+  root = epath.Path(args.root)
+  (root / 'signal_study.json').write_text(json.dumps(
+      {'per_seed': {str(s): v for s, v in per_seed.items()},
+       'summary': {str(k): v for k, v in summary.items()}}))
+  plot(per_seed, select, root / 'signal_study.png')
+
+
+if __name__ == '__main__':
+  main_()
