@@ -75,8 +75,10 @@ def get_config(arg=None):
   # mode=rank: labelled support from train, queries from validation.
   config.rank.train_images = 5000
   config.rank.eval_images = 5000
-  # Fine-tuning: ~5 epochs of batch 128, reported on the test split.
-  config.finetune.steps = 2000
+  # Fine-tuning: ~14 epochs of batch 128, reported on the test split.
+  # Chosen on validation (the found Arch, whole images, one seed): 2,000
+  # steps 87.84%, 6,000 steps 89.84%.
+  config.finetune.steps = 6000
   config.finetune.batch_size = 128
   config.finetune.lr = 2e-3
   config.finetune.eval_split = 'test'
