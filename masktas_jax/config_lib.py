@@ -153,8 +153,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.supernet.weight_decay = 0.05
   # Weight of the feature-prediction term against pixel regression.
   c.supernet.beta = 1.0
-  # What the CLS output learns to predict, weighted as one more token of
-  # the feature loss (models.CLS_TARGETS): 'none' (the paper), the
+  # What the CLS output learns to predict, its feature loss added with the
+  # weight beta (models.student.CLS_TARGETS): 'none' (the paper), the
   # teacher's CLS output or the mean of its visible patch tokens (ours, so
   # that a classifier reading CLS starts from a trained token).
   c.supernet.cls_target = 'none'
@@ -206,7 +206,7 @@ def base_config() -> ml_collections.ConfigDict:
   # dot products, self-relations kept), 'relation_all' (on every patch,
   # none masked), 'feature' (minus eq. 11's feature-prediction loss),
   # 'pixel' (minus eq. 10's reconstruction loss) or 'fusion' (the mean of
-  # the relation and pixel percentiles among random window subnets). All
+  # the relation and pixel z-scores among random window subnets). All
   # but 'relation' are ours; mode=rank reports every one.
   c.search.fitness = 'relation'
   c.search.tau = 0.1

@@ -189,7 +189,7 @@ class PopulationScorer:
   It computes the signals `names` (`signals.SIGNALS`; those reading the
   decoder or projector need the whole `student`, of which `encoder` is the
   supernet) and rates by `fitness` (`signals.FITNESSES`): one signal, or
-  'fusion', percentiles among the reference subnets of `calibrate`.
+  'fusion', z-scores among the reference subnets of `calibrate`.
   """
 
   def __init__(self, encoder, teacher, space: SearchSpace,
@@ -285,7 +285,7 @@ class PopulationScorer:
     return dict(zip(self.names, per_image.T))
 
   def calibrate(self, archs: Sequence[Arch]) -> None:
-    """Scores `archs` as the reference subnets of 'fusion' percentiles."""
+    """Scores `archs` as the reference subnets of 'fusion' z-scores."""
     self.reference = self.signals(archs)
 
   def rate(self, values: dict[str, np.ndarray]) -> np.ndarray:

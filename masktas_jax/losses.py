@@ -89,7 +89,8 @@ def student_loss(pred: jax.Array, target: jax.Array, mask: jax.Array,
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Paper eq. 9-11: L_reg(P~, X_m) + beta * L_pre(Z~_s, Z_t), plus, when
   the CLS output is supervised (ours), beta * L_pre of the projected CLS
-  output against its target, as one more token.
+  output against its target (a term of its own, as heavy as the patch
+  tokens' together).
 
   Args:
     pred: (B, N, P) student decoder pixels.

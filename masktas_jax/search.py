@@ -23,7 +23,7 @@ import jax
 from etils import epath
 
 from masktas_jax import artifacts, config_lib, losses, parallel, report
-from masktas_jax import tensorboard, trainer
+from masktas_jax import signals, tensorboard, trainer
 from masktas_jax.evolution import Evolution, SearchError, Window, check_window
 from masktas_jax.evolution import sample_archs
 from masktas_jax.fitness import check_teacher_entropy, relation_from_config
@@ -136,8 +136,9 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   # --- scorer: teacher features of the evaluation images, once -------------
   scorer = scorer_from_config(config, workdir, capacity=capacity(s))
   if s.fitness == 'fusion':
-    # Percentiles among a fixed sample of the window (the same on resume).
-    scorer.calibrate(sample_archs(space, window, scorer.capacity,
+    # Standardised against a fixed sample of the window (the same on
+    # resume).
+    scorer.calibrate(sample_archs(space, window, signals.FUSION_REFERENCE,
                                   config.seed + 10))
   scoring['teacher_entropy'] = scorer.teacher_entropy
   split = s.eval_split or config.data.train_split

@@ -19,8 +19,10 @@ meaning better:
 * 'student_entropy': the student's relation-map entropy (no teacher), a
   control;
 * 'fusion' (a fitness, not a signal): the mean of the 'relation' and
-  'pixel' percentiles among reference subnets (BWSS-TAS fuses
-  teacher-student consistency with reconstruction quality by rank).
+  'pixel' z-scores among reference subnets (BWSS-TAS fuses teacher-student
+  consistency with reconstruction quality by rank; standardised scores
+  keep telling apart candidates better than every reference subnet, where
+  ranks among a small reference saturate).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ SIGNALS = ('relation', 'relation_paper', 'relation_all', 'feature', 'pixel',
            'student_entropy')
 FITNESSES = ('relation', 'relation_paper', 'relation_all', 'feature', 'pixel',
              'fusion')
-# What 'fusion' averages the percentiles of.
+# What 'fusion' averages the z-scores of.
 FUSED = ('relation', 'pixel')
+# Random window subnets the search standardises 'fusion' against.
+FUSION_REFERENCE = 32
 # Signals that read the student's decoder or projector, not only the
 # encoder.
 NEEDS_HEADS = ('feature', 'pixel')
@@ -126,18 +130,17 @@ def compute(names: Sequence[str], relation: losses.Relation, batch: dict,
   return jnp.stack(out, -1)
 
 
-def percentiles(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
-  """(P,) values -> (P,) the fraction of `reference` (R,) values below each,
-  ties counting half: a value's rank among reference subnets, in [0, 1]."""
-  reference = np.sort(np.asarray(reference, np.float64))
-  values = np.asarray(values, np.float64)
-  below = np.searchsorted(reference, values, side='left')
-  at_most = np.searchsorted(reference, values, side='right')
-  return (below + at_most) / (2 * len(reference))
+def zscores(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+  """(P,) values -> (P,) in standard deviations of `reference` (R,) from
+  its mean (0 where the reference is constant)."""
+  reference = np.asarray(reference, np.float64)
+  std = reference.std()
+  centred = np.asarray(values, np.float64) - reference.mean()
+  return centred / std if std > 0 else np.zeros_like(centred)
 
 
 def fuse(signals: dict[str, np.ndarray],
          reference: dict[str, np.ndarray]) -> np.ndarray:
-  """'fusion': the mean over FUSED of each signal's `percentiles` among the
+  """'fusion': the mean over FUSED of each signal's `zscores` among the
   reference subnets' values of it. signals, reference: name -> (P,), (R,)."""
-  return np.mean([percentiles(signals[n], reference[n]) for n in FUSED], 0)
+  return np.mean([zscores(signals[n], reference[n]) for n in FUSED], 0)

@@ -70,6 +70,9 @@ def make_loss(config, student_def, teacher_def, *, forward=None):
     z_student = z_student.astype(jnp.float32)
     cls_student = cls_teacher = None
     if with_cls:
+      if z_student.shape[1] != ids_keep.shape[1] + 1:
+        raise ValueError('supernet.cls_target needs the forward to return '
+                         'the CLS projection first (cls=True)')
       cls_student, z_student = z_student[:, 0], z_student[:, 1:]
       cls_teacher = losses.cls_prediction_target(z_teacher, s.cls_target)
     return losses.student_loss(
