@@ -154,7 +154,13 @@ def main() -> None:
              [max(1, round(float(b) * config.finetune.steps))
               for b in args.budgets.split(',')])
   recipes = args.recipes.split(',')
+  if args.scratch in recipes:
+    parser.error(f'--recipes: {args.scratch!r} is the scratch recipe '
+                 '(--scratch); its runs are from random weights')
   for recipe in recipes + [args.scratch]:
+    if recipe not in RECIPES:
+      parser.error(f'--recipes: unknown recipe {recipe!r}; expected some '
+                   f'of {sorted(RECIPES)}')
     if RECIPES[recipe].get('_supernet') not in supernets:
       parser.error(f'--recipes: {recipe!r} needs --cls-workdir')
   probe_file = cache / 'probe.json'
