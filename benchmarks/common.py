@@ -3,6 +3,7 @@ command line they record."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shlex
 import statistics
@@ -13,7 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from masktas_jax import config_lib, data, hostmem
+from etils import epath
+
+from masktas_jax import config_lib, data, finetuning, hostmem, model_dirs
+from masktas_jax.evolution import Window, sample_archs
+from masktas_jax.space import Arch
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -81,3 +86,29 @@ def random_batches(config, images: int, batch: int, seed: int):
                 'label': np.zeros(batch, np.int32),
                 'valid': np.arange(lo, lo + batch) < images})
   return out
+
+
+def spread_archs(config, count: int, seed: int) -> list[Arch]:
+  """`count` subnets of the config's window at evenly spaced quantiles of
+  parameter count, from 1,000 random ones (seeded)."""
+  space = config_lib.space_from_config(config)
+  pool = sorted(sample_archs(space, Window.from_config(config.search), 1000,
+                             seed), key=space.count_params)
+  picks = np.linspace(0, len(pool) - 1, count).round().astype(int)
+  return [pool[i] for i in picks]
+
+
+def test_top1(config, model_dir: epath.Path) -> float:
+  """Top-1 on the test split of a fine-tuned classifier directory, cached
+  beside it (`test_top1.json`)."""
+  cache = model_dir.parent / 'test_top1.json'
+  if cache.exists():
+    return json.loads(cache.read_text())['top1']
+  source = data.get_source(config.data, 'test')
+  result = finetuning.evaluate(
+      model_dirs.load_classifier(model_dir), data.eval_pipeline(
+          source, image_size=config.space.image_size,
+          crop_fraction=config.data.eval_crop_fraction, batch_size=120,
+          read=data.reading(config.data, source)))
+  cache.write_text(json.dumps(result))
+  return result['top1']

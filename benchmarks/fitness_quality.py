@@ -47,8 +47,7 @@ import numpy as np
 from etils import epath
 from scipy import stats
 
-from masktas_jax import artifacts, config_lib, data, finetune, finetuning
-from masktas_jax import losses, main, model_dirs
+from masktas_jax import artifacts, config_lib, finetune, losses, main
 from masktas_jax import fitness, rank, report, search
 from masktas_jax.evolution import Window
 from masktas_jax.space import Arch
@@ -109,20 +108,6 @@ def train(args, seed: int) -> epath.Path:
   _log(f'seed {seed}: supernet')
   main.run(seed_config(args, seed, mode='supernet'), str(workdir))
   return workdir
-
-
-def test_top1(config, model_dir: epath.Path) -> float:
-  """Top-1 on the test split of a fine-tuned classifier directory."""
-  cache = model_dir.parent / 'test_top1.json'
-  if cache.exists():
-    return json.loads(cache.read_text())['top1']
-  space = config_lib.space_from_config(config)
-  result = finetuning.evaluate(
-      model_dirs.load_classifier(model_dir), data.eval_pipeline(
-          data.get_source(config.data, 'test'), image_size=space.image_size,
-          crop_fraction=config.data.eval_crop_fraction, batch_size=120))
-  cache.write_text(json.dumps(result))
-  return result['top1']
 
 
 def finetuned_dir(config, workdir: epath.Path, arch: Arch) -> epath.Path:
@@ -193,7 +178,7 @@ def study_seed(args, seed: int) -> dict:
     c.rank.yardstick = yardstick
     result['yardsticks'][yardstick] = rank.yardstick_top1(
         c, workdir, scorer.encoder, space, archs).tolist()
-  result['test_top1'] = [test_top1(config, finetuned_dir(config, workdir, a))
+  result['test_top1'] = [common.test_top1(config, finetuned_dir(config, workdir, a))
                          for a in archs]
   cache.write_text(json.dumps(result))
   return result
@@ -210,7 +195,7 @@ def retest(args, seed: int, study: dict, fitness: list[float]) -> dict:
   archs = [Arch.from_dict(a) for a in study['archs']]
   _log(f'seed {seed}: fine-tuning the {len(archs)} subnets again')
   again = rank.finetune_top1(config, workdir / 'retest', archs, supernet)
-  test = [test_top1(config, finetuned_dir(config, workdir / 'retest', a))
+  test = [common.test_top1(config, finetuned_dir(config, workdir / 'retest', a))
           for a in archs]
   mean_val = (np.array(study['yardsticks']['finetune']) + again) / 2
   mean_test = (np.array(study['test_top1']) + test) / 2
@@ -274,7 +259,7 @@ def search_seed(args, seed: int, relation: losses.Relation) -> dict:
   best = search.run(config, out)
   arch = Arch.from_dict(best['arch'])
   val = rank.finetune_top1(config, workdir, [arch], supernet)[0]
-  test = test_top1(config, finetuned_dir(config, workdir, arch))
+  test = common.test_top1(config, finetuned_dir(config, workdir, arch))
   scratch = config.copy_and_resolve_references()
   scratch.finetune.arch = arch.to_json()
   scratch.finetune.steps = config.rank.finetune_steps
@@ -285,7 +270,7 @@ def search_seed(args, seed: int, relation: losses.Relation) -> dict:
   result = {'arch': best['arch'], 'fitness': best['fitness'],
             'params': best['params'], 'val_top1': float(val),
             'test_top1': test,
-            'scratch_test_top1': test_top1(
+            'scratch_test_top1': common.test_top1(
                 config, out / 'scratch' / 'finetune' / 'model')}
   cache.write_text(json.dumps(result))
   return result

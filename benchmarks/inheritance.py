@@ -35,12 +35,10 @@ import argparse
 import json
 import statistics
 
-import numpy as np
 from etils import epath
 
 from masktas_jax import artifacts, config_lib, finetuning
 from masktas_jax import model_dirs, rank
-from masktas_jax.evolution import Window
 from masktas_jax.space import Arch
 
 import common  # pylint: disable=g-bad-import-order
@@ -64,17 +62,6 @@ RECIPES = {
 }
 # Fields given as a factor of the config's value rather than a value.
 _FACTORS = ('lr',)
-
-
-def spread_archs(config, count: int, seed: int) -> list[Arch]:
-  """`count` subnets of the config's window at evenly spaced quantiles of
-  parameter count, from 1,000 random ones (seeded)."""
-  space = config_lib.space_from_config(config)
-  pool = sorted(rank.sample_archs(space, Window.from_config(config.search),
-                                  1000, seed),
-                key=space.count_params)
-  picks = np.linspace(0, len(pool) - 1, count).round().astype(int)
-  return [pool[i] for i in picks]
 
 
 def recipe_config(config, recipe: str, steps: int, seed: int, arch: Arch,
@@ -148,7 +135,7 @@ def main() -> None:
     supernets['cls'] = str(artifacts.supernet_model(
         config, epath.Path(args.cls_workdir)))
   space = config_lib.space_from_config(config)
-  archs = spread_archs(config, args.archs, args.arch_seed)
+  archs = common.spread_archs(config, args.archs, args.arch_seed)
   seeds = [int(s) for s in args.seeds.split(',')]
   budgets = ([int(s) for s in args.steps.split(',')] if args.steps else
              [max(1, round(float(b) * config.finetune.steps))

@@ -39,9 +39,8 @@ import numpy as np
 from etils import epath
 from scipy import stats
 
-from masktas_jax import artifacts, config_lib, data, finetuning, fitness
-from masktas_jax import main, model_dirs, rank, report, signals
-from masktas_jax.evolution import Window, sample_archs
+from masktas_jax import artifacts, config_lib, finetuning, fitness, main
+from masktas_jax import rank, report, signals
 from masktas_jax.space import Arch
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -53,16 +52,6 @@ CONTROLS = ('params', 'macs', 'student_entropy')
 
 def _log(message: str) -> None:
   print(f'[signal_study] {message}', flush=True)
-
-
-def spread(config, count: int, seed: int) -> list[Arch]:
-  """`count` subnets at evenly spaced quantiles of parameter count among
-  1,000 random ones of the window (seeded)."""
-  space = config_lib.space_from_config(config)
-  pool = sorted(sample_archs(space, Window.from_config(config.search), 1000,
-                             seed), key=space.count_params)
-  return [pool[i] for i in np.linspace(0, len(pool) - 1, count).round()
-          .astype(int)]
 
 
 def supernet(args, config, seed: int) -> epath.Path:
@@ -77,21 +66,6 @@ def supernet(args, config, seed: int) -> epath.Path:
     _log(f'seed {seed}: training the supernet')
     main.run(c, str(workdir))
   return workdir
-
-
-def test_top1(config, model: epath.Path) -> float:
-  """Top-1 on the test split of the classifier at `model` (cached)."""
-  cache = model.parent / 'test_top1.json'
-  if cache.exists():
-    return json.loads(cache.read_text())['top1']
-  source = data.get_source(config.data, 'test')
-  result = finetuning.evaluate(model_dirs.load_classifier(model),
-                               data.eval_pipeline(
-      source, image_size=config.space.image_size, batch_size=256,
-      crop_fraction=config.data.eval_crop_fraction,
-      read=data.reading(config.data, source)))
-  cache.write_text(json.dumps(result))
-  return result['top1']
 
 
 def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
@@ -111,7 +85,7 @@ def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
   # Its own data order and head per (supernet seed, fine-tuning seed).
   c.seed = 1000 * (ft_seed + 1) + config.seed
   val = finetuning.fine_tune(config_lib.validate(c), run, arch)['top1']
-  return val, test_top1(c, artifacts.model_dir(run, 'finetune'))
+  return val, common.test_top1(c, artifacts.model_dir(run, 'finetune'))
 
 
 def study_seed(args, config, seed: int) -> dict:
@@ -121,7 +95,7 @@ def study_seed(args, config, seed: int) -> dict:
   c.seed = seed
   c.search.supernet = str(artifacts.model_dir(workdir, 'supernet'))
   space = config_lib.space_from_config(c)
-  archs = spread(c, args.archs, seed)
+  archs = common.spread_archs(c, args.archs, seed)
   cache = workdir / f'signals_{args.archs}.json'
   if cache.exists():
     out = json.loads(cache.read_text())

@@ -223,8 +223,9 @@ class PopulationScorer:
         ({'image': b['image'], 'valid': b['valid']} for b in batches),
         prepare.place(nnx.to_pure_dict(teacher_state)), seed))
     self.model_state = prepare.place(nnx.to_pure_dict(model_state))
-    self.encoder_state = (prepare.place(nnx.to_pure_dict(nnx.state(encoder)))
-                          if heads else self.model_state)
+    # The encoder's part of the student's state: not a second copy.
+    self.encoder_state = (self.model_state['encoder'] if heads
+                          else self.model_state)
     # Over every process's share.
     self.num_images = int(sum(jax.device_get(
         [jnp.sum(b['valid']) for b in self.batches])))

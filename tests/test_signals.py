@@ -34,13 +34,18 @@ def _np_pixel_loss(pred, target, mask):
   return (per_patch * mask).sum(-1) / mask.sum(-1)
 
 
+def _models(config, workdir):
+  """(student, teacher) of the test workdir."""
+  return (model_dirs.load_student(
+      artifacts.model_dir(epath.Path(workdir), 'supernet'), config),
+          model_dirs.load_teacher(
+              artifacts.model_dir(epath.Path(workdir), 'teacher'), config))
+
+
 def _reference(config, workdir, archs, batches, relation, mask_ratio, seed):
   """Each signal of each Arch, per image through its dense student, the
   masks drawn as the scorer draws them: {name: (P,)} means over images."""
-  student = model_dirs.load_student(
-      artifacts.model_dir(epath.Path(workdir), 'supernet'), config)
-  teacher = model_dirs.load_teacher(
-      artifacts.model_dir(epath.Path(workdir), 'teacher'), config)
+  student, teacher = _models(config, workdir)
   space = config_lib.space_from_config(config)
   paper = losses.Relation('dot', relation.tau, exclude_self=False)
   f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
@@ -79,10 +84,7 @@ def test_every_signal_equals_its_definition_on_the_dense_subnet(
     workdir, strategy):
   config = search_config()
   space = config_lib.space_from_config(config)
-  student = model_dirs.load_student(
-      artifacts.model_dir(epath.Path(workdir), 'supernet'), config)
-  teacher = model_dirs.load_teacher(
-      artifacts.model_dir(epath.Path(workdir), 'teacher'), config)
+  student, teacher = _models(config, workdir)
   batches = fitness.eval_batches(config, 'train', 20, 8, seed=0)
   relation = losses.Relation('centered_cosine', 0.2)
   scorer = fitness.PopulationScorer(
@@ -115,10 +117,7 @@ def test_fusion_averages_the_zscores_of_relation_and_pixel(workdir):
   np.testing.assert_array_equal(signals.zscores([1.0, 2.0], np.ones(4)), 0)
   config = search_config()
   space = config_lib.space_from_config(config)
-  student = model_dirs.load_student(
-      artifacts.model_dir(epath.Path(workdir), 'supernet'), config)
-  teacher = model_dirs.load_teacher(
-      artifacts.model_dir(epath.Path(workdir), 'teacher'), config)
+  student, teacher = _models(config, workdir)
   scorer = fitness.PopulationScorer(
       student.encoder, teacher, space,
       fitness.eval_batches(config, 'train', 16, 8, seed=0),
