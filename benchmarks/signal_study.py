@@ -114,11 +114,15 @@ def study_seed(args, config, seed: int) -> dict:
   out['params'] = [space.count_params(a) for a in archs]
   out['macs'] = [space.count_macs(a) for a in archs]
   out['archs'] = [a.to_dict() for a in archs]
-  out['ft'] = [[fine_tuned(args, c, workdir, a, k) for a in archs]
-               for k in range(args.ft_seeds)]
-  out['scratch'] = [fine_tuned(args, c, workdir, a, 0, scratch=True)
-                    if i % args.scratch_every == 0 else None
-                    for i, a in enumerate(archs)]
+  # Subnet by subnet (every fine-tuning seed, then the scratch run), so a
+  # study stopped part-way already has a ceiling over the subnets done.
+  out['ft'] = [[None] * len(archs) for _ in range(args.ft_seeds)]
+  out['scratch'] = [None] * len(archs)
+  for i, a in enumerate(archs):
+    for k in range(args.ft_seeds):
+      out['ft'][k][i] = fine_tuned(args, c, workdir, a, k)
+    if i % args.scratch_every == 0:
+      out['scratch'][i] = fine_tuned(args, c, workdir, a, 0, scratch=True)
   return out
 
 
@@ -148,13 +152,18 @@ def rows(study: dict, split: int) -> dict[str, dict]:
 
 
 def ceiling(study: dict, split: int) -> dict | None:
-  """Kendall between the first two fine-tuning seeds' top-1."""
+  """Kendall between the first two fine-tuning seeds' top-1, over the
+  subnets both have finished ('subnets'); None below 5 of them."""
   runs = study['ft']
-  if len(runs) < 2 or any(r is None for seed in runs[:2] for r in seed):
+  if len(runs) < 2:
     return None
-  corr = rank.correlation([r[split] for r in runs[0]],
-                          [r[split] for r in runs[1]])
-  return {'kendall': corr['kendall_tau'], 'ci': corr['kendall_ci']}
+  pairs = [(a[split], b[split]) for a, b in zip(runs[0], runs[1])
+           if a is not None and b is not None]
+  if len(pairs) < 5:
+    return None
+  corr = rank.correlation(*zip(*pairs))
+  return {'kendall': corr['kendall_tau'], 'ci': corr['kendall_ci'],
+          'subnets': len(pairs)}
 
 
 def _fmt(row: dict) -> str:
@@ -225,9 +234,12 @@ def main_() -> None:
   for seed, study in per_seed.items():
     split = 0 if seed in select else 1
     table = rows(study, split)
-    if not table:
-      continue
     c = ceiling(study, split)
+    if not table:
+      if c:
+        print(f'| {seed} | {("validation", "test")[split]} | {_fmt(c)} '
+              f'over the {c["subnets"]} subnets done | (not finished) |')
+      continue
     probe = rank.correlation(study['probe'], yardstick(study, split))
     summary[seed] = {'split': ('validation', 'test')[split], 'rows': table,
                      'ceiling': c, 'probe': probe['kendall_tau']}
