@@ -84,7 +84,7 @@ class Window:
             f'MACs {_span(self.min_macs, self.max_macs, _fmt_macs)}')
 
 
-def _layer_costs(space: SearchSpace,
+def layer_costs(space: SearchSpace,
                  embed: int) -> tuple[np.ndarray, np.ndarray]:
   """(fixed (2,), per-choice (K, 2)) [params, MACs] at one embed dim.
 
@@ -118,7 +118,7 @@ def _fits(space: SearchSpace, lower: np.ndarray, upper: np.ndarray) -> bool:
   upper = np.where(upper > 0, upper, np.iinfo(np.int64).max)[dims]
   lower = lower[dims]
   for embed in space.embed_dims:
-    fixed, per_layer = (c[..., dims] for c in _layer_costs(space, embed))
+    fixed, per_layer = (c[..., dims] for c in layer_costs(space, embed))
     most = per_layer.max(0)
     reach = np.zeros((1, len(dims)), np.int64)
     for depth in range(1, space.max_depth + 1):
