@@ -48,7 +48,7 @@ from etils import epath
 from scipy import stats
 
 from masktas_jax import artifacts, config_lib, finetune, losses, main
-from masktas_jax import fitness, rank, report, search
+from masktas_jax import fitness, plots, rank, search
 from masktas_jax.evolution import Window
 from masktas_jax.space import Arch
 
@@ -303,7 +303,7 @@ def plot(table, studies, chosen: str, path: epath.Path) -> None:
                  ' self-relations (dotted x0.5, dashed x2 student tau)')
     ax.legend(fontsize=7)
   fig.suptitle(f'selection seeds; chosen: {chosen}')
-  report.save_figure(fig, path)
+  plots.save_figure(fig, path)
 
 
 def main_() -> None:

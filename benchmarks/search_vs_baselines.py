@@ -51,7 +51,7 @@ import numpy as np
 from etils import epath
 
 from masktas_jax import artifacts, baselines, config_lib, main, rank
-from masktas_jax import report, signals
+from masktas_jax import plots, signals
 from masktas_jax.evolution import Window, sample_archs
 from masktas_jax.space import Arch
 
@@ -100,7 +100,7 @@ def fine_tune_seconds(args, workdir: epath.Path, arch: Arch,
          artifacts.METRICS_LOG)
   if not run.exists():
     return None
-  rates = [r['images_per_s'] for r in report.read_metrics(run).values()
+  rates = [r['images_per_s'] for r in plots.read_metrics(run).values()
            if r.get('images_per_s')]
   return (args.steps * args.batch_size / statistics.median(rates)
           if rates else None)
@@ -207,7 +207,7 @@ def plot(rows: dict, ablations: list[dict], path: epath.Path) -> None:
     twin.plot([a['ratio'] for a in done], [a['kendall'] for a in done],
               's--', color='C1')
     twin.set_ylabel('fitness Kendall with fine-tuned top-1', color='C1')
-  report.save_figure(fig, path)
+  plots.save_figure(fig, path)
 
 
 def main_() -> None:

@@ -40,7 +40,7 @@ from etils import epath
 from scipy import stats
 
 from masktas_jax import artifacts, config_lib, finetuning, fitness, main
-from masktas_jax import rank, report, signals
+from masktas_jax import plots, rank, signals
 from masktas_jax.space import Arch
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -187,7 +187,7 @@ def plot(per_seed: dict, select: list[int], path: epath.Path) -> None:
   ax.set_xticks(range(len(names)), names, rotation=30, ha='right')
   ax.set_ylabel('Kendall tau with fine-tuned top-1')
   ax.legend()
-  report.save_figure(fig, path)
+  plots.save_figure(fig, path)
 
 
 def main_() -> None:

@@ -32,7 +32,7 @@ from flax import nnx
 from scipy import stats
 
 from masktas_jax import artifacts, config_lib, data, evaluator, finetuning
-from masktas_jax import fitness, parallel, report, signals
+from masktas_jax import fitness, parallel, plots, signals
 from masktas_jax.errors import MaskTASError
 from masktas_jax.evolution import SearchError, Window, check_window
 from masktas_jax.evolution import sample_archs
@@ -265,7 +265,7 @@ def scatter_plot(result: dict[str, Any], path: epath.PathLike) -> None:
     ax.set_title(f'Kendall {corr["kendall_tau"]:.2f} [{lo:.2f}, {hi:.2f}], '
                  f'Spearman {corr["spearman_rho"]:.2f}', fontsize=10)
   fig.suptitle(f'{len(archs)} subnets of {result["window"]}')
-  report.save_figure(fig, path)
+  plots.save_figure(fig, path)
 
 
 def run(config, workdir: epath.Path) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Human-facing outputs: the search-space description, the loss and search
-plots, and the pipeline's `summary.json` + one-page `report.png`."""
+"""mode=space and mode=summary: the search-space description, and the
+pipeline's `summary.json` + one-page `report.png` (drawn with `plots`)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ import json
 
 import jax
 
-import matplotlib
 import ml_collections
 import numpy as np
 from etils import epath
 
-matplotlib.use('Agg')  # Headless: plots are written as files.
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
 from masktas_jax import artifacts, config_lib, parallel
+from masktas_jax.plots import plot_losses, plot_pareto, plot_search_progress
+from masktas_jax.plots import save_figure
 from masktas_jax.space import Arch
+
+# After `plots`, which chose the headless backend.
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 
 def describe_space(config: ml_collections.ConfigDict,
@@ -58,101 +59,6 @@ def describe_space(config: ml_collections.ConfigDict,
   print(f'  wrote {workdir / artifacts.SPACE} and '
         f'{workdir / artifacts.SPACE_PLOT}')
   return info
-
-
-def save_figure(fig, path: epath.PathLike) -> None:
-  """Writes `fig` as a PNG (any epath, gs:// included) and closes it."""
-  fig.tight_layout()
-  with epath.Path(path).open('wb') as f:
-    fig.savefig(f, dpi=120)
-  plt.close(fig)
-
-
-def pareto_front(cost: np.ndarray, fitness: np.ndarray) -> np.ndarray:
-  """Indices of the points no other point beats on both: lower `cost` (N,)
-  and higher `fitness` (N,); sorted by cost."""
-  order = np.lexsort((-fitness, cost))
-  front, best = [], -np.inf
-  for i in order:
-    if fitness[i] > best:
-      front.append(i)
-      best = fitness[i]
-  return np.asarray(front, int)
-
-
-def plot_search_progress(ax, history: list[dict]) -> None:
-  """Best so far, generation best and generation mean fitness."""
-  gens = sorted({h['generation'] for h in history})
-  by_gen = [[h['fitness'] for h in history if h['generation'] == g]
-            for g in gens]
-  ax.plot(gens, np.maximum.accumulate([max(f) for f in by_gen]), 'o-',
-          label='best so far')
-  ax.plot(gens, [max(f) for f in by_gen], 's--', label='generation best')
-  ax.plot(gens, [np.mean(f) for f in by_gen], '^:', label='generation mean')
-  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-  ax.set_xlabel('generation')
-  ax.set_ylabel('fitness (relation consistency)')
-  ax.set_title('search progress')
-  ax.legend()
-
-
-def plot_pareto(ax, history: list[dict]) -> None:
-  """Every scored candidate, fitness against parameters, and the front."""
-  params = np.array([h['params'] for h in history]) / 1e6
-  fitness = np.array([h['fitness'] for h in history])
-  gens = np.array([h['generation'] for h in history])
-  points = ax.scatter(params, fitness, c=gens, s=12, cmap='viridis')
-  front = pareto_front(params, fitness)
-  ax.plot(params[front], fitness[front], 'r.-', label='Pareto front')
-  ax.figure.colorbar(points, ax=ax, label='generation')
-  ax.set_xlabel('parameters (M)')
-  ax.set_ylabel('fitness (relation consistency)')
-  ax.set_title(f'{len(history)} scored candidates')
-  ax.legend()
-
-
-def search_plots(history: list[dict], out: epath.Path) -> None:
-  """out/fitness.png and out/pareto.png."""
-  for name, plot in ((artifacts.FITNESS_PLOT, plot_search_progress),
-                     (artifacts.PARETO_PLOT, plot_pareto)):
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    plot(ax, history)
-    save_figure(fig, out / name)
-
-
-def read_metrics(path: epath.Path) -> dict[int, dict]:
-  """step -> record of a trainer metrics.jsonl; the last record of a step
-  wins (a resumed run logs its steps again). Empty when there is no file."""
-  if not path.exists():
-    return {}
-  records = (json.loads(line) for line in path.read_text().splitlines()
-             if line.strip())
-  return {r['step']: r for r in records}
-
-
-def plot_losses(ax, metrics_path: epath.Path, title: str) -> bool:
-  """Every '*loss*' series of a metrics.jsonl against the step; False (and
-  nothing drawn) when there is none."""
-  by_step = read_metrics(metrics_path)
-  if not by_step:
-    return False
-  steps = sorted(by_step)
-  for key in (k for k in by_step[steps[-1]] if 'loss' in k):
-    ax.plot(steps, [by_step[s].get(key, np.nan) for s in steps], label=key)
-  ax.set_xlabel('step')
-  ax.set_ylabel('loss')
-  ax.set_title(title)
-  ax.legend()
-  return True
-
-
-def loss_figure(metrics_path: epath.Path, out: epath.Path, title: str) -> None:
-  """`out` (a PNG) with the losses of `metrics_path`, if it has any."""
-  fig, ax = plt.subplots(figsize=(6, 4))
-  if plot_losses(ax, metrics_path, title):
-    save_figure(fig, out)
-  else:
-    plt.close(fig)
 
 
 def _read_json(path: epath.Path) -> dict | None:
@@ -231,10 +137,12 @@ def summarize(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
       ax.text(0.5, 0.5, f'{title}:\nnot trained in this workdir',
               ha='center', va='center')
       ax.set_axis_off()
+  best = _read_json(artifacts.best_arch(workdir)) or {}
+  label = f'fitness ({best.get("fitness_variant", "relation")})'
   for ax, plot in ((axes[1, 0], plot_search_progress),
                    (axes[1, 1], plot_pareto)):
     if history:
-      plot(ax, history)
+      plot(ax, history, label)
     else:
       ax.text(0.5, 0.5, 'no search in this workdir', ha='center',
               va='center')

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 from etils import epath
 
-from masktas_jax import artifacts, config_lib, losses, parallel, report
+from masktas_jax import artifacts, config_lib, losses, parallel, plots
 from masktas_jax import signals, tensorboard, trainer
 from masktas_jax.evolution import Evolution, SearchError, Window, check_window
 from masktas_jax.evolution import sample_archs
@@ -60,7 +60,8 @@ def write_outputs(out: epath.Path, evolution: Evolution,
   if jax.process_index() == 0:
     lines = [json.dumps(_record(e)) for e in evolution.history]
     (out / artifacts.SEARCH_HISTORY).write_text('\n'.join(lines) + '\n')
-    report.search_plots(evolution.history, out)
+    plots.search_plots(evolution.history, out,
+                       f'fitness ({scoring.get("fitness_variant", "relation")})')
   _write_json(out / artifacts.BEST_ARCH, best)
   return best
 

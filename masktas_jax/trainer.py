@@ -26,7 +26,7 @@ import optax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from masktas_jax import artifacts, data, parallel, report, tensorboard
+from masktas_jax import artifacts, data, parallel, plots, tensorboard
 from masktas_jax import preemption as preemption_lib
 from masktas_jax.errors import MaskTASError, Preempted
 
@@ -301,7 +301,7 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
     if hasattr(data_iter, 'close'):  # Stops the input's worker processes.
       data_iter.close()
   if jax.process_index() == 0:
-    report.loss_figure(loop.directory / artifacts.METRICS_LOG,
+    plots.loss_figure(loop.directory / artifacts.METRICS_LOG,
                        loop.directory / artifacts.LOSS_PLOT, loop.name)
 
   # --- export ---------------------------------------------------------------

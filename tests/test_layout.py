@@ -64,8 +64,8 @@ def test_every_error_is_a_masktas_error(module):
       assert issubclass(obj, errors.MaskTASError), f'{module}.{name}'
 
 
-# Modules whose `run` is a stage of main.STAGES; report (plots and the
-# summary) and the libraries may be imported by any of them.
+# Modules whose `run` is a stage of main.STAGES; the libraries may be
+# imported by any of them.
 STAGE_MODULES = ('teacher', 'supernet_train', 'search', 'rank', 'finetune')
 # Modes of main.STAGES that are tools over the stages, not stages: aot
 # (mode=compile) builds the stages' own Tasks to compile them.
@@ -85,3 +85,19 @@ def test_stages_stand_on_libraries_not_on_each_other():
   assert not found, found
   # The walk must see real edges: a stage's libraries.
   assert 'masktas_jax.finetuning' in _imports('masktas_jax.rank')
+
+
+# The command line over the modes: they alone may import a mode's module.
+ENTRY_MODULES = ('main', 'cli', 'preflight')
+
+
+def test_libraries_import_no_mode():
+  """A library (the trainer, the plots, the data...) stands below every
+  mode: importing one would tie it to a stage's command-line behaviour."""
+  modes = set(STAGE_MODULES) | set(TOOL_MODULES)
+  found = {(m.split('.')[-1], b.split('.')[-1]) for m in MODULES
+           if m.split('.')[-1] not in modes | set(ENTRY_MODULES)
+           for b in _imports(m) if b.split('.')[-1] in modes}
+  assert not found, found
+  # The walk must see real edges: the trainer's plots.
+  assert 'masktas_jax.plots' in _imports('masktas_jax.trainer')
