@@ -1,7 +1,7 @@
 """Analytic model FLOPs: what a step must compute, counted from the shapes.
 
-Matrix products only (2 FLOPs per multiply-accumulate), as
-`SearchSpace.count_macs`: no elementwise work, no remat recomputation, no
+Matrix products only (2 FLOPs per multiply-accumulate), with
+`SearchSpace.count_macs`'s formula (`space.encoder_macs`): no elementwise work, no remat recomputation, no
 padding. XLA's own counts are no substitute: its cost analysis counts one
 iteration of the encoder's layer `scan` and one `switch` branch.
 """
@@ -12,23 +12,7 @@ from typing import Sequence
 
 from masktas_jax import config_lib
 from masktas_jax.masking import num_visible
-from masktas_jax.space import HEAD_DIM, Arch
-
-
-def encoder_macs(embed: int, qkv_widths: Sequence[int],
-                 mlp_widths: Sequence[int], tokens: int, embedded: int,
-                 patch_dim: int) -> int:
-  """Multiply-accumulates of a pre-norm ViT encoder's forward, one image.
-
-  `tokens` go through the blocks (CLS included), `embedded` patches through
-  the patch embedding (0: none, e.g. a decoder); layer i has q/k/v width
-  `qkv_widths[i]` and MLP width `mlp_widths[i]`.
-  """
-  t, e = tokens, embed
-  total = embedded * patch_dim * e
-  for q, m in zip(qkv_widths, mlp_widths):
-    total += t * e * 3 * q + 2 * t * t * q + t * q * e + 2 * t * e * m
-  return total
+from masktas_jax.space import HEAD_DIM, Arch, encoder_macs
 
 
 def vit_macs(embed: int, depth: int, visible: int, patch_dim: int) -> int:

@@ -130,6 +130,25 @@ def _choices(name: str, values: Sequence[Any], cast) -> tuple[Any, ...]:
   return tuple(sorted(set(cast(v) for v in values)))
 
 
+def encoder_macs(embed: int, qkv_widths: Sequence[int],
+                 mlp_widths: Sequence[int], tokens: int, embedded: int,
+                 patch_dim: int) -> int:
+  """Multiply-accumulates of a pre-norm ViT encoder's forward, one image.
+
+  `tokens` go through the blocks (CLS included), `embedded` patches through
+  the patch embedding (0: none, e.g. a decoder); layer i has q/k/v width
+  `qkv_widths[i]` and MLP width `mlp_widths[i]`.
+  """
+  t, e = tokens, embed
+  total = embedded * patch_dim * e
+  for q, m in zip(qkv_widths, mlp_widths):
+    total += t * e * 3 * q  # q, k, v
+    total += 2 * t * t * q  # q k^T and the attention-weighted v
+    total += t * q * e  # output projection
+    total += 2 * t * e * m  # MLP
+  return total
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
   """Choices per dimension plus the image geometry and classifier size.
@@ -306,17 +325,10 @@ class SearchSpace:
     the AutoFormer and MaskTAS papers report as "FLOPs". LayerNorm, softmax,
     GELU, biases and additions are left out.
     """
-    e, n = arch.embed_dim, self.num_patches
-    t = n + 1  # tokens including CLS
-    total = n * self.patch_dim * e
-    for h, m in zip(arch.num_heads, arch.mlp_dims):
-      q = h * HEAD_DIM
-      total += t * e * 3 * q  # q, k, v
-      total += 2 * t * t * q  # q k^T and attention-weighted v
-      total += t * q * e  # output projection
-      total += 2 * t * e * m  # MLP
-    total += e * self.num_classes
-    return total
+    return encoder_macs(arch.embed_dim,
+                        [h * HEAD_DIM for h in arch.num_heads], arch.mlp_dims,
+                        self.num_patches + 1, self.num_patches,
+                        self.patch_dim) + arch.embed_dim * self.num_classes
 
   def count_flops(self, arch: Arch) -> int:
     """Floating-point operations, 2 per multiply-accumulate (`2 * count_macs`).
