@@ -78,32 +78,37 @@ def searched(args, config, workdir: epath.Path) -> tuple[Arch, float | None]:
   if not best.exists():
     if args.report:
       raise SystemExit(f'--report: no search in {out} yet')
+    resumed = (artifacts.stage_dir(out, 'search') /
+               artifacts.SEARCH_STATE).exists()
     c = config.copy_and_resolve_references()
     c.mode, c.search.fitness = 'search', args.fitness
     c.search.supernet = str(artifacts.model_dir(workdir, 'supernet'))
     _log(f'searching {out} with fitness {args.fitness!r}')
     start = time.perf_counter()
     main.run(config_lib.validate(c), str(out))
-    timing.write_text(json.dumps(time.perf_counter() - start))
+    timing.write_text(json.dumps(None if resumed else
+                                 time.perf_counter() - start))
+  # A search resumed from a killed one was timed in part only: None.
   seconds = json.loads(timing.read_text()) if timing.exists() else None
   return Arch.from_dict(json.loads(best.read_text())['arch']), seconds
 
 
 def fine_tune_seconds(args, workdir: epath.Path, arch: Arch,
                       scratch: bool = False) -> float | None:
-  """Wall seconds of one fine-tuning run, estimated from its logged
-  throughput (training steps only: compiling and evaluating left out, so
-  the baseline's cost is, if anything, understated)."""
+  """Wall seconds of one fine-tuning run's training, from its last logged
+  throughput (the trainer's images/s since the run started, its first
+  compile included; the evaluation left out, so the baseline's cost is, if
+  anything, understated; a resumed run counted at its last part's rate).
+  None before the run."""
   run = (workdir / 'finetune' / f'{args.steps}steps' /
          artifacts.arch_key(arch.to_json()) /
          ('scratch0' if scratch else 'ft0') / 'finetune' /
          artifacts.METRICS_LOG)
   if not run.exists():
     return None
-  rates = [r['images_per_s'] for r in plots.read_metrics(run).values()
-           if r.get('images_per_s')]
-  return (args.steps * args.batch_size / statistics.median(rates)
-          if rates else None)
+  records = plots.read_metrics(run)
+  last = records.get(args.steps, {}).get('images_per_s')
+  return args.steps * args.batch_size / last if last else None
 
 
 def study_seed(args, config, seed: int) -> dict:
@@ -160,7 +165,7 @@ def ablation(args, config, seed: int, ratio: float) -> dict:
           f'{args.root}/mask{ratio:g}')
   sub = argparse.Namespace(**{**vars(args), 'root': root,
                               'archs': args.ablation_archs, 'ft_seeds': 1,
-                              'scratch_every': 10**9})
+                              'scratch_every': 0})
   c = config.copy_and_resolve_references()
   c.supernet.mask_ratio = ratio
   study = signal_study.study_seed(sub, c, seed)

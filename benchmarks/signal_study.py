@@ -121,7 +121,7 @@ def study_seed(args, config, seed: int) -> dict:
   for i, a in enumerate(archs):
     for k in range(args.ft_seeds):
       out['ft'][k][i] = fine_tuned(args, c, workdir, a, k)
-    if i % args.scratch_every == 0:
+    if args.scratch_every and i % args.scratch_every == 0:
       out['scratch'][i] = fine_tuned(args, c, workdir, a, 0, scratch=True)
   return out
 
@@ -202,7 +202,9 @@ def main_() -> None:
   parser.add_argument('--archs', type=int, default=30)
   parser.add_argument('--steps', type=int, default=500)
   parser.add_argument('--ft-seeds', type=int, default=2)
-  parser.add_argument('--scratch-every', type=int, default=3)
+  parser.add_argument('--scratch-every', type=int, default=3,
+                      help='every n-th subnet also from random weights; 0: '
+                      'none')
   parser.add_argument('--set', action='append', default=[],
                       help='a config override KEY=VALUE (a Python literal), '
                       'e.g. supernet.steps=10 for a smoke run')
@@ -238,7 +240,8 @@ def main_() -> None:
     if not table:
       if c:
         print(f'| {seed} | {("validation", "test")[split]} | {_fmt(c)} '
-              f'over the {c["subnets"]} subnets done | (not finished) |')
+              f'over the {c["subnets"]} subnets done |' + ' |' * (
+                  len(signals.FITNESSES) + len(CONTROLS) + 1))
       continue
     probe = rank.correlation(study['probe'], yardstick(study, split))
     summary[seed] = {'split': ('validation', 'test')[split], 'rows': table,

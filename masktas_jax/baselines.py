@@ -41,7 +41,11 @@ def _best(candidates, space: SearchSpace, what: str,
 
 
 def largest(space: SearchSpace, window: Window) -> Arch:
-  """The Arch of `space` inside `window` with the most parameters."""
+  """The Arch of `space` inside `window` with the most parameters (then the
+  fewest MACs). Costs do not depend on the layers' order: of the Archs with
+  the same (heads, MLP ratio) choices, the one returned has them in the
+  order the layer-by-layer walk first reached their cost sum (earlier
+  `space.layer_choices` first)."""
   lower, upper = _bounds(window)
   choices = space.layer_choices
   found = []

@@ -85,7 +85,7 @@ class Window:
 
 
 def layer_costs(space: SearchSpace,
-                 embed: int) -> tuple[np.ndarray, np.ndarray]:
+                embed: int) -> tuple[np.ndarray, np.ndarray]:
   """(fixed (2,), per-choice (K, 2)) [params, MACs] at one embed dim.
 
   Measured from `count_params` / `count_macs` rather than re-derived, so the

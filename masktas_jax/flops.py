@@ -1,14 +1,13 @@
 """Analytic model FLOPs: what a step must compute, counted from the shapes.
 
-Matrix products only (2 FLOPs per multiply-accumulate), with
-`SearchSpace.count_macs`'s formula (`space.encoder_macs`): no elementwise work, no remat recomputation, no
-padding. XLA's own counts are no substitute: its cost analysis counts one
-iteration of the encoder's layer `scan` and one `switch` branch.
+Matrix products only (2 FLOPs per multiply-accumulate), with the formula
+of `SearchSpace.count_macs` (`space.encoder_macs`): no elementwise work, no
+remat recomputation, no padding. XLA's own counts are no substitute: its
+cost analysis counts one iteration of the encoder's layer `scan` and one
+`switch` branch.
 """
 
 from __future__ import annotations
-
-from typing import Sequence
 
 from masktas_jax import config_lib
 from masktas_jax.masking import num_visible

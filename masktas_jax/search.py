@@ -60,8 +60,8 @@ def write_outputs(out: epath.Path, evolution: Evolution,
   if jax.process_index() == 0:
     lines = [json.dumps(_record(e)) for e in evolution.history]
     (out / artifacts.SEARCH_HISTORY).write_text('\n'.join(lines) + '\n')
-    plots.search_plots(evolution.history, out,
-                       f'fitness ({scoring.get("fitness_variant", "relation")})')
+    variant = scoring.get('fitness_variant', 'relation')
+    plots.search_plots(evolution.history, out, f'fitness ({variant})')
   _write_json(out / artifacts.BEST_ARCH, best)
   return best
 

@@ -302,7 +302,7 @@ def train(loop: LoopConfig, task: Task | Callable[[], Task], data_iter, *,
       data_iter.close()
   if jax.process_index() == 0:
     plots.loss_figure(loop.directory / artifacts.METRICS_LOG,
-                       loop.directory / artifacts.LOSS_PLOT, loop.name)
+                      loop.directory / artifacts.LOSS_PLOT, loop.name)
 
   # --- export ---------------------------------------------------------------
   if export is not None:

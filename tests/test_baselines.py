@@ -68,7 +68,21 @@ def test_uniform_is_the_largest_hand_written_arch(window):
 
 def test_no_arch_in_the_window_is_one_line():
   p = SPACE.count_params(SPACE.max_arch())
-  with pytest.raises(SearchError, match='no single Arch inside the window'):
-    baselines.largest(SPACE, Window(p + 1, 0))
+  for fn, what in ((baselines.largest, 'no single Arch inside the window'),
+                   (baselines.uniform, 'no uniform')):
+    with pytest.raises(SearchError, match=what) as error:
+      fn(SPACE, Window(p + 1, 0))
+    assert '\n' not in str(error.value)
+
+
+def test_a_window_only_mixed_archs_fit_has_no_uniform_one():
+  # Exactly the cost of an Arch whose layers differ: no uniform one fits.
+  # Layer cost sums that no Arch with one (heads, ratio) pair has.
+  mixed = Arch(48, 2, (1, 2), (2.0, 3.0))
+  p, m = SPACE.count_params(mixed), SPACE.count_macs(mixed)
+  window = Window(p, p, m, m)
+  assert not any(window.contains(SPACE, a) and len(set(a.num_heads)) == 1
+                 and len(set(a.mlp_ratios)) == 1 for a, _, _ in EVERY)
+  assert window.contains(SPACE, baselines.largest(SPACE, window))
   with pytest.raises(SearchError, match='no uniform'):
-    baselines.uniform(SPACE, Window(p + 1, 0))
+    baselines.uniform(SPACE, window)

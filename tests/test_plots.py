@@ -26,8 +26,10 @@ def test_search_and_loss_plots_are_pngs(tmp_path):
              for g in range(3) for i in range(4)]
   plots.search_plots(history, tmp_path, 'fitness (pixel)')
   metrics = tmp_path / 'metrics.jsonl'
-  metrics.write_text('\n'.join(json.dumps({'step': s, 'loss': 1 / s})
-                               for s in (1, 2, 2, 3)))
+  # Step 2 logged twice (a resumed run): the last record wins.
+  metrics.write_text('\n'.join(json.dumps({'step': s, 'loss': loss})
+                               for s, loss in ((1, 1.0), (2, 0.7), (2, 0.5),
+                                               (3, 0.4))))
   assert plots.read_metrics(metrics)[2] == {'step': 2, 'loss': 0.5}
   plots.loss_figure(metrics, tmp_path / 'loss.png', 'stage')
   plots.loss_figure(tmp_path / 'missing.jsonl', tmp_path / 'none.png', 'x')
