@@ -42,7 +42,6 @@ and `.png`.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import statistics
 import time
@@ -217,11 +216,7 @@ def plot(rows: dict, ablations: list[dict], path: epath.Path) -> None:
 
 def main_() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--root', required=True)
-  parser.add_argument('--config', default='configs/fashion.py')
-  parser.add_argument('--teacher', required=True,
-                      help='the teacher model directory every seed uses')
-  parser.add_argument('--seeds', default='2,3,4')
+  signal_study.add_study_arguments(parser, seeds='2,3,4')
   parser.add_argument('--fitness', default='',
                       help=f'one of {signals.FITNESSES}; default the '
                       "config's search.fitness")
@@ -230,16 +225,8 @@ def main_() -> None:
                       help="fine-tuning steps; 0: the config's")
   parser.add_argument('--mask-ratios', default='')
   parser.add_argument('--ablation-archs', type=int, default=12)
-  parser.add_argument('--set', action='append', default=[],
-                      help='a config override KEY=VALUE (a Python literal)')
-  parser.add_argument('--report', action='store_true')
   args = parser.parse_args()
-  overrides = {}
-  for item in args.set:
-    key, _, value = item.partition('=')
-    overrides[key] = ast.literal_eval(value)
-  config = common.load_config(args.config, **overrides,
-                              **{'teacher.checkpoint': args.teacher})
+  config = signal_study.study_config(args)
   args.fitness = args.fitness or config.search.fitness
   if args.fitness not in signals.FITNESSES:
     parser.error(f'--fitness: {args.fitness!r} is not one of '

@@ -190,13 +190,35 @@ def plot(per_seed: dict, select: list[int], path: epath.Path) -> None:
   plots.save_figure(fig, path)
 
 
-def main_() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def add_study_arguments(parser: argparse.ArgumentParser,
+                        seeds: str) -> None:
+  """The arguments every study on one teacher takes (this script's and
+  search_vs_baselines.py's)."""
   parser.add_argument('--root', required=True)
   parser.add_argument('--config', default='configs/fashion.py')
   parser.add_argument('--teacher', required=True,
                       help='the teacher model directory every seed uses')
-  parser.add_argument('--seeds', default='0,1,2,3')
+  parser.add_argument('--seeds', default=seeds)
+  parser.add_argument('--set', action='append', default=[],
+                      help='a config override KEY=VALUE (a Python literal), '
+                      'e.g. supernet.steps=10 for a smoke run')
+  parser.add_argument('--report', action='store_true',
+                      help='print what is done; train nothing')
+
+
+def study_config(args: argparse.Namespace):
+  """--config with the --set overrides and --teacher as its teacher."""
+  overrides = {}
+  for item in args.set:
+    key, _, value = item.partition('=')
+    overrides[key] = ast.literal_eval(value)
+  return common.load_config(args.config, **overrides,
+                            **{'teacher.checkpoint': args.teacher})
+
+
+def main_() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  add_study_arguments(parser, seeds='0,1,2,3')
   parser.add_argument('--select', default='0,1',
                       help='seeds the default is chosen on')
   parser.add_argument('--archs', type=int, default=30)
@@ -205,17 +227,8 @@ def main_() -> None:
   parser.add_argument('--scratch-every', type=int, default=3,
                       help='every n-th subnet also from random weights; 0: '
                       'none')
-  parser.add_argument('--set', action='append', default=[],
-                      help='a config override KEY=VALUE (a Python literal), '
-                      'e.g. supernet.steps=10 for a smoke run')
-  parser.add_argument('--report', action='store_true')
   args = parser.parse_args()
-  overrides = {}
-  for item in args.set:
-    key, _, value = item.partition('=')
-    overrides[key] = ast.literal_eval(value)
-  config = common.load_config(args.config, **overrides,
-                              **{'teacher.checkpoint': args.teacher})
+  config = study_config(args)
   seeds = [int(s) for s in args.seeds.split(',')]
   select = [int(s) for s in args.select.split(',')]
   per_seed = {}
