@@ -105,10 +105,12 @@ def check(config) -> chips.Target:
         f'config.compile.platform: compiling for {target.platform} needs '
         f'{module}, which is not installed: {install}')
   for stage in stages:
-    batch = config[stage].batch_size
+    # The images a step reads (the supernet's views share theirs).
+    batch = config[stage].batch_size // config[stage].get('views_per_image',
+                                                          1)
     if batch % target.count:
-      raise CompileError(f'config.{stage}.batch_size: {batch} is not '
-                         f'divisible by the {target.count} devices of '
+      raise CompileError(f'config.{stage}.batch_size: {batch} images a step '
+                         f'is not divisible by the {target.count} devices of '
                          f'{target.topology}')
   return target
 
@@ -186,12 +188,14 @@ def _sample_archs(space, window=None, count: int = 256) -> list:
 
 def _training(stage: str, task: trainer.Task, mesh, batch: int,
               model_flops: float, dtype: str, note: str,
-              size: int) -> Program:
+              size: int, images: int | None = None) -> Program:
+  """The train step of `batch` examples, reading `images` images (default
+  `batch`; fewer when the supernet masks each several times)."""
   prog = trainer.program(task, mesh)
   constants = None if task.constants is None else _abstract(
       task.constants, parallel.replicated(mesh))
   return Program(stage, 'train step', prog.step,
-                 (prog.abstract_state, _inputs(mesh, size, batch),
+                 (prog.abstract_state, _inputs(mesh, size, images or batch),
                   _key(mesh), constants), batch, model_flops, dtype, note)
 
 
@@ -215,7 +219,8 @@ def programs(config, mesh, stages=STAGES) -> list[Program]:
     out.append(_training(
         'supernet', task, mesh, s.batch_size,
         float(np.mean([step_flops(a, s.batch_size) for a in archs])),
-        s.compute_dtype, 'mean over uniformly drawn subnets', size))
+        s.compute_dtype, 'mean over uniformly drawn subnets', size,
+        images=s.batch_size // s.views_per_image))
   if 'search' in stages:
     out += _search_programs(config, mesh, space, teacher_model)
   if 'finetune' in stages:

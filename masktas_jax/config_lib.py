@@ -145,8 +145,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.supernet.steps = 0
   # Warm-up epochs of the cosine schedule (paper: 20).
   c.supernet.warmup_epochs = 20.0
-  # Global batch size.
+  # Global batch size, in masked views.
   c.supernet.batch_size = 1024
+  # Masked views per decoded image (ours): each image the input pipeline
+  # decodes and crops is masked this many times, independently, inside the
+  # batch (batch_size / views_per_image images a step), so the host decodes
+  # that many times less. Epochs count decoded images.
+  c.supernet.views_per_image = 1
   # Learning rate per 512 images (AutoFormer: 5e-4).
   c.supernet.base_lr = 5e-4
   # AdamW weight decay (paper: 0.05; none on biases and norms).
@@ -471,6 +476,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          config.supernet.grad_clip)
   _check(config.supernet.beta >= 0, 'supernet.beta', 'must be >= 0',
          config.supernet.beta)
+  views = config.supernet.views_per_image
+  _check(isinstance(views, int) and views >= 1, 'supernet.views_per_image',
+         'expected an integer >= 1', views)
+  _check(config.supernet.batch_size % views == 0, 'supernet.views_per_image',
+         f'must divide supernet.batch_size ({config.supernet.batch_size})',
+         views)
   _check(config.supernet.cls_target in CLS_TARGETS,
          'supernet.cls_target', f'expected one of {CLS_TARGETS}',
          config.supernet.cls_target)

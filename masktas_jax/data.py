@@ -386,9 +386,13 @@ def training_input(config, stage: str, seed: int, source=None):
   section = config[stage]
   if source is None:
     source = get_source(config.data, config.data.train_split)
-  local_batch = parallel.check_batch_size(section.batch_size,
-                                          f'{stage}.batch_size')
-  steps_per_epoch = len(source) / section.batch_size
+  # Images decoded a step: the batch, or its views' images (supernet).
+  views = section.get('views_per_image', 1)
+  images = section.batch_size // views
+  local_batch = parallel.check_batch_size(
+      images, f'{stage}.batch_size' if views == 1 else
+      f'{stage}.batch_size / {stage}.views_per_image')
+  steps_per_epoch = len(source) / images
   steps = section.steps or math.ceil(section.epochs * steps_per_epoch)
   warmup = min(round(section.warmup_epochs * steps_per_epoch), steps - 1)
   batches = train_pipeline(source, image_size=config.space.image_size,
@@ -398,7 +402,9 @@ def training_input(config, stage: str, seed: int, source=None):
                            randaugment=_randaugment(section),
                            read=reading(config.data, source))
   read = batches.read
-  parallel.log(f'{stage}: reading batches of {local_batch} per process, '
-               f'data.workers {read.workers}, data.threads {read.threads}, '
+  each = f', {views} masked views each' if views > 1 else ''
+  parallel.log(f'{stage}: reading batches of {local_batch} images per '
+               f'process{each}, data.workers {read.workers}, data.threads '
+               f'{read.threads}, '
                f'data.prefetch {read.prefetch}')
   return batches, steps, warmup

@@ -37,7 +37,9 @@ def make_loss(config, student_def, teacher_def, *, forward=None):
   """The loss `(params, fixed, batch, rng, constants) -> (loss, terms)`.
 
   `params`/`fixed` are pure dicts of the student's parameters and other
-  variables; `batch['image']` is (B, S, S, 3) float32; `constants` is
+  variables; `batch['image']` is (B / V, S, S, 3) float32, each image
+  repeated V = `supernet.views_per_image` times (adjacent rows) into the B
+  masked views of the step; `constants` is
   `{'teacher': the pure state of the teacher's encoder}` (`teacher_def`'s),
   plus optionally `'arch'`, an encoded Arch trained in place of the one
   the step draws (benchmarks, and one compiled step for any forced Arch).
@@ -58,7 +60,8 @@ def make_loss(config, student_def, teacher_def, *, forward=None):
     arch_key, mask_key = jax.random.split(rng)
     arch = constants['arch'] if 'arch' in constants else (
         space.sample_encoded(arch_key))
-    images = batch['image']
+    # Views of one image differ in their masks alone (one row each).
+    images = jnp.repeat(batch['image'], s.views_per_image, axis=0)
     ids_keep, mask, ids_restore = random_masking(
         mask_key, images.shape[0], space.num_patches, s.mask_ratio)
     teacher = nnx.merge(teacher_def, cast(constants['teacher'], dtype))

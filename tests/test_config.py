@@ -172,6 +172,8 @@ def test_every_field_has_a_comment_above_it():
     (('data.eval_crop_fraction', 0.0), 'data.eval_crop_fraction'),
     (('data.eval_crop_fraction', 1.5), 'data.eval_crop_fraction'),
     (('supernet.cls_target', 'cls'), 'supernet.cls_target'),
+    (('supernet.views_per_image', 0), 'supernet.views_per_image'),
+    (('supernet.views_per_image', 3), 'supernet.views_per_image'),
     (('finetune.probe_images', 0), 'finetune.probe_images'),
     (('finetune.lr', 0.0), 'finetune.lr'),
     (('finetune.weight_decay', -0.1), 'finetune.weight_decay'),

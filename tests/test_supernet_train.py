@@ -8,7 +8,8 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, errors, losses, model_dirs, supernet_train
+from masktas_jax import config_lib, data, errors, losses, model_dirs
+from masktas_jax import supernet_train
 from masktas_jax import trainer
 from masktas_jax.masking import random_masking
 from masktas_jax.models.mae import MAE
@@ -207,3 +208,55 @@ def test_cls_target_scores_the_projected_cls_output_against_the_teacher():
   # Two different targets: the term is not the same number twice.
   assert abs(float(terms['teacher_cls']['cls_loss']) -
              float(terms['teacher_mean']['cls_loss'])) > 1e-3
+
+
+def test_views_of_one_image_share_its_pixels_and_differ_in_their_masks():
+  """supernet.views_per_image = 2: a batch of 4 images is the step's 8 views,
+  each image twice in adjacent rows with masks of their own; the loss is the
+  one of the 8-image batch holding each image twice."""
+  small = {'space.embed_dims': (32,), 'space.depths': (2,),
+           'space.num_heads': (1,), 'space.mlp_ratios': (2.0,),
+           'teacher.embed_dim': 64, 'teacher.depth': 2, 'teacher.num_heads': 1,
+           'supernet.decoder_embed_dim': 32}
+  base = demo_config('', **small)
+  teacher_model = MAE(model_dirs.mae_config(base), rngs=nnx.Rngs(0))
+  teacher_def, teacher_state = nnx.split(teacher_model.encoder)
+  student = model_dirs.build_student(base, 64, nnx.Rngs(1))
+  student_def, params, fixed = nnx.split(student, nnx.Param, ...)
+  params, fixed = nnx.to_pure_dict(params), nnx.to_pure_dict(fixed)
+  constants = {'teacher': nnx.to_pure_dict(teacher_state)}
+  images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  seen = []
+
+  def forward(model, x, arch, ids_keep, ids_restore):
+    seen.append((np.asarray(x), np.asarray(ids_keep)))
+    return model(x, arch, ids_keep, ids_restore)
+
+  results = []
+  for views, batch in ((2, images), (1, np.repeat(images, 2, axis=0))):
+    config = demo_config('', **small,
+                         **{'supernet.views_per_image': views})
+    loss = supernet_train.make_loss(config, student_def, teacher_def,
+                                    forward=forward)
+    results.append(loss(params, fixed, {'image': batch}, jax.random.key(5),
+                        constants))
+  pixels, keep = seen[0]
+  assert pixels.shape[0] == keep.shape[0] == 8
+  for i in range(4):
+    np.testing.assert_array_equal(pixels[2 * i], pixels[2 * i + 1])
+    np.testing.assert_array_equal(pixels[2 * i], images[i])
+    assert set(keep[2 * i]) != set(keep[2 * i + 1])
+  np.testing.assert_array_equal(seen[0][1], seen[1][1])
+  assert float(results[0][0]) == float(results[1][0])
+
+
+def test_views_per_image_reads_fewer_images_a_step():
+  """The input decodes batch_size / views_per_image images a step; an epoch
+  counts decoded images, so it holds views_per_image times the steps."""
+  per_epoch = {}
+  for views in (1, 2):  # 8 fake devices: 8 images a step at the least.
+    config = demo_config('', **{'supernet.views_per_image': views,
+                                'supernet.steps': 0, 'supernet.epochs': 1})
+    batches, per_epoch[views], _ = data.training_input(config, 'supernet', 0)
+    assert next(iter(batches))['image'].shape[0] == 16 // views
+  assert per_epoch[2] == pytest.approx(2 * per_epoch[1], abs=1)
