@@ -105,9 +105,7 @@ def check(config) -> chips.Target:
         f'config.compile.platform: compiling for {target.platform} needs '
         f'{module}, which is not installed: {install}')
   for stage in stages:
-    # The images a step reads (the supernet's views share theirs).
-    batch = config[stage].batch_size // config[stage].get('views_per_image',
-                                                          1)
+    batch = config_lib.images_per_step(config[stage])
     if batch % target.count:
       raise CompileError(f'config.{stage}.batch_size: {batch} images a step '
                          f'is not divisible by the {target.count} devices of '
@@ -220,7 +218,7 @@ def programs(config, mesh, stages=STAGES) -> list[Program]:
         'supernet', task, mesh, s.batch_size,
         float(np.mean([step_flops(a, s.batch_size) for a in archs])),
         s.compute_dtype, 'mean over uniformly drawn subnets', size,
-        images=s.batch_size // s.views_per_image))
+        images=config_lib.images_per_step(s)))
   if 'search' in stages:
     out += _search_programs(config, mesh, space, teacher_model)
   if 'finetune' in stages:

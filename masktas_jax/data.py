@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from masktas_jax import imaging, parallel
+from masktas_jax import config_lib, imaging, parallel
 from masktas_jax.errors import DataError
 from masktas_jax.randaugment import RandAugment
 
@@ -388,7 +388,7 @@ def training_input(config, stage: str, seed: int, source=None):
     source = get_source(config.data, config.data.train_split)
   # Images decoded a step: the batch, or its views' images (supernet).
   views = section.get('views_per_image', 1)
-  images = section.batch_size // views
+  images = config_lib.images_per_step(section)
   local_batch = parallel.check_batch_size(
       images, f'{stage}.batch_size' if views == 1 else
       f'{stage}.batch_size / {stage}.views_per_image')
