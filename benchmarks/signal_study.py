@@ -88,6 +88,15 @@ def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
   return val, common.test_top1(c, artifacts.model_dir(run, 'finetune'))
 
 
+def coverage_order(count: int) -> list[int]:
+  """range(count) in bit-reversed order (0, 16, 8, 24, 4, ... for 30):
+  every prefix is spread evenly over the indices, so over archs sorted by
+  parameters."""
+  bits = max(1, (count - 1).bit_length())
+  reverse = lambda i: int(format(i, f'0{bits}b')[::-1], 2)
+  return sorted(range(count), key=reverse)
+
+
 def study_seed(args, config, seed: int) -> dict:
   """Everything measured on seed `seed` (cached per step)."""
   workdir = supernet(args, config, seed)
@@ -114,11 +123,13 @@ def study_seed(args, config, seed: int) -> dict:
   out['params'] = [space.count_params(a) for a in archs]
   out['macs'] = [space.count_macs(a) for a in archs]
   out['archs'] = [a.to_dict() for a in archs]
-  # Subnet by subnet (every fine-tuning seed, then the scratch run), so a
-  # study stopped part-way already has a ceiling over the subnets done.
+  # Subnet by subnet (every fine-tuning seed, then the scratch run), in an
+  # order that covers the parameter range coarse to fine, so a study
+  # stopped part-way already has a ceiling over subnets of every size.
   out['ft'] = [[None] * len(archs) for _ in range(args.ft_seeds)]
   out['scratch'] = [None] * len(archs)
-  for i, a in enumerate(archs):
+  for i in coverage_order(len(archs)):
+    a = archs[i]
     for k in range(args.ft_seeds):
       out['ft'][k][i] = fine_tuned(args, c, workdir, a, k)
     if args.scratch_every and i % args.scratch_every == 0:
