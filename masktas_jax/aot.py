@@ -32,13 +32,12 @@ from flax import nnx
 
 from masktas_jax import artifacts, chips, config_lib, evaluator, evolution
 from masktas_jax import finetuning, fitness, flops, model_dirs, parallel
-from masktas_jax import roofline, signals
+from masktas_jax import roofline, signals, stage
 from masktas_jax import supernet_train, teacher, trainer
 from masktas_jax.errors import MaskTASError
 from masktas_jax.masking import num_visible
 from masktas_jax.models.mae import MAE
 
-STAGES = ('teacher', 'supernet', 'search', 'finetune')
 # What each platform's compile-only back end is, and how to get it.
 _BACKENDS = {'tpu': ('libtpu', "pip install -e '.[tpu]'"),
              'cuda': ('jax_cuda12_plugin', "pip install -e '.[cuda]'")}
@@ -89,15 +88,29 @@ class Program:
   note: str = ''
 
 
+def stages_of(config) -> tuple[str, ...]:
+  """`compile.stages`, or when it is empty the programs this config runs:
+  MAE pre-training only when it pre-trains its teacher (`teacher.pretrain`
+  and no `teacher.checkpoint`), then the supernet's step, the search's and
+  fine-tuning's."""
+  given = tuple(config.compile.stages)
+  if given:
+    return given
+  t = config.teacher
+  return (('teacher',) if t.pretrain and not t.checkpoint else ()) + (
+      'supernet', 'search', 'finetune')
+
+
 def check(config) -> chips.Target:
   """The target of `config.compile`, once its stages, back end and batch
   sizes check out (CompileError naming the field otherwise): before
   anything is written."""
   c = config.compile
   target = chips.parse_target(c.platform, c.topology)
-  stages = tuple(c.stages)
-  if not stages or any(s not in STAGES for s in stages):
-    raise CompileError(f'config.compile.stages: expected some of {STAGES}, '
+  stages = stages_of(config)
+  if any(s not in COMPILABLE for s in stages):
+    raise CompileError(f'config.compile.stages: expected some of '
+                       f'{COMPILABLE} (empty: the ones this config runs), '
                        f'got {stages!r}')
   module, install = _BACKENDS[target.platform]
   if importlib.util.find_spec(module) is None:
@@ -197,40 +210,47 @@ def _training(stage: str, task: trainer.Task, mesh, batch: int,
                   _key(mesh), constants), batch, model_flops, dtype, note)
 
 
-def programs(config, mesh, stages=STAGES) -> list[Program]:
-  """The jitted steps of `stages` on `mesh`, with abstract arguments."""
+def _teacher_programs(config, mesh, space, teacher_model) -> list[Program]:
+  del teacher_model  # It is what this program trains.
+  t = config.teacher
+  return [_training(
+      'teacher', teacher.make_task(config, _STEPS, _WARMUP), mesh,
+      t.batch_size, flops.mae_step(config, t.batch_size), 'float32',
+      'MAE pre-training', space.image_size)]
+
+
+def _supernet_programs(config, mesh, space, teacher_model) -> list[Program]:
+  s = config.supernet
+  task = supernet_train.make_task(config, teacher_model, _STEPS, _WARMUP,
+                                  s.batch_size)
+  step_flops = flops.SupernetStep(config)
+  archs = _sample_archs(space)
+  return [_training(
+      'supernet', task, mesh, s.batch_size,
+      float(np.mean([step_flops(a, s.batch_size) for a in archs])),
+      s.compute_dtype, 'mean over uniformly drawn subnets', space.image_size,
+      images=config_lib.images_per_step(s))]
+
+
+def _finetune_programs(config, mesh, space, teacher_model) -> list[Program]:
+  del teacher_model
+  f = config.finetune
+  arch = space.max_arch()
+  task = finetuning.make_task(config, space, arch, space.num_classes,
+                              _STEPS, _WARMUP, None)
+  return [_training(
+      'finetune', task, mesh, f.batch_size,
+      flops.finetune_step(space, arch, f.batch_size), 'float32',
+      'the largest subnet of the space', space.image_size)]
+
+
+def programs(config, mesh, stages=None) -> list[Program]:
+  """The jitted steps of `stages` (default: all of COMPILABLE) on `mesh`,
+  with abstract arguments."""
   space = config_lib.space_from_config(config)
-  size, out = space.image_size, []
-  if 'teacher' in stages:
-    t = config.teacher
-    out.append(_training(
-        'teacher', teacher.make_task(config, _STEPS, _WARMUP), mesh,
-        t.batch_size, flops.mae_step(config, t.batch_size), 'float32',
-        'MAE pre-training', size))
   teacher_model = _teacher_model(config)
-  if 'supernet' in stages:
-    s = config.supernet
-    task = supernet_train.make_task(config, teacher_model, _STEPS, _WARMUP,
-                                    s.batch_size)
-    step_flops = flops.SupernetStep(config)
-    archs = _sample_archs(space)
-    out.append(_training(
-        'supernet', task, mesh, s.batch_size,
-        float(np.mean([step_flops(a, s.batch_size) for a in archs])),
-        s.compute_dtype, 'mean over uniformly drawn subnets', size,
-        images=config_lib.images_per_step(s)))
-  if 'search' in stages:
-    out += _search_programs(config, mesh, space, teacher_model)
-  if 'finetune' in stages:
-    f = config.finetune
-    arch = space.max_arch()
-    task = finetuning.make_task(config, space, arch, space.num_classes,
-                                _STEPS, _WARMUP, None)
-    out.append(_training(
-        'finetune', task, mesh, f.batch_size,
-        flops.finetune_step(space, arch, f.batch_size), 'float32',
-        'the largest subnet of the space', size))
-  return out
+  return [p for stage in (COMPILABLE if stages is None else stages)
+          for p in _PROGRAMS[stage](config, mesh, space, teacher_model)]
 
 
 def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
@@ -287,6 +307,12 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
         flops.scoring_call(space, group, s.batch_size, k, strategy, width),
         'float32', f'{size} subnets of the window, per batch'))
   return out
+
+
+# Each compilable stage's programs, in the pipeline's order.
+_PROGRAMS = {'teacher': _teacher_programs, 'supernet': _supernet_programs,
+             'search': _search_programs, 'finetune': _finetune_programs}
+COMPILABLE = tuple(_PROGRAMS)
 
 
 def generation_flops(config) -> dict[str, float]:
@@ -346,12 +372,11 @@ def compile_program(program: Program, target: chips.Target) -> dict[str, Any]:
 
 
 def run(config, workdir: epath.Path) -> list[dict[str, Any]]:
-  """mode=compile: compiles `compile.stages` for `compile.platform` /
+  """mode=compile: compiles `stages_of(config)` for `compile.platform` /
   `compile.topology`, writes `compile/report.json`, prints the table;
   CompileError when a program does not fit its chip."""
-  c = config.compile
   target = check(config)
-  stages = tuple(c.stages)
+  stages = stages_of(config)
   mesh = parallel.make_mesh(target_devices(target))
   rows = []
   for program in programs(config, mesh, stages):
@@ -392,3 +417,8 @@ def run(config, workdir: epath.Path) -> list[dict[str, Any]]:
           f"{r['stage']} ({r['program']}) does not fit {target.topology}: "
           f"{need}; {', '.join(remedies[:-1])} or {remedies[-1]}")
   return rows
+
+
+STAGE = stage.Stage('compile', run,
+                    lambda config, workdir, earlier: check(config),
+                    compile_only=True)

@@ -24,8 +24,6 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 YARDSTICKS = ('knn', 'linear', 'finetune')
 # finetune.head_init's choices.
 HEAD_INITS = ('random', 'probe')
-MODES = ('pipeline', 'space', 'teacher', 'supernet', 'search', 'rank',
-         'finetune', 'summary', 'compile')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -318,8 +316,10 @@ def base_config() -> ml_collections.ConfigDict:
   # TPU: GEN:AxB[xC] in chips (v5e:4x4, v5p:2x2x1, v6e:2x2); cuda:
   # COUNTxCHIP (8xh100).
   c.compile.topology = 'v5e:2x2'
-  # Stages whose programs to compile (each at its config batch size).
-  c.compile.stages = ('teacher', 'supernet', 'search', 'finetune')
+  # Stages whose programs to compile (each at its config batch size); empty:
+  # the ones this config runs (MAE pre-training only with
+  # teacher.pretrain=True and no teacher.checkpoint).
+  c.compile.stages = ()
   return c
 
 
@@ -447,8 +447,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         ', '.join(f'config.{u}' for u in unset) + ': this config needs '
         + ('them; set ' if len(unset) > 1 else 'it; set ')
         + ' '.join(f'--config.{u}=...' for u in unset))
-  _check(config.mode in MODES, 'mode', f'expected one of {MODES}',
-         config.mode)
   _check(bool(config.data.name), 'data.name', 'must not be empty',
          config.data.name)
   for field in ('checkpoint_every', 'keep_checkpoints', 'log_every'):

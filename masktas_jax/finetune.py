@@ -13,7 +13,7 @@ from typing import Any
 
 from etils import epath
 
-from masktas_jax import artifacts, config_lib, finetuning
+from masktas_jax import artifacts, config_lib, finetuning, stage
 from masktas_jax.errors import FinetuneError
 from masktas_jax.space import Arch, SearchSpace
 
@@ -39,6 +39,13 @@ def resolve_arch(config, workdir: epath.Path, space: SearchSpace) -> Arch:
     raise FinetuneError(f'{where}: not an Arch of this space ({e})') from e
 
 
+def check(config, workdir: epath.Path, earlier: frozenset[str]) -> None:
+  """FinetuneError for an Arch that cannot be read, unless this run's
+  search writes it first."""
+  if 'search' not in earlier:
+    resolve_arch(config, workdir, config_lib.space_from_config(config))
+
+
 def run(config, workdir: epath.Path) -> dict[str, Any]:
   """Fine-tunes (or resumes), exports and evaluates the Arch; returns
   metrics.json's content."""
@@ -47,3 +54,7 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
     return done
   arch = resolve_arch(config, workdir, config_lib.space_from_config(config))
   return finetuning.fine_tune(config, workdir, arch)
+
+
+STAGE = stage.Stage('finetune', run, check, reads=(stage.SUPERNET,),
+                    data=True, batch='finetune', pipeline=True)

@@ -8,15 +8,13 @@ touched.
 
 from __future__ import annotations
 
-import importlib
-
 import jax
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from masktas_jax import artifacts, cli, config_lib, hostmem, parallel
-from masktas_jax import preflight
+from masktas_jax import artifacts, cli, hostmem, parallel, preflight
+from masktas_jax import registry
 from masktas_jax.errors import MaskTASError, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -34,23 +32,6 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', -1, "This process's index in a multi-host run.")
 
-# mode -> 'module:function(config, workdir)'.
-STAGES = {
-    'space': 'masktas_jax.report:describe_space',
-    'teacher': 'masktas_jax.teacher:run',
-    'supernet': 'masktas_jax.supernet_train:run',
-    'search': 'masktas_jax.search:run',
-    'rank': 'masktas_jax.rank:run',
-    'finetune': 'masktas_jax.finetune:run',
-    'summary': 'masktas_jax.report:summarize',
-    # Not a stage: compiles the others' steps for another accelerator.
-    'compile': 'masktas_jax.aot:run',
-}
-# Each stage returns at once when its output exists, so a rerun of an
-# interrupted pipeline resumes where it stopped.
-PIPELINE = ('space', 'teacher', 'supernet', 'search', 'finetune', 'summary')
-
-
 def run(config, workdir: str) -> None:
   """Validates `config`, then runs `config.mode` (a stage or the pipeline).
 
@@ -58,22 +39,22 @@ def run(config, workdir: str) -> None:
   stage check out; the pipeline runs its stages in order, and a stage that
   fails keeps what the earlier ones wrote.
   """
-  config_lib.validate(config)
-  modes = PIPELINE if config.mode == 'pipeline' else (config.mode,)
+  registry.validate(config)
+  stages = registry.stages(config)
   workdir = epath.Path(workdir)
-  if (config.compilation_cache and config.mode != 'compile' and
+  compile_only = any(s.compile_only for s in stages)
+  if (config.compilation_cache and not compile_only and
       not jax.config.jax_compilation_cache_dir):
     # Before the first compile: JAX settles on its cache then, once.
     jax.config.update('jax_compilation_cache_dir',
                       str(workdir / artifacts.JAX_CACHE))
-  preflight.check_inputs(config, modes, workdir)
+  preflight.check_inputs(config, stages, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (workdir / artifacts.CONFIG).write_text(
         config.to_json_best_effort(indent=2))
-  for mode in modes:
-    module, function = STAGES[mode].split(':')
-    getattr(importlib.import_module(module), function)(config, workdir)
+  for stage in stages:
+    stage.run(config, workdir)
 
 
 def main(argv: list[str]) -> None:
@@ -91,7 +72,8 @@ def main(argv: list[str]) -> None:
   except OSError as e:
     reason = str(e).strip().splitlines()[-1].strip()
     cli.fail(f'--config: cannot load the config file: {reason}')
-  compile_only = config.mode == 'compile'
+  compile_only = config.mode in registry.STAGES and (
+      registry.STAGES[config.mode].compile_only)
   if compile_only:
     # One process compiles for the target's compile-only devices: no local
     # accelerator (nor libtpu's probe of one) and no peers are started.

@@ -32,7 +32,7 @@ from flax import nnx
 from scipy import stats
 
 from masktas_jax import artifacts, config_lib, data, evaluator, finetuning
-from masktas_jax import fitness, parallel, plots, signals
+from masktas_jax import fitness, parallel, plots, signals, stage
 from masktas_jax.errors import MaskTASError
 from masktas_jax.evolution import SearchError, Window, check_window
 from masktas_jax.evolution import sample_archs
@@ -268,6 +268,15 @@ def scatter_plot(result: dict[str, Any], path: epath.PathLike) -> None:
   plots.save_figure(fig, path)
 
 
+def check(config, workdir: epath.Path, earlier: frozenset[str]) -> None:
+  """SearchError for a window no subnet fits; an error for a yardstick
+  without labels."""
+  del workdir, earlier
+  check_window(config_lib.space_from_config(config),
+               Window.from_config(config.search))
+  check_labels(config)
+
+
 def run(config, workdir: epath.Path) -> dict[str, Any]:
   """Scores `config.rank.num_archs` subnets both ways; returns rank.json."""
   r, s = config.rank, config.search
@@ -336,3 +345,9 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
                f'(controls: {controls}; every variant: {others}); wrote '
                f'{out / artifacts.RANK}')
   return result
+
+
+# Not in the pipeline: it checks the fitness against a labelled yardstick.
+STAGE = stage.Stage('rank', run, check,
+                    reads=(stage.TEACHER_CHECKPOINT, stage.SUPERNET),
+                    data=True)

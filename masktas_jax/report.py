@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from masktas_jax import artifacts, config_lib, parallel
+from masktas_jax import artifacts, config_lib, parallel, stage
 from masktas_jax.plots import plot_losses, plot_pareto, plot_search_progress
 from masktas_jax.plots import save_figure
 from masktas_jax.space import Arch
@@ -153,3 +153,7 @@ def summarize(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
   parallel.log(f'summary: wrote {workdir / artifacts.SUMMARY} and '
                f'{workdir / artifacts.REPORT}')
   return result
+
+
+SPACE = stage.Stage('space', describe_space, pipeline=True)
+SUMMARY = stage.Stage('summary', summarize, pipeline=True)

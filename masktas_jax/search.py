@@ -23,7 +23,7 @@ import jax
 from etils import epath
 
 from masktas_jax import artifacts, config_lib, losses, parallel, plots
-from masktas_jax import signals, tensorboard, trainer
+from masktas_jax import signals, stage, tensorboard, trainer
 from masktas_jax.evolution import Evolution, SearchError, Window, check_window
 from masktas_jax.evolution import sample_archs
 from masktas_jax.fitness import check_teacher_entropy, relation_from_config
@@ -83,6 +83,13 @@ def progress(history: list[dict[str, Any]]):
 
 def _relation_dict(relation: losses.Relation) -> dict[str, Any]:
   return dataclasses.asdict(relation)
+
+
+def check(config, workdir: epath.Path, earlier: frozenset[str]) -> None:
+  """SearchError for a window no subnet of the space fits."""
+  del workdir, earlier
+  check_window(config_lib.space_from_config(config),
+               Window.from_config(config.search))
 
 
 def run(config, workdir: epath.Path) -> dict[str, Any]:
@@ -173,3 +180,8 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   parallel.log(f'search: best Arch {best["arch"]} fitness '
                f'{best["fitness"]:.4f}; wrote {out / artifacts.BEST_ARCH}')
   return best
+
+
+STAGE = stage.Stage('search', run, check,
+                    reads=(stage.TEACHER_CHECKPOINT, stage.SUPERNET),
+                    data=True, batch='search', pipeline=True)

@@ -21,7 +21,7 @@ from etils import epath
 from flax import nnx
 
 from masktas_jax import artifacts, config_lib, data, losses, model_dirs
-from masktas_jax import parallel, trainer
+from masktas_jax import parallel, stage, trainer
 from masktas_jax.masking import patchify, random_masking
 from masktas_jax.models.mae import MAE
 
@@ -157,3 +157,8 @@ def run(config, workdir: epath.Path) -> trainer.Outcome | None:
       # A supernet/model of another space is refused, not skipped over.
       export=trainer.Export(out, 'student', save, check=lambda path: (
           model_dirs.read_student_meta(path, config))))
+
+
+STAGE = stage.Stage('supernet', run,
+                    reads=(stage.TEACHER_CHECKPOINT, stage.SUPERNET),
+                    data=True, batch='supernet', pipeline=True)

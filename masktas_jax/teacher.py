@@ -11,8 +11,13 @@ from __future__ import annotations
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, data, model_dirs, parallel, trainer
+from masktas_jax import artifacts, data, errors, model_dirs, parallel
+from masktas_jax import stage, trainer
 from masktas_jax.models.mae import MAE
+
+# The MAE authors' ViT-B encoder, the paper's teacher (encoder only).
+MAE_VIT_B_URL = ('https://dl.fbaipublicfiles.com/mae/pretrain/'
+                 'mae_pretrain_vit_base.pth')
 
 
 def make_task(config, steps: int, warmup: int) -> trainer.Task:
@@ -38,6 +43,23 @@ def make_task(config, steps: int, warmup: int) -> trainer.Task:
   return trainer.Task(init=init, loss=loss, schedule=schedule,
                       optimizer=trainer.adamw(schedule, t.weight_decay,
                                               b2=0.95))
+
+
+def check(config, workdir: epath.Path, earlier: frozenset[str]) -> None:
+  """TeacherError when there is no teacher to use, to pre-train or already
+  trained in the workdir."""
+  del earlier  # No stage runs before this one.
+  t = config.teacher
+  trained = artifacts.is_model_dir(artifacts.model_dir(workdir, 'teacher'),
+                                   'teacher')
+  if not (t.checkpoint or t.pretrain or trained):
+    raise errors.TeacherError(
+        'config.teacher.checkpoint: this config distils from a converted MAE '
+        'teacher, as the paper does, and none is given: download '
+        f'{MAE_VIT_B_URL}, run python -m masktas_jax.convert_mae '
+        '--checkpoint=mae_pretrain_vit_base.pth --output=DIR, and pass '
+        '--config.teacher.checkpoint=DIR; or pre-train a MAE here with '
+        f'--config.teacher.pretrain=True ({t.epochs} epochs)')
 
 
 def run(config, workdir: epath.Path) -> MAE:
@@ -72,3 +94,7 @@ def run(config, workdir: epath.Path) -> MAE:
   if outcome.skipped:
     return model_dirs.load_teacher(model_dir, config)
   return nnx.merge(graphdef, outcome.params, outcome.fixed)
+
+
+STAGE = stage.Stage('teacher', run, check, reads=(stage.TEACHER_CHECKPOINT,),
+                    data=True, batch='teacher', pipeline=True)

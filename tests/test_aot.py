@@ -190,8 +190,23 @@ def test_the_default_config_names_a_valid_target():
   config = config_lib.base_config()
   target = chips.parse_target(config.compile.platform,
                               config.compile.topology)
-  assert set(config.compile.stages) == set(aot.STAGES)
+  assert not config.compile.stages  # The ones the config runs.
   assert target.count == 4
+
+
+def test_default_stages_are_the_ones_the_config_runs():
+  """A config that distils from a converted teacher never pre-trains one:
+  compiling MAE pre-training for it would fail on a program it never runs
+  (configs/tiny.py's batch of 4,096 on v5e:2x2)."""
+  config = config_lib.load_config(str(ROOT / 'configs/tiny.py'), check=False)
+  assert not config.teacher.pretrain
+  assert aot.stages_of(config) == ('supernet', 'search', 'finetune')
+  config.teacher.pretrain = True
+  assert aot.stages_of(config) == aot.COMPILABLE
+  config.teacher.checkpoint = '/some/converted/teacher'
+  assert 'teacher' not in aot.stages_of(config)
+  config.compile.stages = ('teacher',)
+  assert aot.stages_of(config) == ('teacher',)
 
 
 def test_teacher_remat_trades_temporaries_for_recomputation(tmp_path):

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from masktas_jax import config_lib
+from masktas_jax import config_lib, registry
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / 'configs'
 NAMES = ('demo', 'tiny', 'small', 'base')
@@ -187,4 +187,4 @@ def test_invalid_config_errors_name_the_field(override, field):
   section, _, name = key.rpartition('.')
   (config[section] if section else config)[name] = value
   with pytest.raises(config_lib.ConfigError, match=re.escape(f'config.{field}')):
-    config_lib.validate(config)
+    registry.validate(config)  # The mode, then config_lib.validate.

@@ -64,18 +64,19 @@ def test_every_error_is_a_masktas_error(module):
       assert issubclass(obj, errors.MaskTASError), f'{module}.{name}'
 
 
-# Modules whose `run` is a stage of main.STAGES; the libraries may be
+# Modules whose `run` is a stage of registry.STAGES; the libraries may be
 # imported by any of them.
 STAGE_MODULES = ('teacher', 'supernet_train', 'search', 'rank', 'finetune')
-# Modes of main.STAGES that are tools over the stages, not stages: aot
+# Modes of registry.STAGES that are tools over the stages, not stages: aot
 # (mode=compile) builds the stages' own Tasks to compile them.
 TOOL_MODULES = ('report', 'aot')
 
 
 def test_stages_stand_on_libraries_not_on_each_other():
-  from masktas_jax import main  # pylint: disable=g-import-not-at-top
-  assert {v.split(':')[0].split('.')[-1] for v in main.STAGES.values()} == (
-      set(STAGE_MODULES) | set(TOOL_MODULES))
+  from masktas_jax import registry  # pylint: disable=g-import-not-at-top
+  assert {s.run.__module__.split('.')[-1]
+          for s in registry.STAGES.values()} == (
+              set(STAGE_MODULES) | set(TOOL_MODULES))
   # No stage stands on a tool that imports stages.
   assert not {(a, 'aot') for a in STAGE_MODULES
               if 'masktas_jax.aot' in _imports(f'masktas_jax.{a}')}
@@ -87,8 +88,32 @@ def test_stages_stand_on_libraries_not_on_each_other():
   assert 'masktas_jax.finetuning' in _imports('masktas_jax.rank')
 
 
+def test_every_mode_is_declared_once_by_its_module():
+  """The registry holds each stage module's own declaration, and no module
+  outside the registry keeps a list of the modes."""
+  from masktas_jax import registry  # pylint: disable=g-import-not-at-top
+  for mode, s in registry.STAGES.items():
+    module = importlib.import_module(s.run.__module__)
+    assert s in vars(module).values(), mode
+    assert s.mode == mode
+  assert registry.PIPELINE == ('space', 'teacher', 'supernet', 'search',
+                               'finetune', 'summary')
+  # A hand-kept tuple of mode names elsewhere would drift from the registry.
+  pipeline = set(registry.PIPELINE)
+  for m in MODULES:
+    if m.split('.')[-1] == 'registry':
+      continue
+    path = PACKAGE.joinpath(*m.split('.')[1:]).with_suffix('.py')
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Tuple) and len(node.elts) >= 3:
+        names = {e.value for e in node.elts
+                 if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+        assert not names >= {'teacher', 'supernet', 'search'} or (
+            not names <= pipeline | {'rank', 'compile'}), (m, names)
+
+
 # The command line over the modes: they alone may import a mode's module.
-ENTRY_MODULES = ('main', 'cli', 'preflight')
+ENTRY_MODULES = ('main', 'cli', 'preflight', 'registry')
 
 
 def test_libraries_import_no_mode():
