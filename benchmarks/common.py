@@ -16,9 +16,11 @@ import numpy as np
 
 from etils import epath
 
-from masktas_jax import config_lib, data, finetuning, hostmem, model_dirs
-from masktas_jax.evolution import Window, sample_archs
+from masktas_jax import config_lib, data, hostmem
+from masktas_jax.evaluation.evolution import sample_archs, Window
 from masktas_jax.space import Arch
+from masktas_jax.storage import model_dirs
+from masktas_jax.training import finetuning
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -104,7 +106,7 @@ def test_top1(config, model_dir: epath.Path) -> float:
   cache = model_dir.parent / 'test_top1.json'
   if cache.exists():
     return json.loads(cache.read_text())['top1']
-  source = data.get_source(config.data, 'test')
+  source = data.get_source(config.data, 'test', config.space.image_size)
   result = finetuning.evaluate(
       model_dirs.load_classifier(model_dir), data.eval_pipeline(
           source, image_size=config.space.image_size,

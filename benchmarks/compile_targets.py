@@ -14,7 +14,7 @@ These are compiler figures, not runs. GPU targets need the '.[cuda]'
 extra (its own venv: `--python`).
 
 `cpu:B` is this host's CPU at B images per step (one device): the same
-programs (`aot.programs`) compiled for it, in a fresh process with no
+programs (`compile_stage.programs`) compiled for it, in a fresh process with no
 compilation cache, for their compile time and XLA:CPU's memory figures
 (`mode=compile` has no CPU target: a CPU is run, not compiled for).
 """
@@ -71,7 +71,9 @@ def cpu_compile(config: str, batch: int, stages: str,
   at `batch` images for this host's CPU; writes a report.json shaped like
   `mode=compile`'s (no roofline: no chip table entry for a host CPU)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from masktas_jax import aot, parallel, roofline  # pylint: disable=g-import-not-at-top
+  from masktas_jax import parallel
+  from masktas_jax.stages import compile as compile_stage
+  from masktas_jax.compilation import roofline  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, str(REPO / 'benchmarks'))
   import common  # pylint: disable=g-import-not-at-top
   stages = tuple(stages.split(','))
@@ -79,7 +81,7 @@ def cpu_compile(config: str, batch: int, stages: str,
       config, **{f'{stage}.batch_size': batch for stage in stages})
   mesh = parallel.make_mesh(jax.devices()[:1])
   rows = []
-  for program in aot.programs(cfg, mesh, stages):
+  for program in compile_stage.programs(cfg, mesh, stages):
     start = time.perf_counter()
     compiled = program.fn.lower(*program.args).compile()
     seconds = time.perf_counter() - start

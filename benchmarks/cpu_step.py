@@ -31,11 +31,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from masktas_jax import config_lib, finetuning, model_dirs, supernet_train
-from masktas_jax import teacher, trainer
+from masktas_jax import config_lib
 from masktas_jax.models import vit
 from masktas_jax.models.mae import MAE
 from masktas_jax.space import Arch
+from masktas_jax.stages import supernet as supernet_stage, teacher
+from masktas_jax.storage import model_dirs
+from masktas_jax.training import finetuning, trainer
 
 import common  # pylint: disable=g-bad-import-order
 
@@ -72,7 +74,7 @@ def tasks(config):
   return [
       ('teacher', teacher.make_task(config, 300, 20),
        config.teacher.batch_size, False),
-      ('supernet', supernet_train.make_task(
+      ('supernet', supernet_stage.make_task(
           config, mae, 300, 20, config.supernet.batch_size),
        config.supernet.batch_size, False),
       ('finetune', finetuning.make_task(

@@ -23,8 +23,9 @@ import time
 
 from etils import epath
 
-from masktas_jax import artifacts, finetuning
 from masktas_jax.space import Arch
+from masktas_jax.storage import artifacts
+from masktas_jax.training import finetuning
 
 import common  # pylint: disable=g-bad-import-order
 

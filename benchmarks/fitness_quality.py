@@ -47,10 +47,13 @@ import numpy as np
 from etils import epath
 from scipy import stats
 
-from masktas_jax import artifacts, config_lib, finetune, losses, main
-from masktas_jax import fitness, plots, rank, search
-from masktas_jax.evolution import Window
+from masktas_jax import config_lib, losses, main
+from masktas_jax.evaluation import fitness
+from masktas_jax.evaluation.evolution import Window
 from masktas_jax.space import Arch
+from masktas_jax.stages import finetune, rank, search
+from masktas_jax.storage import artifacts
+from masktas_jax.training import plots
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
 

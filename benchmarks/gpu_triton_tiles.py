@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from masktas_jax import aot, chips
+from masktas_jax.compilation import chips
 from masktas_jax.models import vit
+from masktas_jax.stages import compile as compile_stage
 
 
 def compiles(fn, args, triton: bool) -> str:
@@ -40,7 +41,7 @@ def main():
   parser.add_argument('--heads', type=int, default=2)
   args = parser.parse_args()
   # mode=compile's own compile-only device.
-  (device,) = aot.target_devices(chips.parse_target('cuda', '1xh100'))
+  (device,) = compile_stage.target_devices(chips.parse_target('cuda', '1xh100'))
   sharding = jax.sharding.SingleDeviceSharding(device)
   block = nnx.eval_shape(lambda: vit.Block(
       args.width, args.heads, 4 * args.width, rngs=nnx.Rngs(0),

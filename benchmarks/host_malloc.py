@@ -37,7 +37,7 @@ def child(stage: str, mode: str, config_name: str, iters: int) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top
   import cpu_step  # pylint: disable=g-import-not-at-top
-  from masktas_jax import trainer  # pylint: disable=g-import-not-at-top
+  from masktas_jax.training import trainer  # pylint: disable=g-import-not-at-top
 
   config = common.load_config(config_name)
   size = config.space.image_size

@@ -37,9 +37,11 @@ import statistics
 
 from etils import epath
 
-from masktas_jax import artifacts, config_lib, finetuning
-from masktas_jax import model_dirs, rank
+from masktas_jax import config_lib
 from masktas_jax.space import Arch
+from masktas_jax.stages import rank
+from masktas_jax.storage import artifacts, model_dirs
+from masktas_jax.training import finetuning
 
 import common  # pylint: disable=g-bad-import-order
 

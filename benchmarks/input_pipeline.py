@@ -32,7 +32,8 @@ import psutil  # tfds's dependency: reads workers' memory.
 from PIL import Image
 
 import common
-from masktas_jax import chips, config_lib, data, flops
+from masktas_jax import config_lib, data
+from masktas_jax.compilation import chips, flops
 
 sys.path.insert(0, str(common.REPO / 'tests'))
 import tfds_fixture  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -32,8 +32,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from masktas_jax import config_lib, fitness, model_dirs
+from masktas_jax import config_lib
+from masktas_jax.evaluation import fitness
 from masktas_jax.models.mae import MAE
+from masktas_jax.storage import model_dirs
 
 import common  # pylint: disable=g-bad-import-order
 

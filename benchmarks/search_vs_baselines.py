@@ -15,7 +15,7 @@ fitness), on one teacher (`--teacher`), in the layout of
    * `random`: `--random` Archs drawn uniformly inside the window (their
      median and best), inherited weights;
    * `largest`: the window's Arch with the most parameters
-     (`masktas_jax.baselines.largest`), inherited weights;
+     (`masktas_jax.evaluation.baselines.largest`), inherited weights;
    * `uniform`: the largest Arch with one head count and one MLP ratio for
      every layer, as one writes a ViT by hand (`baselines.uniform`),
      inherited weights;
@@ -49,10 +49,13 @@ import time
 import numpy as np
 from etils import epath
 
-from masktas_jax import artifacts, baselines, config_lib, main, rank
-from masktas_jax import plots, signals
-from masktas_jax.evolution import Window, sample_archs
+from masktas_jax import config_lib, main
+from masktas_jax.evaluation import baselines, signals
+from masktas_jax.evaluation.evolution import sample_archs, Window
 from masktas_jax.space import Arch
+from masktas_jax.stages import rank
+from masktas_jax.storage import artifacts
+from masktas_jax.training import plots
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
 

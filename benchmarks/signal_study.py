@@ -13,7 +13,7 @@ sample of subnets; one teacher for all, `--teacher` or trained here once):
    seeds) its noise ceiling; also the linear probe of the inherited
    features, and every `--scratch-every`-th subnet from random weights
    (does inheriting keep the architectures' order?);
-4. every label-free signal (`masktas_jax.signals`: the fitness variants and
+4. every label-free signal (`masktas_jax.evaluation.signals`: the fitness variants and
    the student-entropy control) in one pass, plus parameters and MACs.
 
 Each fitness's Kendall with the yardstick (bootstrap 95% interval over the
@@ -39,9 +39,12 @@ import numpy as np
 from etils import epath
 from scipy import stats
 
-from masktas_jax import artifacts, config_lib, finetuning, fitness, main
-from masktas_jax import plots, rank, signals
+from masktas_jax import config_lib, main
+from masktas_jax.evaluation import fitness, signals
 from masktas_jax.space import Arch
+from masktas_jax.stages import rank
+from masktas_jax.storage import artifacts
+from masktas_jax.training import finetuning, plots
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
 

@@ -2,7 +2,7 @@
 cost against a dense train step of the same subnet, all in one run.
 
 What is timed is the step `mode=supernet` trains with: the jitted step of
-`trainer.program(supernet_train.make_task(...))` (teacher forward under
+`trainer.program(supernet_stage.make_task(...))` (teacher forward under
 stop_gradient, student supernet forward + backward on the subnet drawn in
 the step, AdamW with `freeze_inactive`), the train state donated and the
 teacher's weights an undonated argument, on one device. Space, image size,
@@ -42,9 +42,9 @@ It reports:
 Targets (issue #4): masked / dense <= 1.10; utilisation >= 50% of the
 measured peak.
 
-  python benchmarks/supernet_train.py    # tiny, ViT-B teacher, batch 32
-  python benchmarks/supernet_train.py --batch 8 --iters 3 --archs 5  # ~5 min
-  python benchmarks/supernet_train.py --teacher small --dtype bfloat16
+  python benchmarks/supernet_stage.py    # tiny, ViT-B teacher, batch 32
+  python benchmarks/supernet_stage.py --batch 8 --iters 3 --archs 5  # ~5 min
+  python benchmarks/supernet_stage.py --teacher small --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -59,10 +59,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from masktas_jax import config_lib, flops, model_dirs, parallel, supernet_train
-from masktas_jax import trainer
+from masktas_jax import config_lib, parallel
+from masktas_jax.compilation import flops
 from masktas_jax.models.mae import MAE, MAEConfig
 from masktas_jax.space import Arch, SearchSpace
+from masktas_jax.stages import supernet as supernet_stage
+from masktas_jax.storage import model_dirs
+from masktas_jax.training import trainer
 
 import common  # pylint: disable=g-bad-import-order
 
@@ -92,14 +95,14 @@ def dense_task(task: trainer.Task, config, dense_def,
   same masks for the same RNG), teacher, casts, loss and AdamW; no update
   mask."""
   return dataclasses.replace(
-      task, update_mask=None, loss=supernet_train.make_loss(
+      task, update_mask=None, loss=supernet_stage.make_loss(
           config, dense_def, teacher_def,
           forward=lambda student, images, _, *masks: student(images, *masks)))
 
 
 def drawn_arch(space: SearchSpace, rng: jax.Array) -> Arch:
   """The Arch the supernet step draws from `rng`, drawn as
-  `supernet_train.make_loss` does (first half of `split(rng)`), here on the
+  `supernet_stage.make_loss` does (first half of `split(rng)`), here on the
   host for counting FLOPs."""
   return space.decode(jax.device_get(
       space.sample_encoded(jax.random.split(rng)[0])))
@@ -179,14 +182,14 @@ def main():
   print(f'peak ({args.peak_size}^2 {args.dtype} matmul): '
         f'{peaks[0] / 1e9:.1f} GFLOP/s', flush=True)
 
-  # --- the step supernet_train.run trains with ------------------------------
+  # --- the step supernet_stage.run trains with ------------------------------
   teacher = MAE(MAEConfig(
       image_size=space.image_size, patch_size=space.patch_size,
       in_chans=space.in_chans, embed_dim=t.embed_dim, depth=t.depth,
       num_heads=t.num_heads, decoder_depth=0), rngs=nnx.Rngs(args.seed))
   teacher_def = nnx.graphdef(teacher.encoder)
   # The schedule's length does not change the step's work.
-  task = supernet_train.make_task(config, teacher, 1000, 100, args.batch)
+  task = supernet_stage.make_task(config, teacher, 1000, 100, args.batch)
   # One device, as the utilisation is measured against one device's peak.
   mesh = parallel.make_mesh(jax.devices()[:1])
   program = trainer.program(task, mesh)

@@ -44,7 +44,7 @@ else
   fi
 fi
 
-# Triton GEMM fusions off, as mode=compile has them (masktas_jax/aot.py
+# Triton GEMM fusions off, as mode=compile has them (masktas_jax/stages/compile.py
 # says why it must), so that a run compiles the programs whose memory
 # mode=compile reported; cuBLAS runs the matmuls. With a GPU, XLA's
 # autotuner would likely drop the Triton tilings that fail and compile with

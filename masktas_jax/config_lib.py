@@ -11,19 +11,24 @@ from typing import Any
 
 import ml_collections
 
-from masktas_jax import chips
+from masktas_jax.compilation import chips
 from masktas_jax.errors import ConfigError
+from masktas_jax.evaluation.signals import FITNESSES
 from masktas_jax.losses import RELATION_FORMS
-from masktas_jax.signals import FITNESSES
 from masktas_jax.models.student import CLS_TARGETS
 from masktas_jax.models.vit import POOLS
 from masktas_jax.space import ArchError, SearchSpace
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
-# mode=rank's supervised yardsticks (masktas_jax.rank).
+# mode=rank's supervised yardsticks (masktas_jax.stages.rank).
 YARDSTICKS = ('knn', 'linear', 'finetune')
 # finetune.head_init's choices.
 HEAD_INITS = ('random', 'probe')
+# How a scoring call runs the population (search.scoring besides 'auto';
+# masktas_jax.evaluation.fitness).
+SCORING_STRATEGIES = ('vmap', 'map')
+# data.cache_encoding's choices (masktas_jax.data.cache).
+CACHE_ENCODINGS = ('raw', 'jpeg')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -33,9 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
   # summary, each skipped when its output exists), one stage alone, 'space'
   # (describe the search space and exit), 'rank' (check the label-free
   # fitness against a k-NN yardstick), 'summary' (summary.json and
-  # report.png from what the workdir holds) or 'compile' (compile every
+  # report.png from what the workdir holds), 'cache' (write the
+  # pre-resized splits that data.cache reads) or 'compile' (compile every
   # stage for `compile.platform`/`compile.topology` and report its memory,
-  # FLOPs and roofline; trains nothing).
+  # FLOPs and roofline; trains nothing). The list: masktas_jax.registry.
   c.mode = 'pipeline'
   # Base seed: model init, masking, Arch sampling and search derive from it.
   c.seed = 0
@@ -77,6 +83,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.threads = 0
   c.data.prefetch = 2
   c.data.workers = ml_collections.config_dict.placeholder(int)
+  # A pre-resized copy of the splits to read instead of the source
+  # (`data.cache`; '' = read the source), built once by --config.mode=cache:
+  # shorter side cache_short_side (0 = space.image_size * 8 / 7, 256 for
+  # 224), stored as 'raw' uint8 pixels or as 'jpeg' at cache_quality.
+  c.data.cache = ''
+  c.data.cache_short_side = 0
+  c.data.cache_encoding = 'raw'
+  c.data.cache_quality = 95
 
   c.space = ml_collections.ConfigDict()
   # Square input size in pixels.
@@ -204,7 +218,7 @@ def base_config() -> ml_collections.ConfigDict:
   # top-1 among those whose ranking depends on the teacher; on held-out
   # seeds it did not track accuracy (BENCHMARKS.md).
   c.search.relation = 'centered_cosine'
-  # What rates a candidate (masktas_jax.signals): 'relation' (the relation
+  # What rates a candidate (masktas_jax.evaluation.signals): 'relation' (the relation
   # consistency above, eq. 13-16), 'relation_paper' (its literal form: raw
   # dot products, self-relations kept), 'relation_all' (on every patch,
   # none masked), 'feature' (minus eq. 11's feature-prediction loss),
@@ -310,7 +324,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.compile = ml_collections.ConfigDict()
   # mode=compile: compile every stage's step ahead of time for an
   # accelerator this host need not have, and report memory per device,
-  # FLOPs, a roofline and compile times (masktas_jax.aot). Platform: 'tpu'
+  # FLOPs, a roofline and compile times (masktas_jax.stages.compile). Platform: 'tpu'
   # (needs the '.[tpu]' extra) or 'cuda' (the '.[cuda]' extra).
   c.compile.platform = 'tpu'
   # TPU: GEN:AxB[xC] in chips (v5e:4x4, v5p:2x2x1, v6e:2x2); cuda:
@@ -463,6 +477,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          'expected 0 < fraction <= 1', config.data.eval_crop_fraction)
   _check(config.data.prefetch >= 1, 'data.prefetch', 'must be >= 1',
          config.data.prefetch)
+  _check(config.data.cache_short_side >= 0, 'data.cache_short_side',
+         'must be >= 0 (0: space.image_size * 8 / 7)',
+         config.data.cache_short_side)
+  _check(config.data.cache_encoding in CACHE_ENCODINGS, 'data.cache_encoding',
+         f'expected one of {CACHE_ENCODINGS}', config.data.cache_encoding)
+  _check(1 <= config.data.cache_quality <= 100, 'data.cache_quality',
+         'expected 1..100', config.data.cache_quality)
   space_from_config(config)
   for stage in ('teacher', 'supernet'):
     ratio = config[stage].mask_ratio
@@ -515,8 +536,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f'expected one of {FITNESSES}', s.fitness)
   _check(s.relation in RELATION_FORMS, 'search.relation',
          f'expected one of {RELATION_FORMS}', s.relation)
-  _check(s.scoring in ('auto', 'vmap', 'map'), 'search.scoring',
-         "expected 'auto', 'vmap' or 'map'", s.scoring)
+  _check(s.scoring in ('auto',) + SCORING_STRATEGIES, 'search.scoring',
+         f"expected one of {('auto',) + SCORING_STRATEGIES}", s.scoring)
   _check(not s.eval_split.startswith('test'), 'search.eval_split',
          'the search never looks at the test split', s.eval_split)
   _check(config.rank.yardstick in YARDSTICKS, 'rank.yardstick',

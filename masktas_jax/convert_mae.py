@@ -30,10 +30,11 @@ from absl import app, flags, logging
 from etils import epath
 from flax import nnx
 
-from masktas_jax import cli, model_dirs
+from masktas_jax import cli
 from masktas_jax.errors import MaskTASError
 from masktas_jax.models import vit
 from masktas_jax.models.mae import MAE, MAEConfig
+from masktas_jax.storage import model_dirs
 
 # Widths whose heads are not width / 64 (ViT-H/14: 16 heads of 80).
 _HEADS_BY_WIDTH = {1280: 16}

@@ -13,9 +13,9 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from masktas_jax import artifacts, cli, hostmem, parallel, preflight
-from masktas_jax import registry
+from masktas_jax import cli, hostmem, parallel, preflight, registry
 from masktas_jax.errors import MaskTASError, Preempted
+from masktas_jax.storage import artifacts
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A configs/*.py file; override fields with '

@@ -8,22 +8,25 @@ ends with `STAGE = stage.Stage(...)` and one line in `STAGES` below.
 
 from __future__ import annotations
 
-from masktas_jax import aot, config_lib, finetune, rank, report, search
-from masktas_jax import supernet_train, teacher
+from masktas_jax import config_lib
 from masktas_jax.errors import ConfigError
 from masktas_jax.stage import Stage
+from masktas_jax.stages import cache, compile as compile_stage, finetune, rank
+from masktas_jax.stages import search, space as space_stage, summary
+from masktas_jax.stages import supernet as supernet_stage, teacher
 
 # In the pipeline's order (each stage returns at once when its output
 # exists, so a rerun of an interrupted pipeline resumes where it stopped).
 STAGES: dict[str, Stage] = {s.mode: s for s in (
-    report.SPACE,
+    space_stage.STAGE,
     teacher.STAGE,
-    supernet_train.STAGE,
+    supernet_stage.STAGE,
     search.STAGE,
     rank.STAGE,
     finetune.STAGE,
-    report.SUMMARY,
-    aot.STAGE,  # Not a stage: compiles the others' steps for another chip.
+    summary.STAGE,
+    cache.STAGE,
+    compile_stage.STAGE,  # Not a stage: compiles the others' steps for another chip.
 )}
 PIPELINE = tuple(mode for mode, s in STAGES.items() if s.pipeline)
 MODES = ('pipeline',) + tuple(STAGES)

@@ -1,7 +1,7 @@
 """What a mode is: one declaration per stage module, read by `registry`.
 
-A stage module (teacher, supernet_train, search, rank, finetune, report,
-aot) ends with `STAGE = Stage(...)`: its mode name, its `run`, the checks
+A stage module (`stages/`, one per mode and named after it) ends with
+`STAGE = Stage(...)`: its mode name, its `run`, the checks
 of its inputs before anything is written, and what it reads. `main`, the
 config's validation, the pre-flight checks and compile mode derive their
 lists of modes from those declarations (`registry`), so adding a stage is

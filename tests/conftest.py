@@ -35,8 +35,8 @@ def teacher_dir(tmp_path_factory):
   """A randomly initialised teacher of helpers.demo_config's size, saved."""
   # pylint: disable=g-import-not-at-top
   from helpers import demo_config
-  from masktas_jax import model_dirs
   from masktas_jax.models.mae import MAE
+  from masktas_jax.storage import model_dirs
   model = MAE(model_dirs.mae_config(demo_config('')), rngs=nnx.Rngs(0))
   return str(model_dirs.save_teacher(model, tmp_path_factory.mktemp('t') / 'm'))
 
@@ -47,8 +47,8 @@ def workdir(tmp_path_factory):
   helpers.SMALL's space; one per test module."""
   # pylint: disable=g-import-not-at-top
   from helpers import search_config
-  from masktas_jax import artifacts, model_dirs
   from masktas_jax.models.mae import MAE
+  from masktas_jax.storage import artifacts, model_dirs
   root = tmp_path_factory.mktemp('search')
   config = search_config()
   model = MAE(model_dirs.mae_config(config), rngs=nnx.Rngs(0))

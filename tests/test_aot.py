@@ -13,8 +13,10 @@ import pytest
 pytest.importorskip('libtpu')
 
 from helpers import ROOT, run
-from masktas_jax import aot, chips, config_lib
+from masktas_jax import config_lib
+from masktas_jax.compilation import chips
 from masktas_jax.errors import ConfigError
+from masktas_jax.stages import compile as compile_stage
 
 # A space whose programs compile in seconds; the demo's teacher, batches of
 # 32 (8 per device of a v5e:2x2, 4 of a v5e:2x4).
@@ -181,9 +183,9 @@ def test_a_missing_back_end_says_what_to_install(monkeypatch):
     config = config_lib.load_config(
         str(ROOT / 'configs/demo.py'), **{'compile.platform': platform,
                               'compile.topology': topology})
-    with pytest.raises(aot.CompileError,
+    with pytest.raises(compile_stage.CompileError,
                        match=re.escape(f"pip install -e '{extra}'")):
-      aot.check(config)
+      compile_stage.check(config)
 
 
 def test_the_default_config_names_a_valid_target():
@@ -200,13 +202,13 @@ def test_default_stages_are_the_ones_the_config_runs():
   (configs/tiny.py's batch of 4,096 on v5e:2x2)."""
   config = config_lib.load_config(str(ROOT / 'configs/tiny.py'), check=False)
   assert not config.teacher.pretrain
-  assert aot.stages_of(config) == ('supernet', 'search', 'finetune')
+  assert compile_stage.stages_of(config) == ('supernet', 'search', 'finetune')
   config.teacher.pretrain = True
-  assert aot.stages_of(config) == aot.COMPILABLE
+  assert compile_stage.stages_of(config) == compile_stage.COMPILABLE
   config.teacher.checkpoint = '/some/converted/teacher'
-  assert 'teacher' not in aot.stages_of(config)
+  assert 'teacher' not in compile_stage.stages_of(config)
   config.compile.stages = ('teacher',)
-  assert aot.stages_of(config) == ('teacher',)
+  assert compile_stage.stages_of(config) == ('teacher',)
 
 
 def test_teacher_remat_trades_temporaries_for_recomputation(tmp_path):

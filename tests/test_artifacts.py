@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from etils import epath
 
-from masktas_jax import artifacts
 from masktas_jax.errors import SupernetError, TeacherError
+from masktas_jax.storage import artifacts
 
 
 def test_model_dir_round_trip(tmp_path):

@@ -6,8 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from masktas_jax import baselines
-from masktas_jax.evolution import SearchError, Window
+from masktas_jax.evaluation import baselines
+from masktas_jax.evaluation.evolution import SearchError, Window
 from masktas_jax.space import Arch, SearchSpace
 
 SPACE = SearchSpace(embed_dims=(32, 48, 64), depths=(2, 3, 4),

@@ -201,7 +201,7 @@ def test_paper_configs_need_a_teacher_checkpoint_or_an_opt_in(tmp_path,
   # A resumed run whose teacher was pre-trained here (with the opt-in) is
   # not stopped for want of it either.
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from masktas_jax import model_dirs  # pylint: disable=g-import-not-at-top
+  from masktas_jax.storage import model_dirs  # pylint: disable=g-import-not-at-top
   from masktas_jax.models.mae import MAE, MAEConfig  # pylint: disable=g-import-not-at-top
   model_dirs.save_teacher(MAE(MAEConfig(embed_dim=64, depth=1, num_heads=1,
                                         decoder_depth=0), rngs=nnx.Rngs(0)),

@@ -128,7 +128,8 @@ def test_paper_config_names_its_spaces():
 
 
 def test_the_default_relation_is_the_losses_default():
-  from masktas_jax import fitness, losses
+  from masktas_jax import losses
+  from masktas_jax.evaluation import fitness
   config = config_lib.base_config()
   assert fitness.relation_from_config(config.search) == losses.Relation()
 

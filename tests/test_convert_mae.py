@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch  # The test extra installs it: the reference must be there.
 
-from masktas_jax import convert_mae, errors, model_dirs  # noqa: E402
+from masktas_jax import convert_mae, errors
+from masktas_jax.storage import model_dirs  # noqa: E402
 from masktas_jax.masking import random_masking  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))

@@ -14,7 +14,8 @@ import tfds_fixture
 from ml_collections import ConfigDict
 from PIL import Image
 
-from masktas_jax import data, imaging
+from masktas_jax import data
+from masktas_jax.data import imaging
 from helpers import photo
 
 

@@ -12,10 +12,13 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, config_lib, data, errors, finetune
-from masktas_jax import finetuning, fitness, model_dirs, trainer
+from masktas_jax import config_lib, data, errors
+from masktas_jax.evaluation import fitness
 from masktas_jax.models import student
 from masktas_jax.space import Arch, SearchSpace
+from masktas_jax.stages import finetune
+from masktas_jax.storage import artifacts, model_dirs
+from masktas_jax.training import finetuning, trainer
 import helpers
 from helpers import Interrupted, interrupt_after, read_scalars
 from helpers import search_config

@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from masktas_jax import config_lib, finetuning, flops, model_dirs
+from masktas_jax import config_lib
+from masktas_jax.compilation import flops
 from masktas_jax.masking import random_masking
 from masktas_jax.models.mae import MAE
+from masktas_jax.storage import model_dirs
+from masktas_jax.training import finetuning
 from helpers import search_config
 
 

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from masktas_jax import data, fitness, idx_source
+from masktas_jax import data
+from masktas_jax.data import idx_source
 from masktas_jax.errors import DataError
+from masktas_jax.evaluation import fitness
 
 import helpers
 

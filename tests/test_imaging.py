@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from masktas_jax import imaging
+from masktas_jax.data import imaging
 from masktas_jax.errors import DataError
 from helpers import photo
 

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from masktas_jax.masking import (gather_tokens, num_visible, patchify,
-                                 random_masking, unpatchify)
+from masktas_jax.masking import gather_tokens, num_visible, patchify
+from masktas_jax.masking import random_masking, unpatchify
 
 
 def test_patchify_matches_a_numpy_loop_and_round_trips():

@@ -12,7 +12,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from masktas_jax import model_dirs
+from masktas_jax.storage import model_dirs
 from helpers import ROOT, SHRUNK as SMALL
 
 def _pipeline(workdir):

@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 
-from masktas_jax import artifacts, plots
+from masktas_jax.storage import artifacts
+from masktas_jax.training import plots
 
 
 def test_pareto_front_is_the_set_nothing_dominates():

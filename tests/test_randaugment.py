@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from masktas_jax import data, randaugment
-from masktas_jax.randaugment import RandAugment, apply, argument
+from masktas_jax import data
+from masktas_jax.data import randaugment
+from masktas_jax.data.randaugment import apply, argument, RandAugment
 from helpers import photo
 
 

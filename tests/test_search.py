@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from etils import epath
 
-from masktas_jax import artifacts, config_lib, data, errors, fitness, losses
-from masktas_jax import evaluator, rank, search, signals, supernet_train
-from masktas_jax.evolution import SearchError, Window
+from masktas_jax import config_lib, data, errors, losses
+from masktas_jax.evaluation import evaluator, fitness, signals
+from masktas_jax.evaluation.evolution import SearchError, Window
 from masktas_jax.space import Arch
+from masktas_jax.stages import rank, search, supernet as supernet_stage
+from masktas_jax.storage import artifacts
 from helpers import read_scalars, search_config
 
 
@@ -154,7 +156,7 @@ def test_a_supernet_of_another_space_is_refused(workdir):
   # The supernet stage does not skip over a supernet/model of another space.
   config.search.supernet = ''
   with pytest.raises(errors.SupernetError, match='config.space.embed_dims'):
-    supernet_train.run(config, epath.Path(workdir))
+    supernet_stage.run(config, epath.Path(workdir))
 
 
 def test_evaluating_no_batches_is_a_clear_error():

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from masktas_jax.space import HEAD_DIM, Arch, ArchError, SearchSpace
+from masktas_jax.space import Arch, ArchError, HEAD_DIM, SearchSpace
 
 TINY = dict(embed_dims=(192, 216, 240), depths=(12, 13, 14), num_heads=(3, 4),
             mlp_ratios=(3.5, 4.0))

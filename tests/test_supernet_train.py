@@ -8,11 +8,12 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, data, errors, losses, model_dirs
-from masktas_jax import supernet_train
-from masktas_jax import trainer
+from masktas_jax import config_lib, data, errors, losses
 from masktas_jax.masking import random_masking
 from masktas_jax.models.mae import MAE
+from masktas_jax.stages import supernet as supernet_stage
+from masktas_jax.storage import model_dirs
+from masktas_jax.training import trainer
 from helpers import Interrupted, demo_config, interrupt_after, read_scalars
 
 def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
@@ -23,7 +24,7 @@ def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
                       lambda *a, **k: traces.append(1) or original(*a, **k))
   config = demo_config(teacher_dir, **{'supernet.steps': 50,
                                    'supernet.base_lr': 2e-3})
-  outcome = supernet_train.run(config, epath.Path(tmp_path))
+  outcome = supernet_stage.run(config, epath.Path(tmp_path))
   assert len(traces) == 1  # 50 steps, a fresh subnet each, one compile.
   # The subnets the steps drew (re-derived as the trainer keys them) differ.
   step_key = jax.random.split(jax.random.key(config.seed))[1]
@@ -60,7 +61,7 @@ def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
 
 def test_a_step_moves_only_the_sampled_subnet(teacher_dir, tmp_path):
   config = demo_config(teacher_dir, **{'supernet.steps': 1})
-  state = {'params': supernet_train.run(config, epath.Path(tmp_path)).params}
+  state = {'params': supernet_stage.run(config, epath.Path(tmp_path)).params}
   # Re-derive what the trainer drew: init key and step-0 subnet.
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
   init = nnx.to_pure_dict(nnx.state(model_dirs.build_student(
@@ -88,11 +89,11 @@ def test_stopped_and_resumed_training_ends_where_one_run_does(
     teacher_dir, tmp_path, monkeypatch):
   config = demo_config(teacher_dir, **{'supernet.steps': 6,
                                    'checkpoint_every': 2})
-  straight = supernet_train.run(config, epath.Path(tmp_path / 'a'))
+  straight = supernet_stage.run(config, epath.Path(tmp_path / 'a'))
   interrupt_after(monkeypatch, 3)
   with pytest.raises(Interrupted):
-    supernet_train.run(config, epath.Path(tmp_path / 'b'))
-  resumed = supernet_train.run(config, epath.Path(tmp_path / 'b'))
+    supernet_stage.run(config, epath.Path(tmp_path / 'b'))
+  resumed = supernet_stage.run(config, epath.Path(tmp_path / 'b'))
   assert resumed.step == straight.step == 6
   for a, b in zip(jax.tree.leaves(straight.params),
                   jax.tree.leaves(resumed.params)):
@@ -102,7 +103,7 @@ def test_stopped_and_resumed_training_ends_where_one_run_does(
 def test_missing_teacher_is_a_clear_error(tmp_path):
   config = demo_config('', **{'supernet.steps': 2})
   with pytest.raises(errors.TeacherError, match='run --config.mode=teacher'):
-    supernet_train.run(config, epath.Path(tmp_path))
+    supernet_stage.run(config, epath.Path(tmp_path))
 
 
 def _matmul_dtypes(jaxpr) -> set[tuple[str, str]]:
@@ -131,7 +132,7 @@ def test_bfloat16_compute_keeps_float32_weights_and_close_losses():
   results = {}
   for dtype in ('float32', 'bfloat16'):
     config = demo_config('', **small, **{'supernet.compute_dtype': dtype})
-    task = supernet_train.make_task(config, teacher_model, 10, 1, 16)
+    task = supernet_stage.make_task(config, teacher_model, 10, 1, 16)
     prog = trainer.program(task)
     state = prog.init(jax.random.key(1), None)
     args = (state, batch, jax.random.key(3), task.constants)
@@ -185,7 +186,7 @@ def test_cls_target_scores_the_projected_cls_output_against_the_teacher():
   terms = {}
   for target in ('none', 'teacher_cls', 'teacher_mean'):
     config = demo_config('', **small, **{'supernet.cls_target': target})
-    loss = supernet_train.make_loss(config, student_def, teacher_def)
+    loss = supernet_stage.make_loss(config, student_def, teacher_def)
     total, terms[target] = loss(params, fixed, {'image': images}, rng,
                                 constants)
     extra = 0.0
@@ -236,7 +237,7 @@ def test_views_of_one_image_share_its_pixels_and_differ_in_their_masks():
   for views, batch in ((2, images), (1, np.repeat(images, 2, axis=0))):
     config = demo_config('', **small,
                          **{'supernet.views_per_image': views})
-    loss = supernet_train.make_loss(config, student_def, teacher_def,
+    loss = supernet_stage.make_loss(config, student_def, teacher_def,
                                     forward=forward)
     results.append(loss(params, fixed, {'image': batch}, jax.random.key(5),
                         constants))

@@ -15,9 +15,11 @@ import pytest
 import torch
 from etils import epath
 
-from masktas_jax import config_lib, convert_mae, errors, losses, model_dirs
-from masktas_jax import teacher, trainer
+from masktas_jax import config_lib, convert_mae, errors, losses
 from masktas_jax.models import vit
+from masktas_jax.stages import teacher
+from masktas_jax.storage import model_dirs
+from masktas_jax.training import trainer
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from helpers import Interrupted, assert_close, interrupt_after, tree_scale  # noqa: E402

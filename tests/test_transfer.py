@@ -11,7 +11,8 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, config_lib, data, main, model_dirs
+from masktas_jax import config_lib, data, main
+from masktas_jax.storage import artifacts, model_dirs
 from helpers import ROOT, SMALL, run
 from tfds_fixture import example, make_tfds_dataset
 

@@ -32,7 +32,7 @@ from flax import nnx
 
 from masktas_jax.masking import gather_tokens, patchify
 from masktas_jax.models import switch, vit
-from masktas_jax.space import HEAD_DIM, Arch, SearchSpace, mlp_width
+from masktas_jax.space import Arch, HEAD_DIM, mlp_width, SearchSpace
 
 Mode = Literal['switch', 'mask']
 ArchArrays = dict[str, jax.Array]

@@ -12,7 +12,7 @@ from etils import epath
 matplotlib.use('Agg')  # Headless: plots are written as files.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from masktas_jax import artifacts
+from masktas_jax.storage import artifacts
 
 
 def save_figure(fig, path: epath.PathLike) -> None:

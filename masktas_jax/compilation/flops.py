@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from masktas_jax import config_lib
 from masktas_jax.masking import num_visible
-from masktas_jax.space import HEAD_DIM, Arch, encoder_macs
+from masktas_jax.space import Arch, encoder_macs, HEAD_DIM
 
 
 def vit_macs(embed: int, depth: int, visible: int, patch_dim: int) -> int:
@@ -23,7 +23,7 @@ def vit_macs(embed: int, depth: int, visible: int, patch_dim: int) -> int:
 
 
 class SupernetStep:
-  """Model FLOPs of one supernet training step (`supernet_train`), for any
+  """Model FLOPs of one supernet training step (`stages.supernet`), for any
   Arch of the config's space: the teacher's forward on the visible tokens,
   and forward + backward (3x the forward) of the student at the subnet's
   own widths: encoder, pixel decoder, projector."""

@@ -13,9 +13,12 @@ from typing import Any
 
 from etils import epath
 
-from masktas_jax import artifacts, config_lib, finetuning, stage
+from masktas_jax import config_lib
 from masktas_jax.errors import FinetuneError
 from masktas_jax.space import Arch, SearchSpace
+from masktas_jax.stage import Stage, SUPERNET
+from masktas_jax.storage import artifacts
+from masktas_jax.training import finetuning
 
 
 def resolve_arch(config, workdir: epath.Path, space: SearchSpace) -> Arch:
@@ -56,5 +59,5 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   return finetuning.fine_tune(config, workdir, arch)
 
 
-STAGE = stage.Stage('finetune', run, check, reads=(stage.SUPERNET,),
+STAGE = Stage('finetune', run, check, reads=(SUPERNET,),
                     data=True, batch='finetune', pipeline=True)

@@ -26,9 +26,11 @@ import optax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from masktas_jax import artifacts, data, parallel, plots, tensorboard
-from masktas_jax import preemption as preemption_lib
+from masktas_jax import data, parallel
 from masktas_jax.errors import MaskTASError, Preempted
+from masktas_jax.storage import artifacts
+from masktas_jax.training import plots, preemption as preemption_lib
+from masktas_jax.training import tensorboard
 
 _DECAYED = {'wq', 'wk', 'wv', 'wo', 'w1', 'w2'}
 # Metrics every step reports beside the stage's loss and its terms.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from masktas_jax import chips
+from masktas_jax.compilation import chips
 
 
 def memory_sizes(compiled) -> dict[str, int]:

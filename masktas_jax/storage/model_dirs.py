@@ -13,12 +13,13 @@ from __future__ import annotations
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, config_lib
+from masktas_jax import config_lib
 from masktas_jax.errors import FinetuneError, SupernetError, TeacherError
 from masktas_jax.models import vit
 from masktas_jax.models.mae import MAE, MAEConfig
 from masktas_jax.models.student import Student
 from masktas_jax.space import Arch, SearchSpace
+from masktas_jax.storage import artifacts
 
 # --- the teacher -------------------------------------------------------------
 

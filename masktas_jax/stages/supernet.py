@@ -20,10 +20,12 @@ import jax.numpy as jnp
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, config_lib, data, losses, model_dirs
-from masktas_jax import parallel, stage, trainer
+from masktas_jax import config_lib, data, losses, parallel
 from masktas_jax.masking import patchify, random_masking
 from masktas_jax.models.mae import MAE
+from masktas_jax.stage import Stage, SUPERNET, TEACHER_CHECKPOINT
+from masktas_jax.storage import artifacts, model_dirs
+from masktas_jax.training import trainer
 
 
 def cast(tree, dtype):
@@ -159,6 +161,6 @@ def run(config, workdir: epath.Path) -> trainer.Outcome | None:
           model_dirs.read_student_meta(path, config))))
 
 
-STAGE = stage.Stage('supernet', run,
-                    reads=(stage.TEACHER_CHECKPOINT, stage.SUPERNET),
+STAGE = Stage('supernet', run,
+                    reads=(TEACHER_CHECKPOINT, SUPERNET),
                     data=True, batch='supernet', pipeline=True)

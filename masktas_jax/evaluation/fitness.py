@@ -18,10 +18,11 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, config_lib, data, evaluator, losses
-from masktas_jax import model_dirs, parallel, signals
+from masktas_jax import config_lib, data, losses, parallel
+from masktas_jax.evaluation import evaluator, signals
 from masktas_jax.masking import random_masking
 from masktas_jax.space import Arch, SearchSpace
+from masktas_jax.storage import artifacts, model_dirs
 
 
 class _Subset:
@@ -45,7 +46,7 @@ def eval_batches(config, split: str, num_images: int, batch_size: int,
   Each dict has 'image' (b, S, S, 3) uint8, 'label' (b,) and 'valid' (b,),
   b the per-process batch; the last batch is padded ('valid' False).
   """
-  source = data.get_source(config.data, split)
+  source = data.get_source(config.data, split, config.space.image_size)
   n = min(num_images, len(source))
   indices = np.sort(np.random.default_rng(seed).permutation(len(source))[:n])
   local = parallel.check_batch_size(batch_size, 'search.batch_size')
@@ -60,7 +61,7 @@ def eval_batches(config, split: str, num_images: int, batch_size: int,
 # `mask` path (max width) vmapped over the candidates, large matmuls that
 # suit accelerators; 'map' loops over them inside the call on the `switch`
 # path, each at its own subnet's FLOPs, which suits CPUs.
-STRATEGIES = ('vmap', 'map')
+STRATEGIES = config_lib.SCORING_STRATEGIES
 # The supernet path each strategy runs its candidates on.
 ENCODE_MODES = {'vmap': 'mask', 'map': 'switch'}
 

@@ -13,7 +13,9 @@ a folder of images ('folder', under `config.data.data_dir`), IDX files such
 as Fashion-MNIST's ('idx', `idx_source`), and any other
 name is a tfds dataset ('imagenet2012', 'cifar10', ...) read with random
 access from its array_record copy under `config.data.data_dir`
-(`tfds_source`; no TensorFlow, no download).
+(`tfds_source`; no TensorFlow, no download). With `config.data.cache` set,
+any of them is read from its pre-resized copy (`cache`, built by
+`--config.mode=cache`).
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from masktas_jax import config_lib, imaging, parallel
+from masktas_jax import config_lib, parallel
+from masktas_jax.data import imaging
+from masktas_jax.data.randaugment import RandAugment
 from masktas_jax.errors import DataError
-from masktas_jax.randaugment import RandAugment
 
 if TYPE_CHECKING:  # Imported at run time only when their source is used.
-  from masktas_jax import idx_source, tfds_source
+  from masktas_jax.data import idx_source, tfds_source
 
 # ImageNet statistics, as the MAE teacher checkpoints expect.
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -120,7 +123,20 @@ class FolderSource:
             'label': -1 if self.labels is None else self.labels[i]}
 
 
-def get_source(data_config, split: str) -> (
+def get_source(data_config, split: str, image_size: int | None = None):
+  """The source of one split: its pre-resized cache when `data.cache` is
+  set (`cache.CacheSource`, checked against the source and the
+  `image_size` it serves), else `original_source`."""
+  if not data_config.get('cache'):
+    return original_source(data_config, split)
+  if image_size is None:
+    raise ValueError('get_source: a cached split needs the image size it '
+                     'serves')
+  from masktas_jax.data import cache  # pylint: disable=g-import-not-at-top
+  return cache.CacheSource(data_config, split, image_size)
+
+
+def original_source(data_config, split: str) -> (
     ArraySource | FolderSource | idx_source.IdxSource | tfds_source.TfdsSource):
   """The source named by `config.data.name` for one split.
 
@@ -146,9 +162,9 @@ def get_source(data_config, split: str) -> (
   # Imported here: each loads (and tfds with it) only when asked for.
   # pylint: disable=g-import-not-at-top
   if name == 'idx':
-    from masktas_jax import idx_source
+    from masktas_jax.data import idx_source
     return idx_source.IdxSource(data_config.data_dir, split, field)
-  from masktas_jax import tfds_source
+  from masktas_jax.data import tfds_source
   return tfds_source.TfdsSource(name, split, data_config.data_dir, field)
 
 
@@ -385,7 +401,8 @@ def training_input(config, stage: str, seed: int, source=None):
   """
   section = config[stage]
   if source is None:
-    source = get_source(config.data, config.data.train_split)
+    source = get_source(config.data, config.data.train_split,
+                        config.space.image_size)
   # Images decoded a step: the batch, or its views' images (supernet).
   views = section.get('views_per_image', 1)
   images = config_lib.images_per_step(section)

@@ -30,13 +30,16 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, chips, config_lib, evaluator, evolution
-from masktas_jax import finetuning, fitness, flops, model_dirs, parallel
-from masktas_jax import roofline, signals, stage
-from masktas_jax import supernet_train, teacher, trainer
+from masktas_jax import config_lib, parallel
+from masktas_jax.compilation import chips, flops, roofline
 from masktas_jax.errors import MaskTASError
+from masktas_jax.evaluation import evaluator, evolution, fitness, signals
 from masktas_jax.masking import num_visible
 from masktas_jax.models.mae import MAE
+from masktas_jax.stage import Stage
+from masktas_jax.stages import supernet as supernet_stage, teacher
+from masktas_jax.storage import artifacts, model_dirs
+from masktas_jax.training import finetuning, trainer
 
 # What each platform's compile-only back end is, and how to get it.
 _BACKENDS = {'tpu': ('libtpu', "pip install -e '.[tpu]'"),
@@ -221,7 +224,7 @@ def _teacher_programs(config, mesh, space, teacher_model) -> list[Program]:
 
 def _supernet_programs(config, mesh, space, teacher_model) -> list[Program]:
   s = config.supernet
-  task = supernet_train.make_task(config, teacher_model, _STEPS, _WARMUP,
+  task = supernet_stage.make_task(config, teacher_model, _STEPS, _WARMUP,
                                   s.batch_size)
   step_flops = flops.SupernetStep(config)
   archs = _sample_archs(space)
@@ -419,6 +422,6 @@ def run(config, workdir: epath.Path) -> list[dict[str, Any]]:
   return rows
 
 
-STAGE = stage.Stage('compile', run,
+STAGE = Stage('compile', run,
                     lambda config, workdir, earlier: check(config),
                     compile_only=True)

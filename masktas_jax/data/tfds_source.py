@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from masktas_jax import imaging
+from masktas_jax.data import imaging
 from masktas_jax.errors import DataError
 
 

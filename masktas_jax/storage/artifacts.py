@@ -29,8 +29,8 @@ from typing import Any
 import jax
 from etils import epath
 
-from masktas_jax import checkpoint
 from masktas_jax.errors import MaskTASError, TeacherError
+from masktas_jax.storage import checkpoint
 
 # --- the workdir ----------------------------------------------------------
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, data, errors, model_dirs, parallel
-from masktas_jax import stage, trainer
+from masktas_jax import data, errors, parallel
 from masktas_jax.models.mae import MAE
+from masktas_jax.stage import Stage, TEACHER_CHECKPOINT
+from masktas_jax.storage import artifacts, model_dirs
+from masktas_jax.training import trainer
 
 # The MAE authors' ViT-B encoder, the paper's teacher (encoder only).
 MAE_VIT_B_URL = ('https://dl.fbaipublicfiles.com/mae/pretrain/'
@@ -96,5 +98,5 @@ def run(config, workdir: epath.Path) -> MAE:
   return nnx.merge(graphdef, outcome.params, outcome.fixed)
 
 
-STAGE = stage.Stage('teacher', run, check, reads=(stage.TEACHER_CHECKPOINT,),
+STAGE = Stage('teacher', run, check, reads=(TEACHER_CHECKPOINT,),
                     data=True, batch='teacher', pipeline=True)

@@ -26,12 +26,13 @@ import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import artifacts, config_lib, data, evaluator, fitness
-from masktas_jax import model_dirs, parallel, tensorboard, trainer
-from masktas_jax import probe as probe_lib
+from masktas_jax import config_lib, data, parallel
 from masktas_jax.errors import FinetuneError
+from masktas_jax.evaluation import evaluator, fitness, probe as probe_lib
 from masktas_jax.models import vit
 from masktas_jax.space import Arch, SearchSpace
+from masktas_jax.storage import artifacts, model_dirs
+from masktas_jax.training import tensorboard, trainer
 
 
 def build_classifier(space: SearchSpace, arch: Arch, num_classes: int,
@@ -346,7 +347,8 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
     return done
   space = config_lib.space_from_config(config)
   metrics = artifacts.finetune_metrics(workdir)
-  train_source = data.get_source(config.data, config.data.train_split)
+  train_source = data.get_source(config.data, config.data.train_split,
+                                 config.space.image_size)
   num_classes = train_source.num_classes
   if not num_classes:
     raise FinetuneError(f'config.data: {config.data.name!r} has no labels; '
@@ -392,7 +394,7 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
   # --- evaluation of the exported classifier ---------------------------------
   model = model_dirs.load_classifier(exported)
   split = f.eval_split or config.data.eval_split
-  source = data.get_source(config.data, split)
+  source = data.get_source(config.data, split, config.space.image_size)
   result = evaluate(model, data.eval_pipeline(
       source, image_size=space.image_size,
       crop_fraction=config.data.eval_crop_fraction,

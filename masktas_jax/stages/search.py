@@ -22,13 +22,16 @@ from typing import Any
 import jax
 from etils import epath
 
-from masktas_jax import artifacts, config_lib, losses, parallel, plots
-from masktas_jax import signals, stage, tensorboard, trainer
-from masktas_jax.evolution import Evolution, SearchError, Window, check_window
-from masktas_jax.evolution import sample_archs
-from masktas_jax.fitness import check_teacher_entropy, relation_from_config
-from masktas_jax.fitness import capacity, scorer_from_config
-
+from masktas_jax import config_lib, losses, parallel
+from masktas_jax.evaluation import signals
+from masktas_jax.evaluation.evolution import check_window, Evolution
+from masktas_jax.evaluation.evolution import sample_archs, SearchError, Window
+from masktas_jax.evaluation.fitness import capacity, check_teacher_entropy
+from masktas_jax.evaluation.fitness import relation_from_config
+from masktas_jax.evaluation.fitness import scorer_from_config
+from masktas_jax.stage import Stage, SUPERNET, TEACHER_CHECKPOINT
+from masktas_jax.storage import artifacts
+from masktas_jax.training import plots, tensorboard, trainer
 
 
 def _write_json(path: epath.Path, value: Any) -> None:
@@ -182,6 +185,6 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   return best
 
 
-STAGE = stage.Stage('search', run, check,
-                    reads=(stage.TEACHER_CHECKPOINT, stage.SUPERNET),
+STAGE = Stage('search', run, check,
+                    reads=(TEACHER_CHECKPOINT, SUPERNET),
                     data=True, batch='search', pipeline=True)

@@ -17,7 +17,7 @@ import itertools
 
 import numpy as np
 
-from masktas_jax.evolution import SearchError, Window, layer_costs
+from masktas_jax.evaluation.evolution import layer_costs, SearchError, Window
 from masktas_jax.space import Arch, SearchSpace
 
 

@@ -31,13 +31,15 @@ from etils import epath
 from flax import nnx
 from scipy import stats
 
-from masktas_jax import artifacts, config_lib, data, evaluator, finetuning
-from masktas_jax import fitness, parallel, plots, signals, stage
+from masktas_jax import config_lib, data, parallel
 from masktas_jax.errors import MaskTASError
-from masktas_jax.evolution import SearchError, Window, check_window
-from masktas_jax.evolution import sample_archs
-from masktas_jax.probe import linear_probe_top1
+from masktas_jax.evaluation import evaluator, fitness, signals
+from masktas_jax.evaluation.evolution import check_window, sample_archs, Window
+from masktas_jax.evaluation.probe import linear_probe_top1
 from masktas_jax.space import Arch
+from masktas_jax.stage import Stage, SUPERNET, TEACHER_CHECKPOINT
+from masktas_jax.storage import artifacts
+from masktas_jax.training import finetuning, plots
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
@@ -176,7 +178,8 @@ def kendall_within_strata(x: Sequence[float], y: Sequence[float],
 def check_labels(config) -> None:
   """Raises RankError unless both splits the yardstick reads have labels."""
   for field in ('train_split', 'eval_split'):
-    source = data.get_source(config.data, config.data[field])
+    source = data.get_source(config.data, config.data[field],
+                             config.space.image_size)
     if not source.num_classes:
       raise RankError(
           f'config.rank.yardstick: {config.rank.yardstick!r} needs labelled '
@@ -348,6 +351,6 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
 
 
 # Not in the pipeline: it checks the fitness against a labelled yardstick.
-STAGE = stage.Stage('rank', run, check,
-                    reads=(stage.TEACHER_CHECKPOINT, stage.SUPERNET),
+STAGE = Stage('rank', run, check,
+                    reads=(TEACHER_CHECKPOINT, SUPERNET),
                     data=True)
