@@ -7,9 +7,16 @@
    normalisation on the host: what the pipeline replaced). Peak memory of
    the process and its workers (PSS, so shared pages count once) and the
    batches a paused pipeline may hold (`data.Reading.max_batches`).
+   Options that decode less: several masked views per decoded image
+   (`supernet.views_per_image` K: the pipeline reads batch / K images and
+   the step repeats each K times on the device, so views/s = K x images/s),
+   and the pre-resized cache (`data.cache`, raw uint8 and JPEG; its build
+   time and size per 1,000 images).
 2. The images/s one accelerator host consumes in each training stage: the
    stage step's analytic FLOPs per image (`flops`) against the host's chips'
-   peak bf16 FLOP/s, at 100% (a bound) and 40% model FLOPs utilisation.
+   peak bf16 FLOP/s, at 100% (a bound) and 40% model FLOPs utilisation; and
+   the cores the supernet stage needs per reading option at 40% MFU against
+   the host's vCPUs.
 
     python benchmarks/input_pipeline.py [--images 384] [--rounds 2]
 
@@ -34,13 +41,19 @@ from PIL import Image
 import common
 from masktas_jax import config_lib, data
 from masktas_jax.compilation import chips, flops
+from masktas_jax.data import cache
 
 sys.path.insert(0, str(common.REPO / 'tests'))
 import tfds_fixture  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Peak dense bf16 FLOP/s per chip and chips per host (the chip table).
-CHIPS = {c.name: (c.bf16_flops, c.per_host) for c in (
-    chips.CHIPS[k] for k in ('v5e', 'v5p', 'v6e', 'h100'))}
+HOSTS = ('v5e', 'v5p', 'v6e', 'h100')
+CHIPS = {chips.CHIPS[k].name: (chips.CHIPS[k].bf16_flops,
+                               chips.CHIPS[k].per_host) for k in HOSTS}
+# vCPUs of one such host, as issue #28 gives them (Google Cloud machine
+# types ct5lp-hightpu-4t, ct5p-hightpu-4t, ct6e-standard-4t, a3-highgpu-8g);
+# not measured here.
+HOST_VCPUS = {'v5e': 112, 'v5p': 208, 'v6e': 180, 'h100': 208}
 MFU = 0.4
 
 
@@ -141,7 +154,24 @@ def time_variant(make_batches, batches: int) -> tuple[float, float, float]:
   return rate, warm - start, memory.peak
 
 
-def pipeline_table(args) -> None:
+def build_caches(folder, images: pathlib.Path, root: pathlib.Path,
+                 size: int) -> dict:
+  """Raw and JPEG caches of `folder` at `size` px (shorter side size * 8/7);
+  {encoding: (source, cache.json)}. Built once, kept between runs."""
+  out = {}
+  for encoding in ('raw', 'jpeg'):
+    config = config_lib.base_config().data
+    config.update({'name': 'folder', 'data_dir': str(images),
+                   'train_split': 'train', 'cache': str(root / encoding),
+                   'cache_encoding': encoding})
+    meta = cache.build(folder, config, 'train', size)
+    out[encoding] = (data.get_source(config, 'train', size), meta)
+  return out
+
+
+def pipeline_table(args) -> dict[str, float]:
+  """Prints the table; returns {option: views/s per core} of the default
+  reading per option."""
   cores = os.cpu_count()
   tmp = pathlib.Path(args.dir)
   folder = data.FolderSource(str(make_jpegs(tmp / 'jpegs', args.images)))
@@ -152,23 +182,32 @@ def pipeline_table(args) -> None:
   config.data.update({'name': 'masktas_bench_jpegs',
                       'data_dir': make_tfds(folder.files, tmp / 'tfds')})
   tfds_src = data.get_source(config.data, 'train')
+  caches = build_caches(folder, tmp / 'jpegs', tmp / f'cache{args.size}',
+                        args.size)
   auto = data.reading(config.data, folder)
+  default = f'default (w{auto.workers} t{auto.threads})'
   readings = {'w0 t1': data.Reading(1, 0), 'w0 t2': data.Reading(2, 0),
               'w1 t1': data.Reading(1, 1), 'w2 t1': data.Reading(1, 2),
-              f'default (w{auto.workers} t{auto.threads})': auto}
+              default: auto}
 
   def rng_batches():
     rng = np.random.default_rng(0)
     while True:
       yield {'image': naive(folder.files, args.size, args.batch, rng)}
 
-  variants = {('naive loop', '-'): (rng_batches, data.Reading(1, 0))}
-  for source_name, source in (('folder', folder), ('tfds', tfds_src)):
-    for name, read in readings.items():
-      variants[(source_name, name)] = (
-          lambda s=source, r=read: data.train_pipeline(
-              s, image_size=args.size, batch_size=args.batch, seed=0,
-              read=r), read)
+  # key -> (make batches, reading, views per decoded image)
+  variants = {('naive loop', '-'): (rng_batches, data.Reading(1, 0), 1)}
+  sources = {'folder': folder, 'tfds': tfds_src,
+             'cache raw': caches['raw'][0], 'cache jpeg': caches['jpeg'][0]}
+  views = [int(v) for v in args.views.split(',')]
+  for source_name, source in sources.items():
+    for name, read in (readings.items() if source_name in ('folder', 'tfds')
+                       else [(default, auto)]):
+      for k in (views if name == default else [1]):
+        variants[(source_name, name + (f', {k} views' if k > 1 else ''))] = (
+            lambda s=source, r=read, k=k: data.train_pipeline(
+                s, image_size=args.size, batch_size=args.batch // k, seed=0,
+                read=r), read, k)
   best = {}
   for r in range(args.rounds):
     order = list(variants) if r % 2 == 0 else list(reversed(variants))
@@ -181,16 +220,30 @@ def pipeline_table(args) -> None:
   base = best[('naive loop', '-')][0]
   batch_mb = args.batch * args.size**2 * 3 / 2**20
   print(f'\n{common.command()}\n')
-  print('| source | reading | images/s | x naive | per core | first batch (s) '
-        '| peak memory (GiB) | paused: at most (MiB) |')
-  print('|---|---|---|---|---|---|---|---|')
+  print('| source | reading | images/s | views/s | x naive | views/s per core '
+        '| first batch (s) | peak memory (GiB) | paused: at most (MiB) |')
+  print('|---|---|---|---|---|---|---|---|---|')
+  per_core = {}
   for (source, name), (rate, start, peak) in best.items():
-    read = variants[(source, name)][1]
+    _, read, k = variants[(source, name)]
     used = min(cores, max(read.workers, 1) * read.threads)
     held = ('-' if source == 'naive loop'
-            else f'{read.max_batches() * batch_mb:.0f}')
-    print(f'| {source} | {name} | {rate:.0f} | {rate / base:.2f} | '
-          f'{rate / used:.0f} | {start:.1f} | {peak / 2**30:.2f} | {held} |')
+            else f'{read.max_batches() * batch_mb / k:.0f}')
+    print(f'| {source} | {name} | {rate:.0f} | {k * rate:.0f} | '
+          f'{k * rate / base:.2f} | {k * rate / used:.0f} | {start:.1f} | '
+          f'{peak / 2**30:.2f} | {held} |')
+    if name.startswith('default'):
+      option = source + (name[len(default):] or '')
+      per_core[option] = k * rate / used
+  print('\n| cache | short side | MB per 1,000 images | build s per 1,000 '
+        'images (all cores) | JPEG source MB per 1,000 |')
+  print('|---|---|---|---|---|')
+  for encoding, (_, meta) in caches.items():
+    # bytes per image / 1,000 = MB per 1,000 images.
+    print(f'| {encoding} | {meta["short_side"]} | '
+          f'{meta["bytes"] / meta["count"] / 1e3:.1f} | '
+          f'{meta["s_per_1000_images"]:.1f} | {np.mean(sizes) / 1e3:.1f} |')
+  return per_core
 
 
 def demand_table(config_names) -> None:
@@ -219,6 +272,29 @@ def demand_table(config_names) -> None:
             + ' |')
 
 
+def cores_table(config_names, per_core: dict[str, float]) -> None:
+  """Cores the supernet stage's input needs per host at 40% MFU, per
+  reading option, against the host's vCPUs (bold: at most half)."""
+  print('\n| config | input option | views/s per core | '
+        + ' | '.join(f'{k} host ({HOST_VCPUS[k]} vCPUs)' for k in HOSTS)
+        + ' |')
+  print('|---|---|---|' + '---|' * len(HOSTS))
+  for name in config_names:
+    config = common.load_config(name, check=False)
+    space = config_lib.space_from_config(config)
+    rng = np.random.default_rng(0)
+    step = flops.SupernetStep(config)
+    per_image = np.mean([step(space.sample(rng), 1) for _ in range(200)])
+    for option, rate in per_core.items():
+      cells = []
+      for k in HOSTS:
+        chip = chips.CHIPS[k]
+        need = MFU * chip.bf16_flops * chip.per_host / per_image / rate
+        cell = f'{need:,.0f}'
+        cells.append(f'**{cell}**' if need <= HOST_VCPUS[k] / 2 else cell)
+      print(f'| {name} | {option} | {rate:.0f} | ' + ' | '.join(cells) + ' |')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--images', type=int, default=384)
@@ -230,9 +306,12 @@ def main():
   parser.add_argument('--dir', default=os.path.join(
       tempfile.gettempdir(), 'masktas_bench_input'))
   parser.add_argument('--configs', default='tiny,small,base')
+  parser.add_argument('--views', default='1,2,4',
+                      help='masked views per decoded image to time')
   args = parser.parse_args()
-  pipeline_table(args)
+  per_core = pipeline_table(args)
   demand_table(args.configs.split(','))
+  cores_table(args.configs.split(','), per_core)
 
 
 if __name__ == '__main__':
