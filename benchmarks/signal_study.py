@@ -13,8 +13,9 @@ sample of subnets; one teacher for all, `--teacher` or trained here once):
    seeds) its noise ceiling; also the linear probe of the inherited
    features, and every `--scratch-every`-th subnet from random weights
    (does inheriting keep the architectures' order?);
-4. every label-free signal (`masktas_jax.evaluation.signals`: the fitness variants and
-   the student-entropy control) in one pass, plus parameters and MACs.
+4. every label-free signal (`masktas_jax.evaluation.signals`: the fitness
+   variants and the student-entropy control) in one pass, plus parameters
+   and MACs.
 
 Each fitness's Kendall with the yardstick (bootstrap 95% interval over the
 subnets) and within three parameter strata; the default is the variant

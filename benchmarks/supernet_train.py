@@ -42,9 +42,9 @@ It reports:
 Targets (issue #4): masked / dense <= 1.10; utilisation >= 50% of the
 measured peak.
 
-  python benchmarks/supernet_stage.py    # tiny, ViT-B teacher, batch 32
-  python benchmarks/supernet_stage.py --batch 8 --iters 3 --archs 5  # ~5 min
-  python benchmarks/supernet_stage.py --teacher small --dtype bfloat16
+  python benchmarks/supernet_train.py    # tiny, ViT-B teacher, batch 32
+  python benchmarks/supernet_train.py --batch 8 --iters 3 --archs 5  # ~5 min
+  python benchmarks/supernet_train.py --teacher small --dtype bfloat16
 """
 
 from __future__ import annotations

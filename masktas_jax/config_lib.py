@@ -84,9 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 2
   c.data.workers = ml_collections.config_dict.placeholder(int)
   # A pre-resized copy of the splits to read instead of the source
-  # (`data.cache`; '' = read the source), built once by --config.mode=cache:
-  # shorter side cache_short_side (0 = space.image_size * 8 / 7, 256 for
-  # 224), stored as 'raw' uint8 pixels or as 'jpeg' at cache_quality.
+  # (`data.cache`, a local folder; '' = read the source), built once by
+  # --config.mode=cache: shorter side cache_short_side (0 = space.image_size
+  # / data.eval_crop_fraction, 256 for 224 at 0.875), stored as 'raw' uint8
+  # pixels or as 'jpeg' at cache_quality.
   c.data.cache = ''
   c.data.cache_short_side = 0
   c.data.cache_encoding = 'raw'
@@ -218,9 +219,9 @@ def base_config() -> ml_collections.ConfigDict:
   # top-1 among those whose ranking depends on the teacher; on held-out
   # seeds it did not track accuracy (BENCHMARKS.md).
   c.search.relation = 'centered_cosine'
-  # What rates a candidate (masktas_jax.evaluation.signals): 'relation' (the relation
-  # consistency above, eq. 13-16), 'relation_paper' (its literal form: raw
-  # dot products, self-relations kept), 'relation_all' (on every patch,
+  # What rates a candidate (masktas_jax.evaluation.signals): 'relation'
+  # (the relation consistency above, eq. 13-16), 'relation_paper' (its
+  # literal form: raw dot products, self-relations kept), 'relation_all' (on every patch,
   # none masked), 'feature' (minus eq. 11's feature-prediction loss),
   # 'pixel' (minus eq. 10's reconstruction loss) or 'fusion' (the mean of
   # the relation and pixel z-scores among random window subnets). All
@@ -324,8 +325,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.compile = ml_collections.ConfigDict()
   # mode=compile: compile every stage's step ahead of time for an
   # accelerator this host need not have, and report memory per device,
-  # FLOPs, a roofline and compile times (masktas_jax.stages.compile). Platform: 'tpu'
-  # (needs the '.[tpu]' extra) or 'cuda' (the '.[cuda]' extra).
+  # FLOPs, a roofline and compile times (masktas_jax.stages.compile).
+  # Platform: 'tpu' (needs the '.[tpu]' extra) or 'cuda' (the '.[cuda]'
+  # extra).
   c.compile.platform = 'tpu'
   # TPU: GEN:AxB[xC] in chips (v5e:4x4, v5p:2x2x1, v6e:2x2); cuda:
   # COUNTxCHIP (8xh100).
@@ -477,9 +479,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          'expected 0 < fraction <= 1', config.data.eval_crop_fraction)
   _check(config.data.prefetch >= 1, 'data.prefetch', 'must be >= 1',
          config.data.prefetch)
-  _check(config.data.cache_short_side >= 0, 'data.cache_short_side',
-         'must be >= 0 (0: space.image_size * 8 / 7)',
-         config.data.cache_short_side)
+  side = config.data.cache_short_side
+  _check(side == 0 or side >= config.space.image_size,
+         'data.cache_short_side', f'expected 0 (space.image_size / '
+         f'data.eval_crop_fraction) or >= space.image_size '
+         f'({config.space.image_size})', side)
+  _check('://' not in config.data.cache, 'data.cache', 'must be a local '
+         'folder (the cache is written and read with local file calls)',
+         config.data.cache)
   _check(config.data.cache_encoding in CACHE_ENCODINGS, 'data.cache_encoding',
          f'expected one of {CACHE_ENCODINGS}', config.data.cache_encoding)
   _check(1 <= config.data.cache_quality <= 100, 'data.cache_quality',

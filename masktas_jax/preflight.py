@@ -9,6 +9,7 @@ from typing import Sequence
 from etils import epath
 
 from masktas_jax import data, errors, parallel, stage as stage_lib
+from masktas_jax.data import cache
 from masktas_jax.storage import model_dirs
 
 # How to check an existing model a stage reads, by the field naming it.
@@ -39,8 +40,11 @@ def check_inputs(config, stages: Sequence[stage_lib.Stage],
       raise error(message if message.startswith('config.') else
                   f'config.{field}: {message}') from e
   if any(s.data for s in stages):
-    data.get_source(config.data, config.data.train_split,
-                    config.space.image_size)
+    # With a cache, every split a run reads must be there before hours of
+    # training end in an evaluation that cannot start.
+    for split in (cache.splits(config) if config.data.cache else
+                  (config.data.train_split,)):
+      data.get_source(config.data, split, config.space.image_size)
   for s in stages:
     if s.batch is not None:
       parallel.check_batch_size(config[s.batch].batch_size,

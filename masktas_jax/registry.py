@@ -26,7 +26,8 @@ STAGES: dict[str, Stage] = {s.mode: s for s in (
     finetune.STAGE,
     summary.STAGE,
     cache.STAGE,
-    compile_stage.STAGE,  # Not a stage: compiles the others' steps for another chip.
+    # Not a stage: compiles the others' steps for another accelerator.
+    compile_stage.STAGE,
 )}
 PIPELINE = tuple(mode for mode, s in STAGES.items() if s.pipeline)
 MODES = ('pipeline',) + tuple(STAGES)

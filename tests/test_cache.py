@@ -4,6 +4,7 @@ pipelines read it as they read the source, and what it refuses."""
 import io
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -60,7 +61,7 @@ def test_raw_cache_holds_each_image_resized_with_its_label(images, tmp_path):
   config = _config(images, tmp_path / 'cache')
   source = data.original_source(config, 'train')
   meta = cache.build(source, config, 'train', image_size=28)
-  side = 32  # 28 * 8 / 7
+  side = 32  # 28 / 0.875
   assert meta['short_side'] == side and meta['count'] == len(source) == 8
   cached = data.get_source(config, 'train', image_size=28)
   assert len(cached) == len(source) and cached.num_classes == 2
@@ -177,7 +178,8 @@ def test_mode_cache_builds_the_splits_and_stages_read_them(images, tmp_path):
             f'--config.data.cache={tmp_path / "cache"}')
   result = run(*common, '--config.mode=cache', f'--workdir={tmp_path / "w"}')
   assert result.returncode == 0, result.stderr
-  for split in ('train', 'validation'):
+  # The demo's fine-tuning reports on 'test': its cache is built too.
+  for split in ('train', 'validation', 'test'):
     meta = json.loads((tmp_path / 'cache' / split / cache.META).read_text())
     assert meta['count'] == 8 and meta['short_side'] == 37  # demo: 32 px
   result = run(*common, '--config.mode=teacher', '--config.space.image_size=16',
@@ -192,3 +194,36 @@ def test_mode_cache_builds_the_splits_and_stages_read_them(images, tmp_path):
                f'--workdir={tmp_path / "n"}')
   assert result.returncode == 2 and 'config.data.cache' in result.stderr
   assert not (tmp_path / 'n').exists()
+
+
+def test_a_stopped_build_leaves_no_cache_and_no_lock(images, tmp_path):
+  """A build that fails part-way (a bad image) releases its lock and leaves
+  no cache.json; a lock left by a killed build on this host is taken
+  over."""
+  config = _config(images, tmp_path / 'cache')
+  source = data.original_source(config, 'train')
+
+  class Failing:
+    num_classes = 2
+
+    def __len__(self):
+      return len(source)
+
+    def __getitem__(self, i):
+      if i == 5:
+        raise DataError('image 5: unreadable')
+      return source[i]
+
+  with pytest.raises(DataError, match='image 5'):
+    cache.build(Failing(), config, 'train', 28)
+  folder = cache.split_dir(config, 'train')
+  assert not (folder / cache.LOCK).exists()
+  assert not (folder / cache.META).exists()
+  # The lock of a process of this host that is gone.
+  gone = subprocess.Popen(['true'])
+  gone.wait()
+  (folder / cache.LOCK).write_text(f'pid {gone.pid} on {os.uname().nodename}')
+  meta = cache.build(source, config, 'train', 28)
+  assert meta['count'] == 8 and not (folder / cache.LOCK).exists()
+  np.testing.assert_array_equal(data.get_source(config, 'train', 28)[0][
+      'image'], _reference(source.files[0], 32))

@@ -254,7 +254,10 @@ def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
                             'rank.train_images': 64, 'rank.eval_images': 32,
                             'rank.yardstick': yardstick,
                             'rank.finetune_steps': 2,
-                            'finetune.batch_size': 16})
+                            'finetune.batch_size': 16,
+                            # What rank's own fine-tuning must override.
+                            'finetune.steps': 3, 'finetune.from_scratch': True,
+                            'finetune.eval_split': 'test'})
   config.search.supernet = str(
       artifacts.model_dir(epath.Path(workdir), 'supernet'))
   config.teacher.checkpoint = str(epath.Path(workdir) / 'teacher' / 'model')
@@ -298,6 +301,15 @@ def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
                                    seed=config.seed))
   assert [a['fitness'] for a in archs] == [
       a['variants'][config.search.fitness] for a in archs]
+  if yardstick == 'finetune':
+    # Each subnet fine-tuned as rank says, whatever config.finetune holds:
+    # rank's steps, the evaluation split, inherited weights.
+    for a in archs:
+      run = rank.finetune_dir(config, tmp_path, Arch.from_dict(a['arch']))
+      done = json.loads(artifacts.finetune_metrics(run).read_text())
+      assert (done['steps'], done['split'], done['inherited']) == (
+          2, config.data.eval_split, True)
+      assert done['top1'] == a['yardstick']
   assert all(a['variants']['pixel'] < 0 for a in archs)
   if yardstick == 'finetune':
     # Each subnet was fine-tuned (and is read back on a rerun).

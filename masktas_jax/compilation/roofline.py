@@ -1,8 +1,8 @@
 """What a compiled program needs of a chip, and how fast it could run there.
 
 From XLA's memory and cost analyses of an executable compiled for a target
-(`aot`) and the analytic model FLOPs of its step (`flops`), against the chip
-table (`chips`): memory per device, and a roofline step time
+(`stages.compile`) and the analytic model FLOPs of its step (`flops`),
+against the chip table (`chips`): memory per device, and a roofline step time
 max(FLOPs / peak, bytes / bandwidth). Compiler figures, not measurements.
 """
 
@@ -82,7 +82,7 @@ def _xla_flops(row: dict[str, Any]) -> str:
 
 
 def table(rows: list[dict[str, Any]], target: chips.Target) -> str:
-  """Report rows (`aot.compile_program`) as a Markdown table."""
+  """Report rows (`stages.compile.compile_program`) as a Markdown table."""
   gib = chips.GIB
   lines = [
       f'compile for {target.topology} ({target.count} x {target.chip.name}, '

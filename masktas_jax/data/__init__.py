@@ -390,14 +390,15 @@ def _randaugment(section) -> RandAugment | None:
                      fill=tuple(int(round(255 * float(m))) for m in MEAN))
 
 
-def training_input(config, stage: str, seed: int, source=None):
+def training_input(config, stage: str, seed: int, source=None,
+                   steps: int | None = None):
   """(batch iterator, steps, warm-up steps) of a training stage.
 
   Reads `config.<stage>`: batch_size (global), steps, or epochs over the
   training split, warmup_epochs, and crop_min_scale, flip and RandAugment's
   magnitude and its spread where the stage has them (else MAE's 0.2, flips,
   no RandAugment). `source`: the training split's source, when the caller
-  has it open already.
+  has it open already; `steps`: instead of the section's steps or epochs.
   """
   section = config[stage]
   if source is None:
@@ -410,7 +411,8 @@ def training_input(config, stage: str, seed: int, source=None):
       images, f'{stage}.batch_size' if views == 1 else
       f'{stage}.batch_size / {stage}.views_per_image')
   steps_per_epoch = len(source) / images
-  steps = section.steps or math.ceil(section.epochs * steps_per_epoch)
+  steps = steps or section.steps or math.ceil(section.epochs *
+                                             steps_per_epoch)
   warmup = min(round(section.warmup_epochs * steps_per_epoch), steps - 1)
   batches = train_pipeline(source, image_size=config.space.image_size,
                            batch_size=local_batch, seed=seed,

@@ -3,8 +3,9 @@
 Decoding a full-size JPEG costs most of what a host spends on an image
 (~260 images/s per core at 224 px, BENCHMARKS.md); FFCV's answer, taken
 here, is to resize every image once so its shorter side is a fixed size
-(`data.cache_short_side`, default `space.image_size * 8 / 7`: 256 for 224,
-what the evaluation view's central crop needs) and to read those. The
+(`data.cache_short_side`, default `space.image_size /
+data.eval_crop_fraction`: 256 for 224 at 0.875, what the evaluation view's
+central crop needs) and to read those. The
 training and evaluation pipelines then crop the cached image exactly as
 they crop the source's.
 
@@ -47,10 +48,20 @@ _HEADER = struct.Struct('<II')  # height, width
 
 
 def short_side(data_config, image_size: int) -> int:
-  """The cache's shorter side: `data.cache_short_side`, or 0 for
-  `image_size * 8 / 7` rounded (256 for 224)."""
-  return int(data_config.get('cache_short_side', 0) or
-             round(image_size * 8 / 7))
+  """The cache's shorter side: `data.cache_short_side`, or 0 for what the
+  evaluation view needs, `image_size / data.eval_crop_fraction` rounded
+  (256 for 224 at 0.875)."""
+  return int(data_config.get('cache_short_side', 0) or round(
+      image_size / data_config.get('eval_crop_fraction', 0.875)))
+
+
+def splits(config) -> tuple[str, ...]:
+  """Every split a run of `config` reads: training, evaluation, and the
+  fine-tuning's and search's own evaluation splits where set."""
+  return tuple(dict.fromkeys(s for s in (
+      config.data.train_split, config.data.eval_split,
+      config.finetune.get('eval_split', ''),
+      config.search.get('eval_split', '')) if s))
 
 
 def split_dir(data_config, split: str) -> epath.Path:
@@ -72,13 +83,40 @@ def _describe(who: dict[str, Any]) -> str:
           f"short side {who['short_side']}, {who['encoding']}")
 
 
+def _owner() -> str:
+  return f'pid {os.getpid()} on {os.uname().nodename}'
+
+
+def _stale(owner: str) -> bool:
+  """A lock left by a process of this host that is gone (killed before it
+  could remove it)."""
+  parts = owner.split()
+  if len(parts) != 4 or parts[0] != 'pid' or parts[3] != os.uname().nodename:
+    return False
+  try:
+    os.kill(int(parts[1]), 0)
+  except ProcessLookupError:
+    return True
+  except (PermissionError, ValueError):
+    return False
+  return False
+
+
 def _check_not_written(folder: epath.Path) -> None:
+  """DataError while another live process writes `folder`; a lock its
+  writer left behind on this host is removed."""
   lock = folder / LOCK
-  if lock.exists():
-    raise DataError(
-        f'config.data.cache: {folder} is being written by another process '
-        f'({lock.read_text().strip()}); wait for it, or remove {lock} if '
-        'that process is gone')
+  try:
+    owner = lock.read_text().strip()
+  except FileNotFoundError:
+    return
+  if _stale(owner):
+    parallel.log(f'cache: {owner} stopped writing {folder}; starting over')
+    lock.unlink(missing_ok=True)
+    return
+  raise DataError(
+      f'config.data.cache: {folder} is being written by another process '
+      f'({owner}); wait for it, or remove {lock} if that process is gone')
 
 
 def check(data_config, split: str, image_size: int) -> dict[str, Any] | None:
@@ -86,10 +124,20 @@ def check(data_config, split: str, image_size: int) -> dict[str, Any] | None:
   DataError for one being written or built from something else."""
   folder = split_dir(data_config, split)
   _check_not_written(folder)
+  return _meta(data_config, split, image_size)
+
+
+def _meta(data_config, split: str, image_size: int) -> dict[str, Any] | None:
+  """`check` without looking at the lock (its holder's own view)."""
+  folder = split_dir(data_config, split)
   meta_path = folder / META
   if not meta_path.exists():
     return None
-  meta = json.loads(meta_path.read_text())
+  try:
+    meta = json.loads(meta_path.read_text())
+  except ValueError as e:
+    raise DataError(f'config.data.cache: {meta_path} is not a cache '
+                    f'description ({e}); remove {folder}') from e
   want = identity(data_config, split, image_size)
   built = {k: meta.get(k) for k in want}
   if built != want:
@@ -146,15 +194,26 @@ def build(source, data_config, split: str, image_size: int,
   try:  # Exclusive: a second writer fails here, not half-way.
     fd = os.open(str(lock), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
   except FileExistsError:
-    _check_not_written(folder)
-    raise
+    raise DataError(
+        f'config.data.cache: {folder} is being written by another process '
+        f'({_read(lock)}); wait for it, or remove {lock} if that process is '
+        'gone') from None
   with os.fdopen(fd, 'w') as f:
-    f.write(f'pid {os.getpid()} on {os.uname().nodename}')
+    f.write(_owner())
   try:
-    meta = _write(source, folder, want, quality, threads)
+    # Another writer may have finished between the check and the lock.
+    done = _meta(data_config, split, image_size)
+    return done if done is not None else _write(source, folder, want,
+                                                quality, threads)
   finally:
-    lock.unlink()
-  return meta
+    lock.unlink(missing_ok=True)
+
+
+def _read(path: epath.Path) -> str:
+  try:
+    return path.read_text().strip()
+  except FileNotFoundError:
+    return 'gone since'
 
 
 def _write(source, folder: epath.Path, want: dict[str, Any], quality: int,
@@ -171,24 +230,30 @@ def _write(source, folder: epath.Path, want: dict[str, Any], quality: int,
 
   records = folder / RECORDS
   writer = array_record_module.ArrayRecordWriter(str(records), 'group_size:1')
-  workers = threads or os.cpu_count() or 1
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    for i, record in enumerate(_ordered(pool, one, n, 4 * workers)):
-      writer.write(record)
-      size += len(record)
-      now = time.perf_counter()
-      if now - last > 10 or i + 1 == n:
-        last, rate = now, (i + 1) / (now - start)
-        parallel.log(f'cache: {i + 1}/{n} images of {want["split"]!r}, '
-                     f'{rate:.0f} images/s, ETA {(n - i - 1) / rate:.0f} s')
-  writer.close()
+  # The cores this process may run on (its affinity), not the machine's.
+  workers = threads or len(os.sched_getaffinity(0))
+  try:
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      for i, record in enumerate(_ordered(pool, one, n, 4 * workers)):
+        writer.write(record)
+        size += len(record)
+        now = time.perf_counter()
+        if now - last > 10 or i + 1 == n:
+          last, rate = now, (i + 1) / (now - start)
+          parallel.log(f'cache: {i + 1}/{n} images of {want["split"]!r}, '
+                       f'{rate:.0f} images/s, ETA {(n - i - 1) / rate:.0f} s')
+  finally:
+    writer.close()
   np.save(folder / LABELS, labels)
   seconds = time.perf_counter() - start
   meta = {**want, 'count': n, 'num_classes': int(source.num_classes),
           'quality': quality if want['encoding'] == 'jpeg' else None,
           'bytes': size, 'build_s': round(seconds, 2),
           's_per_1000_images': round(1000 * seconds / max(n, 1), 3)}
-  (folder / META).write_text(json.dumps(meta, indent=2))
+  # Last and whole (a rename): a folder with cache.json is complete.
+  partial = folder / (META + '.partial')
+  partial.write_text(json.dumps(meta, indent=2))
+  partial.rename(folder / META)
   parallel.log(f'cache: wrote {n} images ({size / 2**20:.1f} MiB) to '
                f'{folder} in {seconds:.1f} s')
   return meta

@@ -4,7 +4,9 @@ that `data.cache` reads instead of the source (`data.cache`).
   python -m masktas_jax.main --config=configs/small.py --workdir=DIR \\
       --config.mode=cache --config.data.cache=/fast/disk/imagenet_256
 
-Writes `data.cache/<split>/` per split, then later stages run with the
+Writes `data.cache/<split>/` for every split the config reads (training,
+evaluation, and fine-tuning's and the search's evaluation splits where
+set), then later stages run with the
 same `--config.data.cache`. A split whose cache exists is skipped; one
 built from another source or at another size is refused.
 """
@@ -21,11 +23,6 @@ from masktas_jax.errors import DataError
 from masktas_jax.stage import Stage
 
 
-def _splits(config) -> tuple[str, ...]:
-  return tuple(dict.fromkeys((config.data.train_split,
-                              config.data.eval_split)))
-
-
 def check(config, workdir: epath.Path, earlier: frozenset[str]) -> None:
   """DataError without data.cache, for a cache built from something else
   or being written; the sources must open."""
@@ -33,7 +30,7 @@ def check(config, workdir: epath.Path, earlier: frozenset[str]) -> None:
   if not config.data.cache:
     raise DataError('config.data.cache: mode=cache writes the pre-resized '
                     'splits there; give a folder')
-  for split in _splits(config):
+  for split in cache.splits(config):
     if cache.check(config.data, split, config.space.image_size) is None:
       data.original_source(config.data, split)
 
@@ -45,7 +42,7 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   return {split: cache.build(data.original_source(config.data, split),
                              config.data, split, config.space.image_size,
                              config.data.threads)
-          for split in _splits(config)}
+          for split in cache.splits(config)}
 
 
 # Not in the pipeline: a run reads its cache once one is built.

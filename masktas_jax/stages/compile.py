@@ -252,7 +252,8 @@ def programs(config, mesh, stages=None) -> list[Program]:
   with abstract arguments."""
   space = config_lib.space_from_config(config)
   teacher_model = _teacher_model(config)
-  return [p for stage in (COMPILABLE if stages is None else stages)
+  wanted = dict.fromkeys(COMPILABLE if stages is None else stages)
+  return [p for stage in wanted
           for p in _PROGRAMS[stage](config, mesh, space, teacher_model)]
 
 

@@ -202,18 +202,15 @@ def finetune_top1(config, workdir: epath.Path, archs: Sequence[Arch],
   lives in `workdir/rank/finetune/<steps>steps/<arch hash>/` and is read
   back when finished."""
   r = config.rank
+  run = finetuning.Run(steps=r.finetune_steps,
+                       eval_split=config.data.eval_split, supernet=supernet,
+                       from_scratch=False)
   accuracy = []
   for i, arch in enumerate(archs):
-    c = config.copy_and_resolve_references()
-    c.finetune.arch = arch.to_json()
-    c.finetune.steps = r.finetune_steps
-    c.finetune.eval_split = config.data.eval_split
-    c.finetune.from_scratch = False
-    c.search.supernet = supernet
     parallel.log(f'rank: fine-tuning subnet {i + 1}/{len(archs)} '
                  f'({r.finetune_steps} steps)')
-    accuracy.append(finetuning.fine_tune(c, finetune_dir(config, workdir,
-                                                         arch), arch)['top1'])
+    accuracy.append(finetuning.fine_tune(
+        config, finetune_dir(config, workdir, arch), arch, run)['top1'])
   return np.asarray(accuracy)
 
 

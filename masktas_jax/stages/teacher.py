@@ -50,7 +50,7 @@ def make_task(config, steps: int, warmup: int) -> trainer.Task:
 def check(config, workdir: epath.Path, earlier: frozenset[str]) -> None:
   """TeacherError when there is no teacher to use, to pre-train or already
   trained in the workdir."""
-  del earlier  # No stage runs before this one.
+  del earlier  # No stage before it writes a teacher.
   t = config.teacher
   trained = artifacts.is_model_dir(artifacts.model_dir(workdir, 'teacher'),
                                    'teacher')

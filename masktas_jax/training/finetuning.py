@@ -16,6 +16,7 @@ back for inference without any supernet code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, NamedTuple
 
@@ -337,14 +338,36 @@ def make_task(config, space: SearchSpace, arch: Arch, num_classes: int,
       optimizer=with_ema(adamw, f.ema) if f.ema else adamw)
 
 
-def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
-  """Fine-tunes `arch` by `config.finetune` (or resumes), exports the
-  classifier and evaluates it, in `workdir/finetune/`; returns
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What one fine-tuning run sets beside `config.finetune`'s recipe
+  (mode=rank's yardstick fine-tunes many subnets briefly): None or '' keep
+  the config's.
+
+  steps: training steps (config: finetune.steps, or its epochs).
+  eval_split: the split top-1 is reported on (config: finetune.eval_split,
+    else data.eval_split).
+  supernet: the trained supernet whose weights it inherits (config:
+    search.supernet, else the workdir's).
+  from_scratch: random weights instead (config: finetune.from_scratch).
+  """
+  steps: int | None = None
+  eval_split: str = ''
+  supernet: str = ''
+  from_scratch: bool | None = None
+
+
+def fine_tune(config, workdir: epath.Path, arch: Arch,
+              run: Run = Run()) -> dict[str, Any]:
+  """Fine-tunes `arch` by `config.finetune` and `run` (or resumes),
+  exports the classifier and evaluates it, in `workdir/finetune/`; returns
   metrics.json's content, read back when it exists."""
   f = config.finetune
   done = finished(workdir)
   if done is not None:
     return done
+  from_scratch = f.from_scratch if run.from_scratch is None else (
+      run.from_scratch)
   space = config_lib.space_from_config(config)
   metrics = artifacts.finetune_metrics(workdir)
   train_source = data.get_source(config.data, config.data.train_split,
@@ -354,14 +377,15 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
     raise FinetuneError(f'config.data: {config.data.name!r} has no labels; '
                         'fine-tuning needs them')
   data_iter, steps, warmup = data.training_input(
-      config, 'finetune', config.seed + 7, source=train_source)
+      config, 'finetune', config.seed + 7, source=train_source,
+      steps=run.steps)
   exported = artifacts.model_dir(workdir, 'finetune')
 
   def task():
     inherited = probe = None
-    if not f.from_scratch:
+    if not from_scratch:
       extracted = model_dirs.load_student(
-          artifacts.supernet_model(config, workdir),
+          run.supernet or artifacts.supernet_model(config, workdir),
           config).encoder.extract(arch)
       inherited = nnx.to_pure_dict(nnx.state(extracted, nnx.Param))
       if f.head_init == 'probe':
@@ -370,7 +394,7 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
                      inherited, probe)
 
   def save(params, fixed, path):
-    if f.head_init == 'probe' and not f.from_scratch:
+    if f.head_init == 'probe' and not from_scratch:
       # Exported as a plain classifier: the standardisation folded into the
       # head, the same logits.
       params, fixed = fold_standardization(params, fixed)
@@ -393,7 +417,7 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
 
   # --- evaluation of the exported classifier ---------------------------------
   model = model_dirs.load_classifier(exported)
-  split = f.eval_split or config.data.eval_split
+  split = run.eval_split or f.eval_split or config.data.eval_split
   source = data.get_source(config.data, split, config.space.image_size)
   result = evaluate(model, data.eval_pipeline(
       source, image_size=space.image_size,
@@ -404,7 +428,7 @@ def fine_tune(config, workdir: epath.Path, arch: Arch) -> dict[str, Any]:
   result.update({'split': split, 'arch': arch.to_dict(),
                  'params': space.count_params(arch),
                  'macs': space.count_macs(arch), 'steps': steps,
-                 'inherited': not f.from_scratch})
+                 'inherited': not from_scratch})
   tensorboard.write_series(metrics.parent, [(steps, {
       f'{split}/top1': result['top1'], f'{split}/top5': result['top5']})])
   if jax.process_index() == 0:
