@@ -18,7 +18,7 @@ from masktas_jax.models import student
 from masktas_jax.space import Arch, SearchSpace
 from masktas_jax.stages import finetune
 from masktas_jax.storage import artifacts, model_dirs
-from masktas_jax.training import finetuning, trainer
+from masktas_jax.training import batch_augment, finetuning, trainer
 import helpers
 from helpers import Interrupted, interrupt_after, read_scalars
 from helpers import search_config
@@ -40,14 +40,14 @@ def test_mixup_and_cutmix_keep_targets_consistent_with_pixels():
   images = jnp.stack([jnp.full((8, 8, 3), float(i)) for i in range(4)])
   targets = jax.nn.one_hot(jnp.arange(4), 4)
   for mixup, cutmix in ((0.8, 0.0), (0.0, 1.0)):
-    mixed, soft = finetuning.mix(jax.random.key(0), images, targets, mixup,
+    mixed, soft = batch_augment.mix(jax.random.key(0), images, targets, mixup,
                                cutmix)
     np.testing.assert_allclose(soft.sum(-1), 1, atol=1e-6)
     # Image i mixes itself with image i - 1 in the proportions of its
     # target: its mean pixel is the target-weighted mean of the two.
     want = soft @ jnp.arange(4.0)
     np.testing.assert_allclose(mixed.mean((1, 2, 3)), want, atol=1e-5)
-  assert finetuning.mix(jax.random.key(0), images, targets, 0, 0)[0] is images
+  assert batch_augment.mix(jax.random.key(0), images, targets, 0, 0)[0] is images
 
 
 def test_inherited_classifier_equals_the_supernet_subnet(workdir):  # noqa: F811
@@ -284,7 +284,7 @@ def _timm_erasing_boxes(h, w, count, rng):
 def test_random_erasing_against_timms_algorithm():
   h, w, count = 24, 32, 3000
   images = jnp.full((count, h, w, 3), 5.0)
-  out = np.asarray(finetuning.erase(jax.random.key(0), images, 1.0))
+  out = np.asarray(batch_augment.erase(jax.random.key(0), images, 1.0))
   erased = out != 5.0
   # One box per image, the same on every channel, filled with N(0, 1).
   assert (erased == erased[..., :1]).all()
@@ -307,11 +307,11 @@ def test_random_erasing_against_timms_algorithm():
   centre = (np.argmax(rows, 1) + (ours[:, 0] - 1) / 2) / (h - 1)
   assert abs(centre.mean() - 0.5) < 0.02
   # With probability p, about p of the images; none at 0.
-  some = np.asarray(finetuning.erase(jax.random.key(1), images, 0.25))
+  some = np.asarray(batch_augment.erase(jax.random.key(1), images, 0.25))
   share = (some != 5.0).any((1, 2, 3)).mean()
   assert abs(share - 0.25) < 0.04, share
   np.testing.assert_array_equal(
-      finetuning.erase(jax.random.key(1), images, 0.0), images)
+      batch_augment.erase(jax.random.key(1), images, 0.0), images)
 
 
 def test_the_training_loss_erases_when_asked():

@@ -33,7 +33,7 @@ from masktas_jax.evaluation import evaluator, fitness, probe as probe_lib
 from masktas_jax.models import vit
 from masktas_jax.space import Arch, SearchSpace
 from masktas_jax.storage import artifacts, model_dirs
-from masktas_jax.training import tensorboard, trainer
+from masktas_jax.training import batch_augment, tensorboard, trainer
 
 
 def build_classifier(space: SearchSpace, arch: Arch, num_classes: int,
@@ -175,74 +175,6 @@ def with_ema(inner: optax.GradientTransformation,
   return optax.GradientTransformation(init, update)
 
 
-def mix(rng: jax.Array, images: jax.Array, targets: jax.Array, mixup: float,
-        cutmix: float) -> tuple[jax.Array, jax.Array]:
-  """Mixup (alpha `mixup`) or CutMix (alpha `cutmix`), one of them per batch
-  at random when both are on, pairing each image with its neighbour in the
-  batch. images (B, S, S, C), targets (B, K) soft labels."""
-  if not mixup and not cutmix:
-    return images, targets
-  pick, beta_key, box_key = jax.random.split(rng, 3)
-  use_cutmix = (jax.random.bernoulli(pick) if mixup and cutmix else
-                jnp.asarray(bool(cutmix)))
-  alpha = jnp.where(use_cutmix, cutmix or 1.0, mixup or 1.0)
-  lam = jax.random.beta(beta_key, alpha, alpha)
-  other_images, other_targets = (jnp.roll(images, 1, 0),
-                                 jnp.roll(targets, 1, 0))
-  size = images.shape[1]
-  # CutMix box of area (1 - lam), clipped; lam is then the kept area.
-  cut = jnp.sqrt(1 - lam) * size
-  cy, cx = jax.random.uniform(box_key, (2,), maxval=size)
-  y0, y1 = jnp.clip(cy - cut / 2, 0, size), jnp.clip(cy + cut / 2, 0, size)
-  x0, x1 = jnp.clip(cx - cut / 2, 0, size), jnp.clip(cx + cut / 2, 0, size)
-  grid = jnp.arange(size) + 0.5
-  inside = ((grid[:, None] > y0) & (grid[:, None] < y1) &
-            (grid[None, :] > x0) & (grid[None, :] < x1))
-  box_lam = 1 - jnp.mean(inside)
-  mixed = jnp.where(use_cutmix,
-                    jnp.where(inside[None, :, :, None], other_images, images),
-                    lam * images + (1 - lam) * other_images)
-  weight = jnp.where(use_cutmix, box_lam, lam)
-  return mixed, weight * targets + (1 - weight) * other_targets
-
-
-def erase(rng: jax.Array, images: jax.Array, prob: float, *,
-          area: tuple[float, float] = (0.02, 1 / 3), min_aspect: float = 0.3,
-          attempts: int = 10) -> jax.Array:
-  """Random erasing as DeiT uses it (timm's RandomErasing, mode 'pixel', one
-  box): with probability `prob` per image, a box of `area` (a fraction of the
-  image, uniform) and aspect ratio h / w (log-uniform in [min_aspect,
-  1 / min_aspect]) is filled with N(0, 1) noise, per pixel and channel.
-  Up to `attempts` boxes are drawn and the first that fits is used; an image
-  none fits is left alone. images (B, H, W, C), normalised -> same."""
-  b, h, w, c = images.shape
-  keys = jax.random.split(rng, 6)
-  target = jax.random.uniform(keys[0], (b, attempts), minval=area[0],
-                              maxval=area[1]) * (h * w)
-  log_aspect = np.log(min_aspect)
-  aspect = jnp.exp(jax.random.uniform(keys[1], (b, attempts),
-                                      minval=log_aspect, maxval=-log_aspect))
-  box_h = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
-  box_w = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
-  fits = (box_h < h) & (box_w < w)
-  first = jnp.argmax(fits, axis=1)[:, None]
-  box_h, box_w = (jnp.take_along_axis(x, first, 1)[:, 0]
-                  for x in (box_h, box_w))
-  # Top-left corner uniform over the positions where the box fits.
-  top = jnp.floor(jax.random.uniform(keys[2], (b,)) *
-                  (h - box_h + 1)).astype(jnp.int32)
-  left = jnp.floor(jax.random.uniform(keys[3], (b,)) *
-                   (w - box_w + 1)).astype(jnp.int32)
-  rows, cols = jnp.arange(h)[None], jnp.arange(w)[None]
-  inside = (((rows >= top[:, None]) & (rows < (top + box_h)[:, None]))
-            [:, :, None] &
-            ((cols >= left[:, None]) & (cols < (left + box_w)[:, None]))
-            [:, None, :])
-  erased = (jax.random.uniform(keys[4], (b,)) < prob) & fits.any(axis=1)
-  noise = jax.random.normal(keys[5], images.shape, images.dtype)
-  return jnp.where((inside & erased[:, None, None])[..., None], noise, images)
-
-
 def topk_correct(logits: jax.Array, labels: jax.Array,
                  valid: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(top-1, top-5) counts of correct predictions among the valid examples;
@@ -322,8 +254,10 @@ def make_task(config, space: SearchSpace, arch: Arch, num_classes: int,
     if f.random_erase:
       # Per image, before batch mixing, as in DeiT; a key of its own leaves
       # the other draws as they were without erasing.
-      images = erase(jax.random.fold_in(rng, 1), images, f.random_erase)
-    images, targets = mix(mix_key, images, targets, f.mixup, f.cutmix)
+      images = batch_augment.erase(jax.random.fold_in(rng, 1), images,
+                                   f.random_erase)
+    images, targets = batch_augment.mix(mix_key, images, targets, f.mixup,
+                                        f.cutmix)
     logits = nnx.merge(graphdef, params, fixed)(images, rng=drop_key)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
     return jnp.mean(optax.softmax_cross_entropy(logits, targets)), {
