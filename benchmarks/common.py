@@ -29,6 +29,10 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 hostmem.reuse_freed_memory()
 
 
+# The fine-tuning fields that suit random weights, over the config's recipe
+# for inherited ones: no layer decay (there is no trained body to protect).
+SCRATCH_RECIPE = {'pool': 'mean', 'layer_decay': 1.0}
+
 def command() -> str:
   """This run's command line, relative to the repository, for the record."""
   script = pathlib.Path(sys.argv[0]).resolve()

@@ -12,6 +12,8 @@ sample of subnets; one teacher for all, `--teacher` or trained here once):
    fine-tuning seeds is the yardstick, their agreement (Kendall between two
    seeds) its noise ceiling; also the linear probe of the inherited
    features, and every `--scratch-every`-th subnet from random weights
+   (with the recipe that suits them, `common.SCRATCH_RECIPE`: no layer
+   decay)
    (does inheriting keep the architectures' order?);
 4. every label-free signal (`masktas_jax.evaluation.signals`: the fitness
    variants and the student-entropy control) in one pass, plus parameters
@@ -83,6 +85,8 @@ def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
     return None
   c = config.copy_and_resolve_references()
   c.finetune.steps, c.finetune.from_scratch = args.steps, scratch
+  if scratch:  # The recipe that suits random weights, as inheritance.py's.
+    c.finetune.update(common.SCRATCH_RECIPE)
   c.finetune.eval_split = config.data.eval_split
   c.finetune.arch = arch.to_json()
   c.search.supernet = str(artifacts.model_dir(workdir, 'supernet'))
