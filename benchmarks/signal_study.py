@@ -12,9 +12,8 @@ sample of subnets; one teacher for all, `--teacher` or trained here once):
    fine-tuning seeds is the yardstick, their agreement (Kendall between two
    seeds) its noise ceiling; also the linear probe of the inherited
    features, and every `--scratch-every`-th subnet from random weights
-   (with the recipe that suits them, `common.SCRATCH_RECIPE`: no layer
-   decay)
-   (does inheriting keep the architectures' order?);
+   with the recipe that suits them (`common.SCRATCH_RECIPE`: no layer
+   decay): does inheriting keep the architectures' order?
 4. every label-free signal (`masktas_jax.evaluation.signals`: the fitness
    variants and the student-entropy control) in one pass, plus parameters
    and MACs.
