@@ -165,6 +165,10 @@ def base_config() -> ml_collections.ConfigDict:
   # batch (batch_size / views_per_image images a step), so the host decodes
   # that many times less. Epochs count decoded images.
   c.supernet.views_per_image = 1
+  # With views_per_image > 1 (ours): each view also mirrored by a coin of
+  # its own on the device, on top of the host's flip of its image, so the
+  # views of one image differ in orientation as well as in their masks.
+  c.supernet.view_flips = False
   # Learning rate per 512 images (AutoFormer: 5e-4).
   c.supernet.base_lr = 5e-4
   # AdamW weight decay (paper: 0.05; none on biases and norms).

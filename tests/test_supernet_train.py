@@ -249,6 +249,30 @@ def test_views_of_one_image_share_its_pixels_and_differ_in_their_masks():
     assert set(keep[2 * i]) != set(keep[2 * i + 1])
   np.testing.assert_array_equal(seen[0][1], seen[1][1])
   assert float(results[0][0]) == float(results[1][0])
+  # view_flips: each view the image or its mirror, by a coin of its own;
+  # the masks as without it.
+  many = jax.random.normal(jax.random.key(1), (16, 32, 32, 3))
+  seen.clear()
+  for flips in (False, True):
+    config = demo_config('', **small, **{'supernet.views_per_image': 2,
+                                         'supernet.view_flips': flips})
+    supernet_stage.make_loss(config, student_def, teacher_def,
+                             forward=forward)(
+                                 params, fixed, {'image': many},
+                                 jax.random.key(5), constants)
+  (plain, plain_keep), (flipped, flipped_keep) = seen
+  np.testing.assert_array_equal(plain_keep, flipped_keep)
+  mirrored = []
+  for v in range(32):
+    same = np.array_equal(flipped[v], plain[v])
+    mirror = np.array_equal(flipped[v], plain[v][:, ::-1])
+    assert same or mirror, v
+    mirrored.append(mirror)
+  pairs = [(mirrored[2 * i], mirrored[2 * i + 1]) for i in range(16)]
+  # Both orientations occur, and the two views of an image are mirrored
+  # independently (some pairs differ): 2^-16-scale odds against each.
+  assert 0 < sum(mirrored) < 32
+  assert any(a != b for a, b in pairs) and any(a == b for a, b in pairs)
 
 
 def test_views_per_image_reads_fewer_images_a_step():

@@ -41,7 +41,8 @@ def make_loss(config, student_def, teacher_def, *, forward=None):
   `params`/`fixed` are pure dicts of the student's parameters and other
   variables; `batch['image']` is (B / V, S, S, 3) float32, each image
   repeated V = `supernet.views_per_image` times (adjacent rows) into the B
-  masked views of the step; `constants` is
+  masked views of the step (each mirrored by a coin of its own with
+  `supernet.view_flips`); `constants` is
   `{'teacher': the pure state of the teacher's encoder}` (`teacher_def`'s),
   plus optionally `'arch'`, an encoded Arch trained in place of the one
   the step draws (benchmarks, and one compiled step for any forced Arch).
@@ -62,8 +63,16 @@ def make_loss(config, student_def, teacher_def, *, forward=None):
     arch_key, mask_key = jax.random.split(rng)
     arch = constants['arch'] if 'arch' in constants else (
         space.sample_encoded(arch_key))
-    # Views of one image differ in their masks alone (one row each).
+    # Views of one image (adjacent rows) differ in their masks, and with
+    # view_flips in their orientation: the host's flip XOR a fair coin per
+    # view is a fair coin per view. Its key is one of its own: the masks
+    # and the Arch stay as they are without it.
     images = jnp.repeat(batch['image'], s.views_per_image, axis=0)
+    if s.views_per_image > 1 and s.view_flips:
+      flip = jax.random.bernoulli(jax.random.fold_in(rng, 1), 0.5,
+                                  (images.shape[0],))
+      images = jnp.where(flip[:, None, None, None], images[:, :, ::-1],
+                         images)
     ids_keep, mask, ids_restore = random_masking(
         mask_key, images.shape[0], space.num_patches, s.mask_ratio)
     teacher = nnx.merge(teacher_def, cast(constants['teacher'], dtype))
