@@ -20,13 +20,12 @@ cache's are stored as they are.
 
 from __future__ import annotations
 
-import concurrent.futures
 import io
 import json
 import os
 import struct
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import grain
 import numpy as np
@@ -34,7 +33,7 @@ from array_record.python import array_record_module
 from etils import epath
 from PIL import Image
 
-from masktas_jax import config_lib, parallel
+from masktas_jax import parallel
 from masktas_jax.data import imaging
 from masktas_jax.errors import DataError
 
@@ -114,9 +113,14 @@ def _check_not_written(folder: epath.Path) -> None:
     parallel.log(f'cache: {owner} stopped writing {folder}; starting over')
     lock.unlink(missing_ok=True)
     return
-  raise DataError(
+  raise _busy(folder, owner)
+
+
+def _busy(folder: epath.Path, owner: str) -> DataError:
+  return DataError(
       f'config.data.cache: {folder} is being written by another process '
-      f'({owner}); wait for it, or remove {lock} if that process is gone')
+      f'({owner}); wait for it, or remove {folder / LOCK} if that process '
+      'is gone')
 
 
 def check(data_config, split: str, image_size: int) -> dict[str, Any] | None:
@@ -176,28 +180,22 @@ def build(source, data_config, split: str, image_size: int,
   """Writes `split`'s cache from `source` (its images in order) and returns
   its cache.json; returns the existing one when it is built already.
 
-  Threads resize and encode (`threads`, 0: one per core); one writer keeps
-  the source's order. Progress (images/s, ETA) every ~10 s.
+  grain's threads resize and encode (`threads`, 0: one per core this
+  process may use); records are written in the source's order. Progress
+  (images/s, ETA) every ~10 s.
   """
   done = check(data_config, split, image_size)
   if done is not None:
     return done
   want = identity(data_config, split, image_size)
-  encoding, quality = want['encoding'], int(
-      data_config.get('cache_quality', 95))
-  if encoding not in config_lib.CACHE_ENCODINGS:
-    raise DataError(f'config.data.cache_encoding: expected one of '
-                    f'{config_lib.CACHE_ENCODINGS}, got {encoding!r}')
+  quality = int(data_config.get('cache_quality', 95))
   folder = split_dir(data_config, split)
   folder.mkdir(parents=True, exist_ok=True)
   lock = folder / LOCK
   try:  # Exclusive: a second writer fails here, not half-way.
     fd = os.open(str(lock), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
   except FileExistsError:
-    raise DataError(
-        f'config.data.cache: {folder} is being written by another process '
-        f'({_read(lock)}); wait for it, or remove {lock} if that process is '
-        'gone') from None
+    raise _busy(folder, _read(lock)) from None
   with os.fdopen(fd, 'w') as f:
     f.write(_owner())
   try:
@@ -223,25 +221,27 @@ def _write(source, folder: epath.Path, want: dict[str, Any], quality: int,
   start = last = time.perf_counter()
   size = 0
 
-  def one(i: int) -> bytes:
-    example = source[i]
-    labels[i] = example['label']
-    return encode(_resized(example['image'], side), want['encoding'], quality)
+  def one(example: dict[str, Any]) -> tuple[bytes, int]:
+    return (encode(_resized(example['image'], side), want['encoding'],
+                   quality), example['label'])
 
-  records = folder / RECORDS
-  writer = array_record_module.ArrayRecordWriter(str(records), 'group_size:1')
   # The cores this process may run on (its affinity), not the machine's.
   workers = threads or len(os.sched_getaffinity(0))
+  records = grain.MapDataset.source(source).map(one).to_iter_dataset(
+      grain.ReadOptions(num_threads=workers,
+                        prefetch_buffer_size=4 * workers))
+  writer = array_record_module.ArrayRecordWriter(str(folder / RECORDS),
+                                                 'group_size:1')
   try:
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      for i, record in enumerate(_ordered(pool, one, n, 4 * workers)):
-        writer.write(record)
-        size += len(record)
-        now = time.perf_counter()
-        if now - last > 10 or i + 1 == n:
-          last, rate = now, (i + 1) / (now - start)
-          parallel.log(f'cache: {i + 1}/{n} images of {want["split"]!r}, '
-                       f'{rate:.0f} images/s, ETA {(n - i - 1) / rate:.0f} s')
+    for i, (record, label) in enumerate(records):
+      labels[i] = label
+      writer.write(record)
+      size += len(record)
+      now = time.perf_counter()
+      if now - last > 10 or i + 1 == n:
+        last, rate = now, (i + 1) / (now - start)
+        parallel.log(f'cache: {i + 1}/{n} images of {want["split"]!r}, '
+                     f'{rate:.0f} images/s, ETA {(n - i - 1) / rate:.0f} s')
   finally:
     writer.close()
   np.save(folder / LABELS, labels)
@@ -257,18 +257,6 @@ def _write(source, folder: epath.Path, want: dict[str, Any], quality: int,
   parallel.log(f'cache: wrote {n} images ({size / 2**20:.1f} MiB) to '
                f'{folder} in {seconds:.1f} s')
   return meta
-
-
-def _ordered(pool, fn, n: int, ahead: int) -> Iterator[Any]:
-  """fn(0), ..., fn(n - 1) from `pool`, in order, at most `ahead` pending."""
-  pending = {}
-  for i in range(n):
-    pending[i] = pool.submit(fn, i)
-    if len(pending) >= ahead:
-      j = min(pending)
-      yield pending.pop(j).result()
-  for j in sorted(pending):
-    yield pending.pop(j).result()
 
 
 class CacheSource:
