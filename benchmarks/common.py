@@ -33,6 +33,7 @@ hostmem.reuse_freed_memory()
 # for inherited ones: no layer decay (there is no trained body to protect).
 SCRATCH_RECIPE = {'pool': 'mean', 'layer_decay': 1.0}
 
+
 def command() -> str:
   """This run's command line, relative to the repository, for the record."""
   script = pathlib.Path(sys.argv[0]).resolve()
