@@ -17,6 +17,7 @@ import numpy as np
 from etils import epath
 
 from masktas_jax import config_lib, data, hostmem
+from masktas_jax.compilation import flops
 from masktas_jax.evaluation.evolution import sample_archs, Window
 from masktas_jax.space import Arch
 from masktas_jax.storage import model_dirs
@@ -81,9 +82,17 @@ def xla_flops(compiled) -> float:
   return float(cost.get('flops', float('nan'))) if cost else float('nan')
 
 
+def supernet_flops(config) -> flops.SupernetStep:
+  """The analytic FLOPs of `config`'s supernet step, with `config.teacher`
+  as the teacher."""
+  return flops.SupernetStep(
+      config_lib.student_config(config, config.teacher.embed_dim),
+      config_lib.mae_config(config), config.supernet.mask_ratio)
+
+
 def random_batches(config, images: int, batch: int, seed: int):
   """`images` normalised uniform-noise images in batches of `batch`, the
-  format of `fitness.eval_batches` ('image', 'label', 'valid')."""
+  format of `data.eval_batches` ('image', 'label', 'valid')."""
   rng = np.random.default_rng(seed)
   size = config.space.image_size
   out = []

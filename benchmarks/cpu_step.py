@@ -36,7 +36,6 @@ from masktas_jax.models import vit
 from masktas_jax.models.mae import MAE
 from masktas_jax.space import Arch
 from masktas_jax.stages import supernet as supernet_stage, teacher
-from masktas_jax.storage import model_dirs
 from masktas_jax.training import finetuning, trainer
 
 import common  # pylint: disable=g-bad-import-order
@@ -70,7 +69,7 @@ def formulation(name: str):
 def tasks(config):
   """(stage, trainer.Task, batch size, whether batches carry labels)."""
   space = config_lib.space_from_config(config)
-  mae = MAE(model_dirs.mae_config(config), rngs=nnx.Rngs(0))
+  mae = MAE(config_lib.mae_config(config), rngs=nnx.Rngs(0))
   return [
       ('teacher', teacher.make_task(config, 300, 20),
        config.teacher.batch_size, False),

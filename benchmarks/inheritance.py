@@ -92,10 +92,11 @@ def probe_top1(config, workdir: epath.Path, archs: list[Arch]) -> list[float]:
   """Linear-probe top-1 (validation) of each Arch's inherited features."""
   c = config.copy_and_resolve_references()
   c.rank.yardstick = 'linear'
-  encoder = model_dirs.load_student(artifacts.supernet_model(c, workdir),
-                                    c).encoder
+  space = config_lib.space_from_config(c)
+  encoder = model_dirs.load_student(artifacts.supernet_model(
+      c.search.supernet, workdir), space).encoder
   return [float(t) for t in rank.yardstick_top1(
-      c, workdir, encoder, config_lib.space_from_config(c), archs)]
+      c, workdir, encoder, space, archs)]
 
 
 def _summary(values: list[float]) -> str:
@@ -131,10 +132,11 @@ def main() -> None:
 
   workdir, cache = epath.Path(args.workdir), epath.Path(args.cache)
   config = common.load_config(args.config)
-  supernets = {None: str(artifacts.supernet_model(config, workdir))}
+  supernets = {None: str(artifacts.supernet_model(config.search.supernet,
+                                                  workdir))}
   if args.cls_workdir:
     supernets['cls'] = str(artifacts.supernet_model(
-        config, epath.Path(args.cls_workdir)))
+        config.search.supernet, epath.Path(args.cls_workdir)))
   space = config_lib.space_from_config(config)
   archs = common.spread_archs(config, args.archs, args.arch_seed)
   seeds = [int(s) for s in args.seeds.split(',')]

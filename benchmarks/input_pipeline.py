@@ -257,9 +257,10 @@ def demand_table(config_names) -> None:
     space = config_lib.space_from_config(config)
     rng = np.random.default_rng(0)
     archs = [space.sample(rng) for _ in range(200)]
-    supernet = flops.SupernetStep(config)
+    supernet = common.supernet_flops(config)
     per_image = {
-        'teacher (MAE)': flops.mae_step(config, 1),
+        'teacher (MAE)': flops.mae_step(config_lib.mae_config(config),
+                                        config.teacher.mask_ratio, 1),
         'supernet (mean Arch)': np.mean([supernet(a, 1) for a in archs]),
         'supernet (min Arch)': supernet(space.min_arch(), 1),
         'fine-tune (mean Arch)': np.mean([
@@ -283,7 +284,7 @@ def cores_table(config_names, per_core: dict[str, float]) -> None:
     config = common.load_config(name, check=False)
     space = config_lib.space_from_config(config)
     rng = np.random.default_rng(0)
-    step = flops.SupernetStep(config)
+    step = common.supernet_flops(config)
     per_image = np.mean([step(space.sample(rng), 1) for _ in range(200)])
     for option, rate in per_core.items():
       cells = []

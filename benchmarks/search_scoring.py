@@ -35,7 +35,7 @@ from flax import nnx
 from masktas_jax import config_lib
 from masktas_jax.evaluation import fitness
 from masktas_jax.models.mae import MAE
-from masktas_jax.storage import model_dirs
+from masktas_jax.models.student import Student
 
 import common  # pylint: disable=g-bad-import-order
 
@@ -51,9 +51,9 @@ def main() -> None:
 
   config = common.load_config(args.config, check=False)
   space = config_lib.space_from_config(config)
-  teacher = MAE(model_dirs.mae_config(config), rngs=nnx.Rngs(0))
-  encoder = model_dirs.build_student(config, teacher.config.embed_dim,
-                                     nnx.Rngs(1)).encoder
+  teacher = MAE(config_lib.mae_config(config), rngs=nnx.Rngs(0))
+  encoder = Student(config_lib.student_config(
+      config, teacher.config.embed_dim), rngs=nnx.Rngs(1)).encoder
   batches = common.random_batches(config, args.images, args.batch, 0)
   rng = np.random.default_rng(0)
   archs = [space.sample(rng) for _ in range(args.population)]

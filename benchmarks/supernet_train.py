@@ -60,11 +60,10 @@ import numpy as np
 from flax import nnx
 
 from masktas_jax import config_lib, parallel
-from masktas_jax.compilation import flops
 from masktas_jax.models.mae import MAE, MAEConfig
+from masktas_jax.models.student import Student
 from masktas_jax.space import Arch, SearchSpace
 from masktas_jax.stages import supernet as supernet_stage
-from masktas_jax.storage import model_dirs
 from masktas_jax.training import trainer
 
 import common  # pylint: disable=g-bad-import-order
@@ -167,7 +166,7 @@ def main():
   s, t = config.supernet, config.teacher
   space = config_lib.space_from_config(config)
   dtype = jnp.dtype(args.dtype)
-  flop_model = flops.SupernetStep(config)
+  flop_model = common.supernet_flops(config)
   device = jax.devices()[0]
   print(f'device: {device.platform} {device.device_kind} '
         f'({jax.device_count()} device(s), 1 used), jax {jax.__version__}')
@@ -197,8 +196,9 @@ def main():
   del teacher
   teacher_only = task.constants
 
-  student_def = nnx.split(nnx.eval_shape(lambda: model_dirs.build_student(
-      config, t.embed_dim, nnx.Rngs(0))), nnx.Param, ...)[0]
+  student_def = nnx.split(nnx.eval_shape(lambda: Student(
+      config_lib.student_config(config, t.embed_dim), rngs=nnx.Rngs(0))),
+                          nnx.Param, ...)[0]
 
   def drawn_step(state, batch, rng):
     return program.step(state, batch, rng, teacher_only)

@@ -15,7 +15,8 @@ from masktas_jax.compilation import chips
 from masktas_jax.errors import ConfigError
 from masktas_jax.evaluation.signals import FITNESSES
 from masktas_jax.losses import RELATION_FORMS
-from masktas_jax.models.student import CLS_TARGETS
+from masktas_jax.models.mae import MAEConfig
+from masktas_jax.models.student import CLS_TARGETS, StudentConfig
 from masktas_jax.models.vit import POOLS
 from masktas_jax.space import ArchError, SearchSpace
 
@@ -428,6 +429,27 @@ def space_from_config(config: ml_collections.ConfigDict) -> SearchSpace:
         num_classes=s.num_classes, in_chans=s.in_chans)
   except (ArchError, TypeError) as e:
     raise ConfigError(str(e).replace('SearchSpace.', 'config.space.')) from e
+
+
+def mae_config(config: ml_collections.ConfigDict) -> MAEConfig:
+  """The MAEConfig that `config.teacher` and `config.space` describe."""
+  t, s = config.teacher, config.space
+  return MAEConfig(
+      image_size=s.image_size, patch_size=s.patch_size, in_chans=s.in_chans,
+      embed_dim=t.embed_dim, depth=t.depth, num_heads=t.num_heads,
+      decoder_embed_dim=t.decoder_embed_dim, decoder_depth=t.decoder_depth,
+      decoder_num_heads=t.decoder_num_heads, norm_pix_loss=t.norm_pix_loss)
+
+
+def student_config(config: ml_collections.ConfigDict,
+                   teacher_dim: int) -> StudentConfig:
+  """The StudentConfig of `config.space` and `config.supernet`'s decoder,
+  distilling a teacher of width `teacher_dim`."""
+  s = config.supernet
+  return StudentConfig(
+      space=space_from_config(config), teacher_dim=teacher_dim,
+      decoder_embed_dim=s.decoder_embed_dim, decoder_depth=s.decoder_depth,
+      decoder_num_heads=s.decoder_num_heads)
 
 
 def _check(ok: bool, field: str, message: str, value: Any) -> None:

@@ -8,15 +8,15 @@ from typing import Sequence
 
 from etils import epath
 
-from masktas_jax import data, errors, parallel, stage as stage_lib
-from masktas_jax.data import cache
+from masktas_jax import config_lib, data, errors, parallel, stage as stage_lib
+from masktas_jax.stages import cache as cache_stage
 from masktas_jax.storage import model_dirs
 
 # How to check an existing model a stage reads, by the field naming it.
 _READERS = {
     stage_lib.TEACHER_CHECKPOINT: (model_dirs.read_teacher_config,
                                    errors.TeacherError),
-    stage_lib.SUPERNET: (model_dirs.read_student_meta, errors.SupernetError),
+    stage_lib.SUPERNET: (model_dirs.read_student_config, errors.SupernetError),
 }
 
 
@@ -28,13 +28,14 @@ def check_inputs(config, stages: Sequence[stage_lib.Stage],
     if s.check is not None:
       s.check(config, workdir, frozenset(e.mode for e in stages[:i]))
   # Existing models the stages would read.
+  space = config_lib.space_from_config(config)
   for field in dict.fromkeys(f for s in stages for f in s.reads):
     path = config[field]
     if not path:
       continue
     check, error = _READERS[field]
     try:
-      check(path, config)
+      check(path, space)
     except error as e:
       message = str(e)
       raise error(message if message.startswith('config.') else
@@ -42,7 +43,7 @@ def check_inputs(config, stages: Sequence[stage_lib.Stage],
   if any(s.data for s in stages):
     # With a cache, every split a run reads must be there before hours of
     # training end in an evaluation that cannot start.
-    for split in (cache.splits(config) if config.data.cache else
+    for split in (cache_stage.splits(config) if config.data.cache else
                   (config.data.train_split,)):
       data.get_source(config.data, split, config.space.image_size)
   for s in stages:

@@ -35,9 +35,10 @@ def teacher_dir(tmp_path_factory):
   """A randomly initialised teacher of helpers.demo_config's size, saved."""
   # pylint: disable=g-import-not-at-top
   from helpers import demo_config
+  from masktas_jax import config_lib
   from masktas_jax.models.mae import MAE
   from masktas_jax.storage import model_dirs
-  model = MAE(model_dirs.mae_config(demo_config('')), rngs=nnx.Rngs(0))
+  model = MAE(config_lib.mae_config(demo_config('')), rngs=nnx.Rngs(0))
   return str(model_dirs.save_teacher(model, tmp_path_factory.mktemp('t') / 'm'))
 
 
@@ -47,17 +48,19 @@ def workdir(tmp_path_factory):
   helpers.SMALL's space; one per test module."""
   # pylint: disable=g-import-not-at-top
   from helpers import search_config
+  from masktas_jax import config_lib
   from masktas_jax.models.mae import MAE
+  from masktas_jax.models.student import Student
   from masktas_jax.storage import artifacts, model_dirs
   root = tmp_path_factory.mktemp('search')
   config = search_config()
-  model = MAE(model_dirs.mae_config(config), rngs=nnx.Rngs(0))
+  model = MAE(config_lib.mae_config(config), rngs=nnx.Rngs(0))
   model_dirs.save_teacher(model, artifacts.model_dir(root, 'teacher'))
-  _, params, fixed = nnx.split(
-      model_dirs.build_student(config, config.teacher.embed_dim,
-                               nnx.Rngs(1)), nnx.Param, ...)
+  student_config = config_lib.student_config(config, config.teacher.embed_dim)
+  _, params, fixed = nnx.split(Student(student_config, rngs=nnx.Rngs(1)),
+                               nnx.Param, ...)
   state = {'params': nnx.to_pure_dict(params),
            'fixed': nnx.to_pure_dict(fixed)}
-  model_dirs.save_student(state, config.teacher.embed_dim, config,
+  model_dirs.save_student(state, student_config,
                           artifacts.model_dir(epath.Path(root), 'supernet'))
   return root

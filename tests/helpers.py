@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from masktas_jax import config_lib
+from masktas_jax import config_lib, data
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -104,6 +104,13 @@ def demo_config(teacher_checkpoint: str, **overrides):
     section, _, name = key.rpartition('.')
     (config[section] if section else config)[name] = value
   return config_lib.validate(config)
+
+
+def eval_batches(config, split: str, num_images: int, batch_size: int,
+                 seed: int = 0) -> list:
+  """`data.eval_batches` of `config`'s data at its image size."""
+  return data.eval_batches(config.data, split, config.space.image_size,
+                           num_images, batch_size, seed, 'search.batch_size')
 
 
 def search_config(**overrides):

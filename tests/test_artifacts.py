@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import ml_collections
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 from etils import epath
+from flax import nnx
 
 from masktas_jax.errors import SupernetError, TeacherError
-from masktas_jax.storage import artifacts
+from masktas_jax.models.student import Student, StudentConfig
+from masktas_jax.space import SearchSpace
+from masktas_jax.storage import artifacts, model_dirs
 
 
 def test_model_dir_round_trip(tmp_path):
@@ -44,21 +49,49 @@ def test_model_dir_errors_name_the_directory(tmp_path):
 
 
 def test_where_stages_find_their_inputs(tmp_path):
-  config = ml_collections.ConfigDict({'teacher': {'checkpoint': ''},
-                                      'search': {'supernet': ''}})
   with pytest.raises(TeacherError, match='run --config.mode=teacher first'):
-    artifacts.teacher_model(config, tmp_path)
+    artifacts.teacher_model('', tmp_path)
   artifacts.save_model(tmp_path / 'teacher' / 'model', 'teacher', {},
                        {'a': np.zeros(1, np.float32)})
-  assert artifacts.teacher_model(config, tmp_path) == (
+  assert artifacts.teacher_model('', tmp_path) == (
       tmp_path / 'teacher' / 'model')
-  assert artifacts.supernet_model(config, tmp_path) == (
+  assert artifacts.supernet_model('', tmp_path) == (
       tmp_path / 'supernet' / 'model')
-  config.teacher.checkpoint = '/elsewhere/teacher'
-  config.search.supernet = '/elsewhere/supernet'
-  assert str(artifacts.teacher_model(config, tmp_path)) == '/elsewhere/teacher'
-  assert str(artifacts.supernet_model(config, tmp_path)) == (
+  assert str(artifacts.teacher_model('/elsewhere/teacher', tmp_path)) == (
+      '/elsewhere/teacher')
+  assert str(artifacts.supernet_model('/elsewhere/supernet', tmp_path)) == (
       '/elsewhere/supernet')
   a = artifacts.rank_finetune_dir(tmp_path, 100, '{"embed_dim": 64}')
   assert a.parent == tmp_path / 'rank' / 'finetune' / '100steps'
   assert a != artifacts.rank_finetune_dir(tmp_path, 100, '{"embed_dim": 96}')
+
+
+def test_a_student_directory_holds_its_student_config(tmp_path):
+  """save_student writes the StudentConfig; load_student builds that
+  student from it alone (no run config), and a run's space is checked."""
+  space = SearchSpace((16, 32), (1, 2), (1, 2), (2.0, 4.0), image_size=8,
+                      patch_size=4, num_classes=3)
+  cfg = StudentConfig(space, teacher_dim=24, decoder_embed_dim=16,
+                      decoder_depth=1, decoder_num_heads=2)
+  assert StudentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == (
+      cfg)
+  student = Student(cfg, rngs=nnx.Rngs(0))
+  _, params, fixed = nnx.split(student, nnx.Param, ...)
+  path = tmp_path / 'supernet' / 'model'
+  model_dirs.save_student({'params': nnx.to_pure_dict(params),
+                           'fixed': nnx.to_pure_dict(fixed)}, cfg, path)
+  assert model_dirs.read_student_config(path) == cfg
+  loaded = model_dirs.load_student(path)
+  np.testing.assert_array_equal(loaded.proj2.kernel[...],
+                                student.proj2.kernel[...])
+  # Another number of classes is the same supernet; another space is not.
+  model_dirs.read_student_config(path, dataclasses.replace(space,
+                                                           num_classes=7))
+  with pytest.raises(SupernetError, match=r'config\.space\.depths is \(1, 3\)'):
+    model_dirs.read_student_config(path, dataclasses.replace(space,
+                                                             depths=(1, 3)))
+  meta = json.loads((path / 'student.json').read_text())
+  del meta['teacher_dim']
+  (path / 'student.json').write_text(json.dumps(meta))
+  with pytest.raises(SupernetError, match='unreadable student config'):
+    model_dirs.load_student(path)

@@ -247,9 +247,9 @@ def test_teacher_that_conflicts_with_the_config_is_refused(reference,
   config.space.image_size, config.space.patch_size = 32, 4
   with pytest.raises(errors.TeacherError,
                      match=r'patch_size 8 but config\.space\.patch_size is 4'):
-    model_dirs.load_teacher(out, config)
+    model_dirs.load_teacher(out, config_lib.space_from_config(config))
   config.space.image_size, config.space.patch_size = 64, 8
   with pytest.raises(errors.TeacherError, match='image_size 32'):
-    model_dirs.load_teacher(out, config)
+    model_dirs.load_teacher(out, config_lib.space_from_config(config))
   with pytest.raises(errors.TeacherError, match='not a teacher directory'):
     model_dirs.load_teacher(tmp_path)

@@ -13,7 +13,6 @@ from etils import epath
 from flax import nnx
 
 from masktas_jax import config_lib, data, errors
-from masktas_jax.evaluation import fitness
 from masktas_jax.models import student
 from masktas_jax.space import Arch, SearchSpace
 from masktas_jax.stages import finetune
@@ -21,7 +20,7 @@ from masktas_jax.storage import artifacts, model_dirs
 from masktas_jax.training import batch_augment, finetuning, trainer
 import helpers
 from helpers import Interrupted, interrupt_after, read_scalars
-from helpers import search_config
+from helpers import eval_batches, search_config
 
 
 def test_topk_against_a_hand_checked_example():
@@ -54,7 +53,7 @@ def test_inherited_classifier_equals_the_supernet_subnet(workdir):  # noqa: F811
   config = search_config()
   space = config_lib.space_from_config(config)
   student = model_dirs.load_student(
-      artifacts.model_dir(epath.Path(workdir), 'supernet'), config)
+      artifacts.model_dir(epath.Path(workdir), 'supernet'), space)
   images = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
   rng = np.random.default_rng(0)
   for arch in (space.max_arch(), space.sample(rng)):
@@ -120,7 +119,7 @@ def test_finetune_lowers_the_loss_evaluates_and_exports(workdir, tmp_path):  # n
 
   # The classifier it started from (the trainer's init key, the inherited
   # weights) against the one it exported: lower loss on the same images.
-  student = model_dirs.load_student(config.search.supernet, config)
+  student = model_dirs.load_student(config.search.supernet)
   inherited = nnx.to_pure_dict(nnx.state(student.encoder.extract(arch)))
   init_key = jax.random.split(jax.random.key(config.seed + 8))[0]
   start = finetuning.build_classifier(space, arch, 10, config.finetune.drop_path,
@@ -206,9 +205,10 @@ def test_inherited_weights_default_to_a_pooling_supernet_training_scores(
   assert 'cls' in student.scored_pools('teacher_mean')
   space = SearchSpace((32, 48), (2, 3), (1, 2), (2.0, 3.0), image_size=16,
                       patch_size=4, num_classes=5)
-  model = student.Student(space, teacher_dim=16, decoder_dim=16,
-                          decoder_depth=1, decoder_heads=1,
-                          rngs=nnx.Rngs(0)).extract(space.max_arch())
+  model = student.Student(
+      student.StudentConfig(space, teacher_dim=16, decoder_embed_dim=16,
+                            decoder_depth=1, decoder_num_heads=1),
+      rngs=nnx.Rngs(0)).extract(space.max_arch())
   images = jax.random.normal(jax.random.key(0), (2, space.image_size,
                                                  space.image_size, 3))
   n = space.num_patches
@@ -426,10 +426,10 @@ def test_lp_ft_starts_from_a_probe_of_standardised_features(
   probe = {k: np.asarray(v, np.float64) for k, v in probes[0].items()}
 
   # The inherited encoder's mean patch tokens of the probe's images.
-  encoder = model_dirs.load_student(config.search.supernet,
-                                    config).encoder.extract(arch)
-  batches = fitness.eval_batches(config, config.data.train_split, 48, 16,
-                                 config.seed + 9)
+  encoder = model_dirs.load_student(
+      config.search.supernet).encoder.extract(arch)
+  batches = eval_batches(config, config.data.train_split, 48, 16,
+                         config.seed + 9)
   feats = np.concatenate([np.asarray(encoder.encode(jnp.asarray(
       data.normalize(b['image']))), np.float64)[b['valid']][:, 1:].mean(1)
                           for b in batches])

@@ -9,7 +9,7 @@ from masktas_jax import config_lib
 from masktas_jax.compilation import flops
 from masktas_jax.masking import random_masking
 from masktas_jax.models.mae import MAE
-from masktas_jax.storage import model_dirs
+from masktas_jax.models.student import Student
 from masktas_jax.training import finetuning
 from helpers import search_config
 
@@ -38,17 +38,19 @@ def test_step_flops_are_the_traced_matrix_products():
   matmul FLOPs are the model's parts (the student's x3 for the backward)."""
   config = search_config()
   space = config_lib.space_from_config(config)
-  model = flops.SupernetStep(config)
+  model = flops.SupernetStep(
+      config_lib.student_config(config, config.teacher.embed_dim),
+      config_lib.mae_config(config), config.supernet.mask_ratio)
   batch = 4
   images = jax.random.normal(jax.random.key(0), (batch, space.image_size,
                                                  space.image_size, 3))
   ids_keep, _, ids_restore = random_masking(
       jax.random.key(1), batch, space.num_patches, config.supernet.mask_ratio)
-  teacher = MAE(model_dirs.mae_config(config), rngs=nnx.Rngs(0))
+  teacher = MAE(config_lib.mae_config(config), rngs=nnx.Rngs(0))
   teacher_flops = _matmul_flops(jax.make_jaxpr(
       lambda x: teacher.encode(x, ids_keep))(images).jaxpr)
-  student = model_dirs.build_student(config, teacher.config.embed_dim,
-                                     nnx.Rngs(1))
+  student = Student(config_lib.student_config(
+      config, teacher.config.embed_dim), rngs=nnx.Rngs(1))
   rng = np.random.default_rng(0)
   for arch in [space.min_arch(), space.max_arch(), space.sample(rng)]:
     parts = model.parts(arch, batch)
@@ -67,10 +69,11 @@ def test_teacher_and_finetune_steps_are_the_traced_matrix_products():
   batch = 2
   images = jax.random.normal(jax.random.key(0), (batch, space.image_size,
                                                  space.image_size, 3))
-  teacher = MAE(model_dirs.mae_config(config), rngs=nnx.Rngs(0))
+  teacher = MAE(config_lib.mae_config(config), rngs=nnx.Rngs(0))
   traced = _matmul_flops(jax.make_jaxpr(lambda x: teacher(
       x, jax.random.key(1), config.teacher.mask_ratio)[0])(images).jaxpr)
-  assert flops.mae_step(config, batch) == 3 * traced
+  assert flops.mae_step(teacher.config, config.teacher.mask_ratio,
+                        batch) == 3 * traced
   rng = np.random.default_rng(1)
   for arch in [space.min_arch(), space.sample(rng)]:
     classifier = finetuning.build_classifier(space, arch, space.num_classes,

@@ -13,9 +13,9 @@ from ml_collections import ConfigDict
 from masktas_jax import data
 from masktas_jax.data import idx_source
 from masktas_jax.errors import DataError
-from masktas_jax.evaluation import fitness
 
 import helpers
+from helpers import eval_batches
 
 
 def _idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
@@ -103,12 +103,12 @@ def test_the_whole_image_is_the_evaluation_view_at_crop_fraction_one(
       'data.train_split': 'train', 'data.eval_split': 'train',
       'space.image_size': 8, 'space.patch_size': 4,
       'data.eval_crop_fraction': 1.0})
-  seen = np.concatenate([b['image'][b['valid']] for b in fitness.eval_batches(
-      config, 'train', 8, 8, 0)])
+  seen = np.concatenate([b['image'][b['valid']]
+                         for b in eval_batches(config, 'train', 8, 8)])
   np.testing.assert_array_equal(seen, np.repeat(images[..., None], 3, -1))
   config.data.eval_crop_fraction = 0.875
-  seen = np.concatenate([b['image'][b['valid']] for b in fitness.eval_batches(
-      config, 'train', 8, 8, 0)])
+  seen = np.concatenate([b['image'][b['valid']]
+                         for b in eval_batches(config, 'train', 8, 8)])
   assert not np.array_equal(seen, np.repeat(images[..., None], 3, -1))
 
 

@@ -12,7 +12,7 @@ from masktas_jax.evaluation.evolution import SearchError, Window
 from masktas_jax.space import Arch
 from masktas_jax.stages import rank, search, supernet as supernet_stage
 from masktas_jax.storage import artifacts
-from helpers import read_scalars, search_config
+from helpers import eval_batches, read_scalars, search_config
 
 
 @pytest.mark.parametrize('strategy', ['vmap', 'map'])
@@ -21,7 +21,7 @@ def test_population_scorer_equals_scoring_each_alone_and_compiles_once(
   config = search_config()
   space = config_lib.space_from_config(config)
   encoder, teacher_model = fitness.load_models(config, epath.Path(workdir))
-  batches = fitness.eval_batches(config, 'train', 40, 16, seed=0)
+  batches = eval_batches(config, 'train', 40, 16, seed=0)
   assert len(batches) == 3 and int(sum(b['valid'].sum() for b in batches)) == 40
   relation = losses.Relation('cosine', 0.2, 0.1, exclude_self=True)
   scorer = fitness.PopulationScorer(encoder, teacher_model, space, batches,
@@ -186,7 +186,7 @@ def test_features_are_the_extracted_subnets_mean_pooled_tokens(workdir,
   config = search_config()
   space = config_lib.space_from_config(config)
   encoder, _ = fitness.load_models(config, epath.Path(workdir))
-  batches = fitness.eval_batches(config, 'validation', 20, 16, seed=0)
+  batches = eval_batches(config, 'validation', 20, 16, seed=0)
   rng = np.random.default_rng(2)
   archs = [space.sample(rng) for _ in range(3)]
   extract = rank.FeatureExtractor(encoder, space, capacity=4,

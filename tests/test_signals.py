@@ -15,7 +15,7 @@ from masktas_jax.evaluation.evolution import SearchError
 from masktas_jax.masking import patchify, random_masking
 from masktas_jax.stages import rank, search
 from masktas_jax.storage import artifacts, model_dirs
-from helpers import search_config
+from helpers import eval_batches, search_config
 
 
 def _np_ln(x):
@@ -38,10 +38,11 @@ def _np_pixel_loss(pred, target, mask):
 
 def _models(config, workdir):
   """(student, teacher) of the test workdir."""
+  space = config_lib.space_from_config(config)
   return (model_dirs.load_student(
-      artifacts.model_dir(epath.Path(workdir), 'supernet'), config),
+      artifacts.model_dir(epath.Path(workdir), 'supernet'), space),
           model_dirs.load_teacher(
-              artifacts.model_dir(epath.Path(workdir), 'teacher'), config))
+              artifacts.model_dir(epath.Path(workdir), 'teacher'), space))
 
 
 def _reference(config, workdir, archs, batches, relation, mask_ratio, seed):
@@ -87,7 +88,7 @@ def test_every_signal_equals_its_definition_on_the_dense_subnet(
   config = search_config()
   space = config_lib.space_from_config(config)
   student, teacher = _models(config, workdir)
-  batches = fitness.eval_batches(config, 'train', 20, 8, seed=0)
+  batches = eval_batches(config, 'train', 20, 8, seed=0)
   relation = losses.Relation('centered_cosine', 0.2)
   scorer = fitness.PopulationScorer(
       student.encoder, teacher, space, batches, relation=relation,
@@ -122,7 +123,7 @@ def test_fusion_averages_the_zscores_of_relation_and_pixel(workdir):
   student, teacher = _models(config, workdir)
   scorer = fitness.PopulationScorer(
       student.encoder, teacher, space,
-      fitness.eval_batches(config, 'train', 16, 8, seed=0),
+      eval_batches(config, 'train', 16, 8, seed=0),
       relation=losses.Relation(), mask_ratio=0.75, seed=0, capacity=6,
       names=signals.needed('fusion'), fitness='fusion', student=student)
   archs = [space.sample(np.random.default_rng(i)) for i in range(6)]
@@ -136,7 +137,7 @@ def test_fusion_averages_the_zscores_of_relation_and_pixel(workdir):
   with pytest.raises(ValueError, match='need the student'):
     fitness.PopulationScorer(
         student.encoder, teacher, space,
-        fitness.eval_batches(config, 'train', 8, 8, seed=0),
+        eval_batches(config, 'train', 8, 8, seed=0),
         relation=losses.Relation(), mask_ratio=0.75, seed=0, capacity=2,
         names=signals.needed('pixel'), fitness='pixel')
 

@@ -274,9 +274,10 @@ def test_student_equals_its_extracted_dense_student():
   those of `Student.extract(arch)`, whose decoder and projector read only
   the subnet's channels."""
   # pylint: disable=g-import-not-at-top
-  from masktas_jax.models.student import Student
-  student = Student(SMALL, teacher_dim=24, decoder_dim=16, decoder_depth=1,
-                    decoder_heads=2, rngs=nnx.Rngs(0), remat=False)
+  from masktas_jax.models.student import Student, StudentConfig
+  student = Student(StudentConfig(SMALL, teacher_dim=24, decoder_embed_dim=16,
+                                  decoder_depth=1, decoder_num_heads=2),
+                    rngs=nnx.Rngs(0), remat=False)
   graphdef, state = nnx.split(student)
   # Random biases too, so a wrongly cut input row cannot hide behind zeros.
   leaves, tree = jax.tree.flatten(state)

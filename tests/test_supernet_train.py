@@ -11,8 +11,8 @@ from flax import nnx
 from masktas_jax import config_lib, data, errors, losses
 from masktas_jax.masking import random_masking
 from masktas_jax.models.mae import MAE
+from masktas_jax.models.student import Student
 from masktas_jax.stages import supernet as supernet_stage
-from masktas_jax.storage import model_dirs
 from masktas_jax.training import trainer
 from helpers import Interrupted, demo_config, interrupt_after, read_scalars
 
@@ -64,8 +64,9 @@ def test_a_step_moves_only_the_sampled_subnet(teacher_dir, tmp_path):
   state = {'params': supernet_stage.run(config, epath.Path(tmp_path)).params}
   # Re-derive what the trainer drew: init key and step-0 subnet.
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
-  init = nnx.to_pure_dict(nnx.state(model_dirs.build_student(
-      config, 192, nnx.Rngs(init_key)), nnx.Param))
+  init = nnx.to_pure_dict(nnx.state(Student(
+      config_lib.student_config(config, 192), rngs=nnx.Rngs(init_key)),
+                                    nnx.Param))
   space = config_lib.space_from_config(config)
   arch = space.decode(space.sample_encoded(
       jax.random.split(jax.random.fold_in(step_key, 0))[0]))
@@ -126,7 +127,7 @@ def test_bfloat16_compute_keeps_float32_weights_and_close_losses():
            'space.num_heads': (1,), 'space.mlp_ratios': (2.0,),
            'teacher.embed_dim': 64, 'teacher.depth': 2, 'teacher.num_heads': 1,
            'supernet.decoder_embed_dim': 32}
-  teacher_model = MAE(model_dirs.mae_config(demo_config('', **small)),
+  teacher_model = MAE(config_lib.mae_config(demo_config('', **small)),
                       rngs=nnx.Rngs(0))
   batch = {'image': jax.random.normal(jax.random.key(0), (8, 32, 32, 3))}
   results = {}
@@ -164,13 +165,13 @@ def test_cls_target_scores_the_projected_cls_output_against_the_teacher():
            'teacher.embed_dim': 64, 'teacher.depth': 2, 'teacher.num_heads': 1,
            'supernet.decoder_embed_dim': 32, 'supernet.beta': 0.7}
   base = demo_config('', **small)
-  teacher_model = MAE(model_dirs.mae_config(base), rngs=nnx.Rngs(0))
+  teacher_model = MAE(config_lib.mae_config(base), rngs=nnx.Rngs(0))
   teacher_def, teacher_state = nnx.split(teacher_model.encoder)
   space = config_lib.space_from_config(base)
   arch = space.sample(np.random.default_rng(2))
   constants = {'teacher': nnx.to_pure_dict(teacher_state),
                'arch': space.encode(arch)}
-  student = model_dirs.build_student(base, 64, nnx.Rngs(1))
+  student = Student(config_lib.student_config(base, 64), rngs=nnx.Rngs(1))
   student_def, params, fixed = nnx.split(student, nnx.Param, ...)
   params, fixed = nnx.to_pure_dict(params), nnx.to_pure_dict(fixed)
   images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
@@ -220,9 +221,9 @@ def test_views_of_one_image_share_its_pixels_and_differ_in_their_masks():
            'teacher.embed_dim': 64, 'teacher.depth': 2, 'teacher.num_heads': 1,
            'supernet.decoder_embed_dim': 32}
   base = demo_config('', **small)
-  teacher_model = MAE(model_dirs.mae_config(base), rngs=nnx.Rngs(0))
+  teacher_model = MAE(config_lib.mae_config(base), rngs=nnx.Rngs(0))
   teacher_def, teacher_state = nnx.split(teacher_model.encoder)
-  student = model_dirs.build_student(base, 64, nnx.Rngs(1))
+  student = Student(config_lib.student_config(base, 64), rngs=nnx.Rngs(1))
   student_def, params, fixed = nnx.split(student, nnx.Param, ...)
   params, fixed = nnx.to_pure_dict(params), nnx.to_pure_dict(fixed)
   constants = {'teacher': nnx.to_pure_dict(teacher_state)}
@@ -282,6 +283,7 @@ def test_views_per_image_reads_fewer_images_a_step():
   for views in (1, 2):  # 8 fake devices: 8 images a step at the least.
     config = demo_config('', **{'supernet.views_per_image': views,
                                 'supernet.steps': 0, 'supernet.epochs': 1})
-    batches, per_epoch[views], _ = data.training_input(config, 'supernet', 0)
+    batches, per_epoch[views], _ = data.training_input(
+        config.data, config.supernet, 'supernet', config.space.image_size, 0)
     assert next(iter(batches))['image'].shape[0] == 16 // views
   assert per_epoch[2] == pytest.approx(2 * per_epoch[1], abs=1)

@@ -100,7 +100,8 @@ def test_teacher_stage_lowers_the_reconstruction_loss(tmp_path):
   assert np.mean(losses_[-2:]) < 0.95 * np.mean(losses_[:2]), losses_
   assert (tmp_path / 'teacher/loss.png').read_bytes()[:4] == b'\x89PNG'
   # The exported teacher is the trained one, loadable as any teacher.
-  loaded = model_dirs.load_teacher(tmp_path / 'teacher/model', config)
+  loaded = model_dirs.load_teacher(tmp_path / 'teacher/model',
+                                   config_lib.space_from_config(config))
   images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(
       np.float32)
   np.testing.assert_allclose(loaded.encode(images), model.encode(images),

@@ -9,39 +9,51 @@ cost analysis counts one iteration of the encoder's layer `scan` and one
 
 from __future__ import annotations
 
-from masktas_jax import config_lib
 from masktas_jax.masking import num_visible
+from masktas_jax.models.mae import MAEConfig
+from masktas_jax.models.student import StudentConfig
 from masktas_jax.space import Arch, encoder_macs, HEAD_DIM
 
 
-def vit_macs(embed: int, depth: int, visible: int, patch_dim: int) -> int:
+def vit_macs(embed: int, depth: int, visible: int, patch_dim: int,
+             mlp_ratio: float = 4.0) -> int:
   """Multiply-accumulates of a plain ViT encoder (heads spanning its
-  width, 4x MLP: the MAE teacher's) over `visible` patches and CLS, one
-  image."""
-  return encoder_macs(embed, [embed] * depth, [4 * embed] * depth,
-                      visible + 1, visible, patch_dim)
+  width, one MLP ratio: the MAE teacher's) over `visible` patches and CLS,
+  one image."""
+  return encoder_macs(embed, [embed] * depth,
+                      [int(embed * mlp_ratio)] * depth, visible + 1, visible,
+                      patch_dim)
+
+
+def _decoder_macs(dim: int, depth: int, mlp_ratio: float, num_patches: int,
+                  patch_dim: int) -> int:
+  """A MAE-style pixel decoder's blocks over all N patches + CLS, then its
+  pixel head (it predicts CLS too and drops it); its input projection,
+  which depends on the encoder's width, left out."""
+  return encoder_macs(dim, [dim] * depth, [int(dim * mlp_ratio)] * depth,
+                      num_patches + 1, 0, 0) + (num_patches + 1) * dim * (
+                          patch_dim)
 
 
 class SupernetStep:
   """Model FLOPs of one supernet training step (`stages.supernet`), for any
-  Arch of the config's space: the teacher's forward on the visible tokens,
-  and forward + backward (3x the forward) of the student at the subnet's
-  own widths: encoder, pixel decoder, projector."""
+  Arch of the student's space: the teacher's forward on the visible
+  tokens, and forward + backward (3x the forward) of the student at the
+  subnet's own widths: encoder, pixel decoder, projector."""
 
-  def __init__(self, config):
-    t, s = config.teacher, config.supernet
-    space = config_lib.space_from_config(config)
-    n, k = space.num_patches, num_visible(space.num_patches, s.mask_ratio)
-    self.space, self.visible, self.teacher_dim = space, k, t.embed_dim
-    self.teacher_macs = vit_macs(t.embed_dim, t.depth, k, space.patch_dim)
-    d = s.decoder_embed_dim
-    # Decoder blocks over all N patches + CLS, then the pixel head (MAE's
-    # decoder predicts CLS too and drops it); its input projection depends
-    # on the subnet's width and is added per Arch.
-    self.decoder_macs = encoder_macs(d, [d] * s.decoder_depth,
-                                     [4 * d] * s.decoder_depth, n + 1, 0,
-                                     0) + (n + 1) * d * space.patch_dim
-    self.decoder_dim = d
+  def __init__(self, student: StudentConfig, teacher: MAEConfig,
+               mask_ratio: float):
+    space = student.space
+    n, k = space.num_patches, num_visible(space.num_patches, mask_ratio)
+    self.space, self.visible = space, k
+    self.teacher_dim = student.teacher_dim
+    self.teacher_macs = vit_macs(teacher.embed_dim, teacher.depth, k,
+                                 space.patch_dim, teacher.mlp_ratio)
+    self.decoder_dim = d = student.decoder_embed_dim
+    # The student's decoder blocks have 4x MLPs (models.mae.PixelDecoder's
+    # default).
+    self.decoder_macs = _decoder_macs(d, student.decoder_depth, 4.0, n,
+                                      space.patch_dim)
 
   def parts(self, arch: Arch, batch: int) -> dict[str, int]:
     """FLOPs of one step of `batch` images by part: 'teacher', 'encoder',
@@ -59,18 +71,17 @@ class SupernetStep:
     return sum(self.parts(arch, batch).values())
 
 
-def mae_step(config, batch: int) -> int:
-  """Model FLOPs of one MAE pre-training step of the teacher (`teacher`):
-  forward + backward (3x the forward) of its encoder on the visible patches
-  and its decoder over all patches."""
-  t = config.teacher
-  space = config_lib.space_from_config(config)
-  n, e, d = space.num_patches, t.embed_dim, t.decoder_embed_dim
-  k = num_visible(n, t.mask_ratio)
-  encoder = vit_macs(e, t.depth, k, space.patch_dim)
-  decoder = (k + 1) * e * d + encoder_macs(
-      d, [d] * t.decoder_depth, [4 * d] * t.decoder_depth, n + 1, 0, 0) + (
-          (n + 1) * d * space.patch_dim)
+def mae_step(teacher: MAEConfig, mask_ratio: float, batch: int) -> int:
+  """Model FLOPs of one MAE pre-training step of `teacher` at `mask_ratio`
+  (`stages.teacher`): forward + backward (3x the forward) of its encoder on
+  the visible patches and its decoder over all patches."""
+  n = teacher.num_patches
+  patch_dim = teacher.patch_size**2 * teacher.in_chans
+  e, d = teacher.embed_dim, teacher.decoder_embed_dim
+  k = num_visible(n, mask_ratio)
+  encoder = vit_macs(e, teacher.depth, k, patch_dim, teacher.mlp_ratio)
+  decoder = (k + 1) * e * d + _decoder_macs(
+      d, teacher.decoder_depth, teacher.mlp_ratio, n, patch_dim)
   return 6 * batch * (encoder + decoder)
 
 

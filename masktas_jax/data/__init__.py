@@ -380,6 +380,40 @@ def eval_pipeline(source, *, image_size: int, batch_size: int,
   return _closing(read.iterate(local[jax.process_index()::processes]))
 
 
+class _Subset:
+  """`source` restricted to `indices` (a random-access source too)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, indices
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return self.source[int(self.indices[i])]
+
+
+def eval_batches(data_config, split: str, image_size: int, num_images: int,
+                 batch_size: int, seed: int, batch_field: str
+                 ) -> list[dict[str, np.ndarray]]:
+  """This process's share of `num_images` images of `split` (a seeded random
+  subset), evaluation views at `image_size`, in global batches of
+  `batch_size` (the config field `batch_field`, named if it does not
+  divide over the processes).
+
+  Each dict has 'image' (b, S, S, 3) uint8, 'label' (b,) and 'valid' (b,),
+  b the per-process batch; the last batch is padded ('valid' False).
+  """
+  source = get_source(data_config, split, image_size)
+  n = min(num_images, len(source))
+  indices = np.sort(np.random.default_rng(seed).permutation(len(source))[:n])
+  local = parallel.check_batch_size(batch_size, batch_field)
+  return list(eval_pipeline(_Subset(source, indices), image_size=image_size,
+                            batch_size=local,
+                            crop_fraction=data_config.eval_crop_fraction,
+                            read=reading(data_config, source)))
+
+
 def _randaugment(section) -> RandAugment | None:
   """The stage's RandAugment (`randaugment`: its magnitude, 0 off), filling
   with the mean colour the images are normalised by."""
@@ -390,20 +424,20 @@ def _randaugment(section) -> RandAugment | None:
                      fill=tuple(int(round(255 * float(m))) for m in MEAN))
 
 
-def training_input(config, stage: str, seed: int, source=None,
-                   steps: int | None = None):
+def training_input(data_config, section, stage: str, image_size: int,
+                   seed: int, source=None, steps: int | None = None):
   """(batch iterator, steps, warm-up steps) of a training stage.
 
-  Reads `config.<stage>`: batch_size (global), steps, or epochs over the
-  training split, warmup_epochs, and crop_min_scale, flip and RandAugment's
-  magnitude and its spread where the stage has them (else MAE's 0.2, flips,
-  no RandAugment). `source`: the training split's source, when the caller
-  has it open already; `steps`: instead of the section's steps or epochs.
+  Reads `data_config.train_split` (config.data) at `image_size`, and the
+  stage's `section` (config.<stage>, named `stage` in messages):
+  batch_size (global), steps, or epochs over the training split,
+  warmup_epochs, and crop_min_scale, flip and RandAugment's magnitude and
+  its spread where the stage has them (else MAE's 0.2, flips, no
+  RandAugment). `source`: the training split's source, when the caller has
+  it open already; `steps`: instead of the section's steps or epochs.
   """
-  section = config[stage]
   if source is None:
-    source = get_source(config.data, config.data.train_split,
-                        config.space.image_size)
+    source = get_source(data_config, data_config.train_split, image_size)
   # Images decoded a step: the batch, or its views' images (supernet).
   views = section.get('views_per_image', 1)
   images = config_lib.images_per_step(section)
@@ -414,12 +448,12 @@ def training_input(config, stage: str, seed: int, source=None,
   steps = steps or section.steps or math.ceil(section.epochs *
                                              steps_per_epoch)
   warmup = min(round(section.warmup_epochs * steps_per_epoch), steps - 1)
-  batches = train_pipeline(source, image_size=config.space.image_size,
+  batches = train_pipeline(source, image_size=image_size,
                            batch_size=local_batch, seed=seed,
                            min_scale=section.get('crop_min_scale', 0.2),
                            flip=section.get('flip', True),
                            randaugment=_randaugment(section),
-                           read=reading(config.data, source))
+                           read=reading(data_config, source))
   read = batches.read
   each = f', {views} masked views each' if views > 1 else ''
   parallel.log(f'{stage}: reading batches of {local_batch} images per '

@@ -54,15 +54,6 @@ def short_side(data_config, image_size: int) -> int:
       image_size / data_config.get('eval_crop_fraction', 0.875)))
 
 
-def splits(config) -> tuple[str, ...]:
-  """Every split a run of `config` reads: training, evaluation, and the
-  fine-tuning's and search's own evaluation splits where set."""
-  return tuple(dict.fromkeys(s for s in (
-      config.data.train_split, config.data.eval_split,
-      config.finetune.get('eval_split', ''),
-      config.search.get('eval_split', '')) if s))
-
-
 def split_dir(data_config, split: str) -> epath.Path:
   """The cache folder of `split` under `data.cache` (a split's expression,
   e.g. 'train[:1000]', made a folder name)."""

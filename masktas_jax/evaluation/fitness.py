@@ -10,7 +10,7 @@ against labels.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,38 +23,6 @@ from masktas_jax.evaluation import evaluator, signals
 from masktas_jax.masking import random_masking
 from masktas_jax.space import Arch, SearchSpace
 from masktas_jax.storage import artifacts, model_dirs
-
-
-class _Subset:
-  """`source` restricted to `indices` (a random-access source too)."""
-
-  def __init__(self, source, indices: np.ndarray):
-    self.source, self.indices = source, indices
-
-  def __len__(self) -> int:
-    return len(self.indices)
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    return self.source[int(self.indices[i])]
-
-
-def eval_batches(config, split: str, num_images: int, batch_size: int,
-                 seed: int) -> list[dict[str, np.ndarray]]:
-  """This process's share of `num_images` images of `split` (a seeded random
-  subset), centre-cropped, in global batches of `batch_size`.
-
-  Each dict has 'image' (b, S, S, 3) uint8, 'label' (b,) and 'valid' (b,),
-  b the per-process batch; the last batch is padded ('valid' False).
-  """
-  source = data.get_source(config.data, split, config.space.image_size)
-  n = min(num_images, len(source))
-  indices = np.sort(np.random.default_rng(seed).permutation(len(source))[:n])
-  local = parallel.check_batch_size(batch_size, 'search.batch_size')
-  subset = _Subset(source, indices)
-  return list(data.eval_pipeline(subset, image_size=config.space.image_size,
-                                 batch_size=local,
-                                 crop_fraction=config.data.eval_crop_fraction,
-                                 read=data.reading(config.data, source)))
 
 
 # How one compiled call covers a population: 'vmap' runs the supernet's
@@ -365,13 +333,11 @@ def scorer_from_config(config, workdir: epath.Path, capacity: int,
   needs)."""
   s = config.search
   names = tuple(names or signals.needed(s.fitness))
-  teacher = model_dirs.load_teacher(
-      artifacts.teacher_model(config, workdir), config)
-  student = model_dirs.load_student(
-      artifacts.supernet_model(config, workdir), config)
+  teacher, student = _models(config, workdir)
   split = s.eval_split or config.data.train_split
-  batches = eval_batches(config, split, s.eval_images, s.batch_size,
-                         config.seed + 2)
+  batches = data.eval_batches(config.data, split, config.space.image_size,
+                              s.eval_images, s.batch_size, config.seed + 2,
+                              'search.batch_size')
   heads = any(n in signals.NEEDS_HEADS for n in names)
   return PopulationScorer(
       student.encoder, teacher, config_lib.space_from_config(config), batches,
@@ -399,8 +365,15 @@ def check_teacher_entropy(entropy: float) -> str | None:
 
 def load_models(config, workdir: epath.Path):
   """(supernet encoder, teacher) for search and ranking."""
-  teacher = model_dirs.load_teacher(
-      artifacts.teacher_model(config, workdir), config)
-  student = model_dirs.load_student(
-      artifacts.supernet_model(config, workdir), config)
+  teacher, student = _models(config, workdir)
   return student.encoder, teacher
+
+
+def _models(config, workdir: epath.Path):
+  """(teacher, supernet student) the run reads, checked against its
+  space."""
+  space = config_lib.space_from_config(config)
+  return (model_dirs.load_teacher(artifacts.teacher_model(
+      config.teacher.checkpoint, workdir), space),
+          model_dirs.load_student(artifacts.supernet_model(
+              config.search.supernet, workdir), space))

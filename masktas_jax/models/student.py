@@ -4,6 +4,7 @@ light pixel decoder and a projector to the teacher's feature width."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Mapping
 
 import jax
 from flax import nnx
@@ -35,6 +36,27 @@ def scored_pools(cls_target: str = 'none') -> tuple[str, ...]:
   return ('mean',) if cls_target == 'none' else ('mean', 'cls')
 
 
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+  """What a supernet student is built from, as `MAEConfig` is for the
+  teacher: the search space, the teacher's feature width D_teacher its
+  projector predicts, and its pixel decoder's width, depth and heads (the
+  model directory's `student.json`)."""
+
+  space: SearchSpace
+  teacher_dim: int
+  decoder_embed_dim: int
+  decoder_depth: int
+  decoder_num_heads: int
+
+  def to_dict(self) -> dict[str, Any]:
+    return {**dataclasses.asdict(self), 'space': self.space.to_dict()}
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> 'StudentConfig':
+    return cls(**{**d, 'space': SearchSpace(**d['space'])})
+
+
 class Student(nnx.Module):
   """Weight-sharing encoder + decoder `S_d` + projector `M` (2-layer MLP).
 
@@ -43,16 +65,16 @@ class Student(nnx.Module):
   past the sampled embed dim are zero.
   """
 
-  def __init__(self, space: SearchSpace, *, teacher_dim: int,
-               decoder_dim: int, decoder_depth: int, decoder_heads: int,
-               rngs: nnx.Rngs, remat: bool = True):
+  def __init__(self, config: StudentConfig, *, rngs: nnx.Rngs,
+               remat: bool = True):
+    space, teacher_dim = config.space, config.teacher_dim
     self.encoder = Supernet(dataclasses.replace(space, num_classes=0),
                             rngs=rngs, remat=remat)
     e = space.max_embed
     self.decoder = PixelDecoder(
-        in_dim=e, embed_dim=decoder_dim, depth=decoder_depth,
-        num_heads=decoder_heads, patch_size=space.patch_size,
-        in_chans=space.in_chans,
+        in_dim=e, embed_dim=config.decoder_embed_dim,
+        depth=config.decoder_depth, num_heads=config.decoder_num_heads,
+        patch_size=space.patch_size, in_chans=space.in_chans,
         grid_size=space.image_size // space.patch_size, rngs=rngs)
     self.proj1 = nnx.Linear(e, teacher_dim, kernel_init=vit._dense_init,
                             rngs=rngs)

@@ -23,6 +23,15 @@ from masktas_jax.errors import DataError
 from masktas_jax.stage import Stage
 
 
+def splits(config) -> tuple[str, ...]:
+  """Every split a run of `config` reads: training, evaluation, and the
+  fine-tuning's and search's own evaluation splits where set."""
+  return tuple(dict.fromkeys(s for s in (
+      config.data.train_split, config.data.eval_split,
+      config.finetune.get('eval_split', ''),
+      config.search.get('eval_split', '')) if s))
+
+
 def check(config, workdir: epath.Path, earlier: frozenset[str]) -> None:
   """DataError without data.cache, for a cache built from something else
   or being written; the sources must open."""
@@ -30,7 +39,7 @@ def check(config, workdir: epath.Path, earlier: frozenset[str]) -> None:
   if not config.data.cache:
     raise DataError('config.data.cache: mode=cache writes the pre-resized '
                     'splits there; give a folder')
-  for split in cache.splits(config):
+  for split in splits(config):
     if cache.check(config.data, split, config.space.image_size) is None:
       data.original_source(config.data, split)
 
@@ -42,7 +51,7 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   return {split: cache.build(data.original_source(config.data, split),
                              config.data, split, config.space.image_size,
                              config.data.threads)
-          for split in cache.splits(config)}
+          for split in splits(config)}
 
 
 # Not in the pipeline: a run reads its cache once one is built.

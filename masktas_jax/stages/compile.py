@@ -36,6 +36,7 @@ from masktas_jax.errors import MaskTASError
 from masktas_jax.evaluation import evaluator, evolution, fitness, signals
 from masktas_jax.masking import num_visible
 from masktas_jax.models.mae import MAE
+from masktas_jax.models.student import Student
 from masktas_jax.stage import Stage
 from masktas_jax.stages import supernet as supernet_stage, teacher
 from masktas_jax.storage import artifacts, model_dirs
@@ -186,8 +187,9 @@ def _teacher_model(config) -> MAE:
   shape when `teacher.checkpoint` exists, else `config.teacher`'s (the
   paper configs' defaults are MAE's ViT-B)."""
   path = config.teacher.checkpoint
-  cfg = (model_dirs.read_teacher_config(path, config) if path and
-         epath.Path(path).exists() else model_dirs.mae_config(config))
+  cfg = (model_dirs.read_teacher_config(
+      path, config_lib.space_from_config(config)) if path and
+         epath.Path(path).exists() else config_lib.mae_config(config))
   return nnx.eval_shape(lambda: MAE(cfg, rngs=nnx.Rngs(0)))
 
 
@@ -218,7 +220,8 @@ def _teacher_programs(config, mesh, space, teacher_model) -> list[Program]:
   t = config.teacher
   return [_training(
       'teacher', teacher.make_task(config, _STEPS, _WARMUP), mesh,
-      t.batch_size, flops.mae_step(config, t.batch_size), 'float32',
+      t.batch_size, flops.mae_step(config_lib.mae_config(config), t.mask_ratio,
+                                    t.batch_size), 'float32',
       'MAE pre-training', space.image_size)]
 
 
@@ -226,7 +229,11 @@ def _supernet_programs(config, mesh, space, teacher_model) -> list[Program]:
   s = config.supernet
   task = supernet_stage.make_task(config, teacher_model, _STEPS, _WARMUP,
                                   s.batch_size)
-  step_flops = flops.SupernetStep(config)
+  # The teacher distilled from: a converted one may differ from
+  # config.teacher.
+  step_flops = flops.SupernetStep(
+      config_lib.student_config(config, teacher_model.config.embed_dim),
+      teacher_model.config, s.mask_ratio)
   archs = _sample_archs(space)
   return [_training(
       'supernet', task, mesh, s.batch_size,
@@ -265,8 +272,8 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
   relation = fitness.relation_from_config(s)
   teacher_def, teacher_state = nnx.split(teacher_model)
   teacher_state = _abstract(nnx.to_pure_dict(teacher_state), rep)
-  student = nnx.eval_shape(lambda: model_dirs.build_student(
-      config, teacher_model.config.embed_dim, nnx.Rngs(0)))
+  student = nnx.eval_shape(lambda: Student(config_lib.student_config(
+      config, teacher_model.config.embed_dim), rngs=nnx.Rngs(0)))
   # The signals search.fitness computes; the whole student when they read
   # its decoder or projector.
   names = signals.needed(s.fitness)

@@ -219,14 +219,16 @@ def yardstick_top1(config, workdir: epath.Path, encoder, space,
   """(P,) the supervised accuracy `config.rank.yardstick` of each Arch."""
   r, s = config.rank, config.search
   if r.yardstick == 'finetune':
-    return finetune_top1(config, workdir, archs,
-                         str(artifacts.supernet_model(config, workdir)))
+    return finetune_top1(config, workdir, archs, str(
+        artifacts.supernet_model(s.supernet, workdir)))
   extract = FeatureExtractor(encoder, space, capacity=len(archs),
                              strategy=s.scoring)
-  support = fitness.eval_batches(config, config.data.train_split,
-                                 r.train_images, s.batch_size, config.seed + 5)
-  query = fitness.eval_batches(config, config.data.eval_split, r.eval_images,
-                               s.batch_size, config.seed + 6)
+  support = data.eval_batches(config.data, config.data.train_split,
+                              space.image_size, r.train_images, s.batch_size,
+                              config.seed + 5, 'search.batch_size')
+  query = data.eval_batches(config.data, config.data.eval_split,
+                            space.image_size, r.eval_images, s.batch_size,
+                            config.seed + 6, 'search.batch_size')
   train_feats, train_labels = extract(archs, support)
   query_feats, query_labels = extract(archs, query)
   num_classes = int(max(train_labels.max(), query_labels.max())) + 1

@@ -23,6 +23,7 @@ from flax import nnx
 from masktas_jax import config_lib, data, losses, parallel
 from masktas_jax.masking import patchify, random_masking
 from masktas_jax.models.mae import MAE
+from masktas_jax.models.student import Student
 from masktas_jax.stage import Stage, SUPERNET, TEACHER_CHECKPOINT
 from masktas_jax.storage import artifacts, model_dirs
 from masktas_jax.training import trainer
@@ -115,12 +116,12 @@ def make_task(config, teacher: MAE, steps: int, warmup: int,
   # weights (~0.1 GB for MAE's ViT-B) would sit in each one's memory.
   teacher_def, teacher_state = nnx.split(teacher.encoder)
   teacher_dim = teacher.config.embed_dim
-  student_def = nnx.split(nnx.eval_shape(
-      lambda: model_dirs.build_student(config, teacher_dim, nnx.Rngs(0))),
-                          nnx.Param, ...)[0]
+  student_config = config_lib.student_config(config, teacher_dim)
+  student_def = nnx.split(nnx.eval_shape(lambda: Student(
+      student_config, rngs=nnx.Rngs(0), remat=s.remat)), nnx.Param, ...)[0]
 
   def init(rng, _):
-    student = model_dirs.build_student(config, teacher_dim, nnx.Rngs(rng))
+    student = Student(student_config, rngs=nnx.Rngs(rng), remat=s.remat)
     _, params, fixed = nnx.split(student, nnx.Param, ...)
     return nnx.to_pure_dict(params), nnx.to_pure_dict(fixed)
 
@@ -137,28 +138,28 @@ def run(config, workdir: epath.Path) -> trainer.Outcome | None:
   """Trains (or resumes) the supernet and writes `supernet/model`; returns
   how training ended, or None when `config.search.supernet` names an
   existing supernet (later stages read that one)."""
-  s = config.supernet
+  s, space = config.supernet, config_lib.space_from_config(config)
   if config.search.supernet:
     # Missing or of another space: fails here.
-    model_dirs.read_student_meta(config.search.supernet, config)
+    model_dirs.read_student_config(config.search.supernet, space)
     parallel.log(f'supernet: using {config.search.supernet}; not training')
     return None
   # A seed of its own: the supernet does not replay the teacher's batches.
-  data_iter, steps, warmup = data.training_input(config, 'supernet',
-                                                 config.seed + 1)
+  data_iter, steps, warmup = data.training_input(
+      config.data, s, 'supernet', space.image_size, config.seed + 1)
   out = artifacts.model_dir(workdir, 'supernet')
+  teacher = artifacts.teacher_model(config.teacher.checkpoint, workdir)
 
   def task():
     # The frozen teacher is a constant of the step, not in the train state.
-    return make_task(config, model_dirs.load_teacher(
-        artifacts.teacher_model(config, workdir), config), steps, warmup,
-        s.batch_size)
+    return make_task(config, model_dirs.load_teacher(teacher, space), steps,
+                     warmup, s.batch_size)
 
   def save(params, fixed, path):
-    teacher_dim = model_dirs.read_teacher_config(
-        artifacts.teacher_model(config, workdir), config).embed_dim
-    model_dirs.save_student({'params': params, 'fixed': fixed}, teacher_dim,
-                            config, path, overwrite=True)
+    teacher_dim = model_dirs.read_teacher_config(teacher, space).embed_dim
+    model_dirs.save_student({'params': params, 'fixed': fixed},
+                            config_lib.student_config(config, teacher_dim),
+                            path, overwrite=True)
 
   return trainer.train(
       trainer.LoopConfig.from_config(
@@ -167,7 +168,7 @@ def run(config, workdir: epath.Path) -> trainer.Outcome | None:
       task, data_iter, seed=config.seed,
       # A supernet/model of another space is refused, not skipped over.
       export=trainer.Export(out, 'student', save, check=lambda path: (
-          model_dirs.read_student_meta(path, config))))
+          model_dirs.read_student_config(path, space))))
 
 
 STAGE = Stage('supernet', run,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from etils import epath
 from flax import nnx
 
-from masktas_jax import data, errors, parallel
+from masktas_jax import config_lib, data, errors, parallel
 from masktas_jax.models.mae import MAE
 from masktas_jax.stage import Stage, TEACHER_CHECKPOINT
 from masktas_jax.storage import artifacts, model_dirs
@@ -27,7 +27,7 @@ def make_task(config, steps: int, warmup: int) -> trainer.Task:
   masked pixel loss, AdamW with MAE's recipe (lr scaled by batch / 256,
   betas (0.9, 0.95))."""
   t = config.teacher
-  cfg = model_dirs.mae_config(config)
+  cfg = config_lib.mae_config(config)
   graphdef = nnx.split(nnx.eval_shape(lambda: MAE(cfg, rngs=nnx.Rngs(0))),
                        nnx.Param, ...)[0]
 
@@ -73,15 +73,16 @@ def run(config, workdir: epath.Path) -> MAE:
   """
   t = config.teacher
   if t.checkpoint:
-    model = model_dirs.load_teacher(t.checkpoint, config)
+    model = model_dirs.load_teacher(t.checkpoint,
+                                     config_lib.space_from_config(config))
     parallel.log(f'teacher: using {t.checkpoint} (width '
                  f'{model.config.embed_dim}, depth {model.config.depth})')
     return model
   model_dir = artifacts.model_dir(workdir, 'teacher')
-  data_iter, steps, warmup = data.training_input(config, 'teacher',
-                                                 config.seed)
+  data_iter, steps, warmup = data.training_input(
+      config.data, t, 'teacher', config.space.image_size, config.seed)
   graphdef = nnx.split(nnx.eval_shape(
-      lambda: MAE(model_dirs.mae_config(config), rngs=nnx.Rngs(0))),
+      lambda: MAE(config_lib.mae_config(config), rngs=nnx.Rngs(0))),
                        nnx.Param, ...)[0]
 
   def save(params, fixed, path):
@@ -94,7 +95,8 @@ def run(config, workdir: epath.Path) -> MAE:
       make_task(config, steps, warmup), data_iter, seed=config.seed,
       export=trainer.Export(model_dir, 'teacher', save))
   if outcome.skipped:
-    return model_dirs.load_teacher(model_dir, config)
+    return model_dirs.load_teacher(model_dir,
+                                   config_lib.space_from_config(config))
   return nnx.merge(graphdef, outcome.params, outcome.fixed)
 
 

@@ -77,15 +77,15 @@ def model_dir(workdir: epath.PathLike, stage: str) -> epath.Path:
   return stage_dir(workdir, stage) / MODEL
 
 
-def teacher_model(config, workdir: epath.PathLike) -> epath.Path:
-  """The teacher the run uses: `config.teacher.checkpoint`, else the one the
-  teacher stage wrote.
+def teacher_model(checkpoint: str, workdir: epath.PathLike) -> epath.Path:
+  """The teacher the run uses: `checkpoint` (config.teacher.checkpoint),
+  else the one the teacher stage wrote.
 
   Raises:
     TeacherError: neither exists.
   """
-  if config.teacher.checkpoint:
-    return epath.Path(config.teacher.checkpoint)
+  if checkpoint:
+    return epath.Path(checkpoint)
   path = model_dir(workdir, 'teacher')
   if not is_model_dir(path, 'teacher'):
     raise TeacherError(
@@ -94,10 +94,11 @@ def teacher_model(config, workdir: epath.PathLike) -> epath.Path:
   return path
 
 
-def supernet_model(config, workdir: epath.PathLike) -> epath.Path:
-  """The trained supernet the run searches: `config.search.supernet`, else
-  the one the supernet stage wrote (which need not exist yet)."""
-  return epath.Path(config.search.supernet or model_dir(workdir, 'supernet'))
+def supernet_model(supernet: str, workdir: epath.PathLike) -> epath.Path:
+  """The trained supernet the run searches: `supernet`
+  (config.search.supernet), else the one the supernet stage wrote (which
+  need not exist yet)."""
+  return epath.Path(supernet or model_dir(workdir, 'supernet'))
 
 
 def best_arch(workdir: epath.PathLike) -> epath.Path:

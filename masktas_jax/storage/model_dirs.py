@@ -2,7 +2,7 @@
 the supernet student and the fine-tuned classifier.
 
 Each is a model directory in `artifacts`' format: `teacher.json` (the
-MAEConfig), `student.json` (the space and widths it was built with) or
+MAEConfig), `student.json` (the StudentConfig) or
 `classifier.json` (Arch, image and patch size, classes), beside Orbax
 `params/`. Stages and tools load models through this module, never through
 each other.
@@ -10,15 +10,16 @@ each other.
 
 from __future__ import annotations
 
+import dataclasses
+
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib
 from masktas_jax.errors import FinetuneError, SupernetError, TeacherError
 from masktas_jax.models import vit
 from masktas_jax.models.mae import MAE, MAEConfig
-from masktas_jax.models.student import Student
-from masktas_jax.space import Arch, SearchSpace
+from masktas_jax.models.student import Student, StudentConfig
+from masktas_jax.space import Arch, ArchError, SearchSpace
 from masktas_jax.storage import artifacts
 
 # --- the teacher -------------------------------------------------------------
@@ -32,13 +33,14 @@ def save_teacher(model: MAE, path: epath.PathLike,
                               nnx.to_pure_dict(nnx.state(model)), overwrite)
 
 
-def read_teacher_config(path: epath.PathLike, config=None) -> MAEConfig:
-  """The MAEConfig of a teacher directory; with a run `config`, checked to
-  fit it.
+def read_teacher_config(path: epath.PathLike,
+                        space: SearchSpace | None = None) -> MAEConfig:
+  """The MAEConfig of a teacher directory; with the run's `space`, checked
+  to fit it.
 
   Raises:
     TeacherError: not a teacher directory, or its patch size or image size
-      differs from `config.space`'s.
+      differs from `space`'s.
   """
   path = epath.Path(path)
   meta = artifacts.read_meta(path, 'teacher', TeacherError)
@@ -47,9 +49,9 @@ def read_teacher_config(path: epath.PathLike, config=None) -> MAEConfig:
   except (TypeError, ValueError) as e:
     raise TeacherError(f'{path / artifacts.meta_file("teacher")}: unreadable '
                        f'teacher config: {e}') from e
-  if config is not None:
+  if space is not None:
     for field in ('patch_size', 'image_size'):
-      theirs, ours = getattr(mae_config, field), config.space[field]
+      theirs, ours = getattr(mae_config, field), getattr(space, field)
       if theirs != ours:
         raise TeacherError(
             f'config.teacher.checkpoint: teacher {path} has {field} {theirs} '
@@ -57,15 +59,16 @@ def read_teacher_config(path: epath.PathLike, config=None) -> MAEConfig:
   return mae_config
 
 
-def load_teacher(path: epath.PathLike, config=None) -> MAE:
-  """Reads a teacher directory; with a run `config`, checks it fits.
+def load_teacher(path: epath.PathLike, space: SearchSpace | None = None
+                 ) -> MAE:
+  """Reads a teacher directory; with the run's `space`, checks it fits.
 
   Raises:
     TeacherError: see `read_teacher_config`; or parameters that do not
       match.
   """
   path = epath.Path(path)
-  mae_config = read_teacher_config(path, config)
+  mae_config = read_teacher_config(path, space)
   abstract = nnx.eval_shape(lambda: MAE(mae_config, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   pure = artifacts.load_arrays(path, 'teacher', nnx.to_pure_dict(state),
@@ -74,33 +77,22 @@ def load_teacher(path: epath.PathLike, config=None) -> MAE:
   return nnx.merge(graphdef, state)
 
 
-def mae_config(config) -> MAEConfig:
-  """The MAEConfig that `config.teacher` and `config.space` describe."""
-  t, s = config.teacher, config.space
-  return MAEConfig(
-      image_size=s.image_size, patch_size=s.patch_size, in_chans=s.in_chans,
-      embed_dim=t.embed_dim, depth=t.depth, num_heads=t.num_heads,
-      decoder_embed_dim=t.decoder_embed_dim, decoder_depth=t.decoder_depth,
-      decoder_num_heads=t.decoder_num_heads, norm_pix_loss=t.norm_pix_loss)
-
-
 # --- the supernet student ----------------------------------------------------
 
 
-def save_student(state, teacher_dim: int, config, path: epath.PathLike,
-                 overwrite: bool = False) -> None:
+def save_student(state, student_config: StudentConfig,
+                 path: epath.PathLike, overwrite: bool = False) -> None:
   """Writes the trained student (no optimizer state) as a model directory:
-  `student.json` (the space and widths it was built with) + `params/`."""
-  meta = {'space': config_lib.space_from_config(config).to_dict(),
-          'teacher_dim': teacher_dim, **{k: config.supernet[k] for k in (
-              'decoder_embed_dim', 'decoder_depth', 'decoder_num_heads')}}
-  artifacts.save_model(path, 'student', meta, {'params': state['params'],
-                                               'fixed': state['fixed']},
+  `student.json` (its StudentConfig) + `params/`."""
+  artifacts.save_model(path, 'student', student_config.to_dict(),
+                       {'params': state['params'], 'fixed': state['fixed']},
                        overwrite)
 
 
-def read_student_meta(path: epath.PathLike, config) -> dict:
-  """student.json of the supernet at `path`, checked against `config.space`.
+def read_student_config(path: epath.PathLike,
+                        space: SearchSpace | None = None) -> StudentConfig:
+  """The StudentConfig of the supernet at `path`; with the run's `space`,
+  checked to be that space (the number of classes aside).
 
   Raises:
     SupernetError: no trained supernet at `path`, or one of another space.
@@ -109,36 +101,38 @@ def read_student_meta(path: epath.PathLike, config) -> dict:
   meta = artifacts.read_meta(path, 'student', SupernetError,
                              what='trained supernet',
                              missing='run --config.mode=supernet first')
+  try:
+    student_config = StudentConfig.from_dict(meta)
+  except (TypeError, ValueError, ArchError) as e:
+    raise SupernetError(f'{path / artifacts.meta_file("student")}: '
+                        f'unreadable student config: {e}') from e
+  if space is None:
+    return student_config
   # The student has no classifier: a supernet serves any number of classes
   # (transfer searches an ImageNet supernet on CIFAR).
-  space = config_lib.space_from_config(config).to_dict()
-  space.pop('num_classes')
-  saved = {k: tuple(v) if isinstance(v, list) else v
-           for k, v in meta['space'].items() if k != 'num_classes'}
-  if saved != space:
-    diff = sorted(k for k in space if saved.get(k) != space[k])
+  ours = dataclasses.replace(space, num_classes=0).to_dict()
+  saved = dataclasses.replace(student_config.space, num_classes=0).to_dict()
+  if saved != ours:
+    diff = sorted(k for k in ours if saved[k] != ours[k])
     raise SupernetError(
         f'{path}: the supernet was trained on another search space '
-        f'(config.space.{diff[0]} is {space[diff[0]]}, it has '
-        f'{saved.get(diff[0])})')
-  return meta
+        f'(config.space.{diff[0]} is {ours[diff[0]]}, it has '
+        f'{saved[diff[0]]})')
+  return student_config
 
 
-def load_student(path: epath.PathLike, config) -> Student:
-  """The student `save_student` wrote; its space must be `config.space`
-  (the number of classes aside).
+def load_student(path: epath.PathLike, space: SearchSpace | None = None
+                 ) -> Student:
+  """The student `save_student` wrote; with the run's `space`, checked to
+  be that space (the number of classes aside).
 
   Raises:
     SupernetError: no trained supernet at `path`, or one of another space.
   """
   path = epath.Path(path)
-  meta = read_student_meta(path, config)
-  c = config.copy_and_resolve_references()
-  with c.unlocked():
-    for k in ('decoder_embed_dim', 'decoder_depth', 'decoder_num_heads'):
-      c.supernet[k] = meta[k]
-  abstract = nnx.eval_shape(lambda: build_student(c, meta['teacher_dim'],
-                                                  nnx.Rngs(0)))
+  student_config = read_student_config(path, space)
+  abstract = nnx.eval_shape(lambda: Student(student_config,
+                                            rngs=nnx.Rngs(0)))
   graphdef, params, fixed = nnx.split(abstract, nnx.Param, ...)
   pure = artifacts.load_arrays(
       path, 'student', {'params': nnx.to_pure_dict(params),
@@ -146,13 +140,6 @@ def load_student(path: epath.PathLike, config) -> Student:
   nnx.replace_by_pure_dict(params, pure['params'])
   nnx.replace_by_pure_dict(fixed, pure['fixed'])
   return nnx.merge(graphdef, params, fixed)
-
-
-def build_student(config, teacher_dim: int, rngs: nnx.Rngs) -> Student:
-  s = config.supernet
-  return Student(config_lib.space_from_config(config), teacher_dim=teacher_dim,
-                 decoder_dim=s.decoder_embed_dim, decoder_depth=s.decoder_depth,
-                 decoder_heads=s.decoder_num_heads, rngs=rngs, remat=s.remat)
 
 
 # --- the fine-tuned classifier -----------------------------------------------

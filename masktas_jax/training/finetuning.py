@@ -29,7 +29,7 @@ from flax import nnx
 
 from masktas_jax import config_lib, data, parallel
 from masktas_jax.errors import FinetuneError
-from masktas_jax.evaluation import evaluator, fitness, probe as probe_lib
+from masktas_jax.evaluation import evaluator, probe as probe_lib
 from masktas_jax.models import vit
 from masktas_jax.space import Arch, SearchSpace
 from masktas_jax.storage import artifacts, model_dirs
@@ -109,9 +109,9 @@ def fit_head(config, space: SearchSpace, arch: Arch, num_classes: int,
                                 f.pool)
   classifier = nnx.merge(nnx.graphdef(classifier),
                          *initial_weights(classifier, inherited))
-  feats, labels = pooled_features(classifier, fitness.eval_batches(
-      config, config.data.train_split, f.probe_images, f.batch_size,
-      config.seed + 9))
+  feats, labels = pooled_features(classifier, data.eval_batches(
+      config.data, config.data.train_split, space.image_size,
+      f.probe_images, f.batch_size, config.seed + 9, 'finetune.batch_size'))
   probe = jax.jit(probe_lib.fit_linear_probe, static_argnums=2)(
       jnp.asarray(feats), jnp.asarray(labels), num_classes)
   top1 = float(np.mean(np.argmax(np.asarray(probe_lib.probe_logits(
@@ -311,16 +311,17 @@ def fine_tune(config, workdir: epath.Path, arch: Arch,
     raise FinetuneError(f'config.data: {config.data.name!r} has no labels; '
                         'fine-tuning needs them')
   data_iter, steps, warmup = data.training_input(
-      config, 'finetune', config.seed + 7, source=train_source,
-      steps=run.steps)
+      config.data, f, 'finetune', space.image_size, config.seed + 7,
+      source=train_source, steps=run.steps)
   exported = artifacts.model_dir(workdir, 'finetune')
 
   def task():
     inherited = probe = None
     if not from_scratch:
       extracted = model_dirs.load_student(
-          run.supernet or artifacts.supernet_model(config, workdir),
-          config).encoder.extract(arch)
+          run.supernet or artifacts.supernet_model(config.search.supernet,
+                                                   workdir),
+          space).encoder.extract(arch)
       inherited = nnx.to_pure_dict(nnx.state(extracted, nnx.Param))
       if f.head_init == 'probe':
         probe = fit_head(config, space, arch, num_classes, inherited)
