@@ -181,7 +181,42 @@ def ceiling(study: dict, split: int) -> dict | None:
     return None
   corr = rank.correlation(*zip(*pairs))
   return {'kendall': corr['kendall_tau'], 'ci': corr['kendall_ci'],
-          'subnets': len(pairs)}
+          'subnets': len(pairs), **noise(*zip(*pairs))}
+
+
+# Kendall's tau of a bivariate normal with correlation r is 2/pi asin(r):
+# two yardsticks agree at tau 0.7 once each is reliable to r = sin(0.35 pi).
+_TARGET_TAU = 0.7
+
+
+def noise(a, b) -> dict[str, float]:
+  """What limits the yardstick, from two fine-tuning seeds' top-1 `a`, `b`
+  (n subnets each): the run-to-run noise sd (sd(a - b) / sqrt 2), the sd of
+  the subnets' true top-1 (the two-seed mean's variance less its noise's),
+  in points; the reliability r of one run (true variance / a run's
+  variance) and the tau two runs would agree at with that r, which is
+  steadier than the tau of a few subnets; and how many fine-tuning seeds
+  each of two mean yardsticks would need to agree at tau 0.7 (Spearman-
+  Brown: the mean of k runs has k r / (1 + (k - 1) r))."""
+  a, b = 100 * np.asarray(a, float), 100 * np.asarray(b, float)
+  run = float(np.std(a - b, ddof=1) / np.sqrt(2))
+  true_var = max(float(np.var((a + b) / 2, ddof=1)) - run**2 / 2, 0.0)
+  r = true_var / (true_var + run**2) if true_var + run**2 else 0.0
+  need = np.sin(_TARGET_TAU * np.pi / 2)
+  seeds = (float(need * (1 - r) / (r * (1 - need))) if r > 0
+           else float('inf'))
+  return {'run_sd': run, 'arch_sd': float(np.sqrt(true_var)),
+          'reliability': r,
+          'expected_kendall': float(2 / np.pi * np.arcsin(r)),
+          'seeds_for_target': seeds}
+
+
+def _fmt_noise(c: dict) -> str:
+  return (f'run-to-run sd {c["run_sd"]:.2f} points, subnets\' sd '
+          f'{c["arch_sd"]:.2f}; one run\'s reliability {c["reliability"]:.2f}'
+          f' (expected Kendall {c["expected_kendall"]:+.2f}); a yardstick '
+          f'agreeing at {_TARGET_TAU} needs the mean of '
+          f'{c["seeds_for_target"]:.1f} fine-tuning seeds')
 
 
 def _fmt(row: dict) -> str:
@@ -200,7 +235,8 @@ def plot(per_seed: dict, select: list[int], path: epath.Path) -> None:
     taus = [[rows(per_seed[s], split).get(n, {}).get('kendall', np.nan)
              for s in seeds] for n in names]
     ax.bar(np.arange(len(names)) + 0.4 * j - 0.2,
-           [np.nanmean(t) if t else np.nan for t in taus], 0.4, label=label)
+           [np.nanmean(t) if np.isfinite(t).any() else np.nan
+            for t in taus], 0.4, label=label)
   ax.axhline(0, color='k', lw=0.5)
   ax.set_xticks(range(len(names)), names, rotation=30, ha='right')
   ax.set_ylabel('Kendall tau with fine-tuned top-1')
@@ -282,6 +318,12 @@ def main_() -> None:
               _fmt(table[n]) + f' ({table[n]["within_params"]:+.2f})'
               for n in signals.FITNESSES + CONTROLS) +
           f' | {probe["kendall_tau"]:+.2f} |')
+  for seed, study in per_seed.items():
+    for split, name in enumerate(('validation', 'test')):
+      c = ceiling(study, split)
+      if c:
+        print(f'seed {seed}, {name}, {c["subnets"]} subnets: '
+              f'{_fmt_noise(c)}')
   chosen = [s for s in select if s in summary]
   if chosen:
     best = max(signals.FITNESSES, key=lambda n: statistics.mean(
