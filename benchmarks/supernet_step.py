@@ -28,16 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from masktas_jax import config_lib
 from masktas_jax.masking import num_visible, random_masking
 from masktas_jax.models.supernet import Supernet
 from masktas_jax.space import SearchSpace
 
-SPACES = {
-    'tiny': dict(embed_dims=(192, 216, 240), depths=(12, 13, 14),
-                 num_heads=(3, 4), mlp_ratios=(3.5, 4.0)),
-    'small': dict(embed_dims=(320, 384, 448), depths=(12, 13, 14),
-                  num_heads=(5, 6, 7), mlp_ratios=(3.0, 3.5, 4.0)),
-}
+import common  # pylint: disable=g-bad-import-order
 
 
 def make_step(graphdef, encode):
@@ -51,23 +47,10 @@ def make_step(graphdef, encode):
   return jax.jit(jax.value_and_grad(loss_fn))
 
 
-def encode_remat(model, images, ids_keep):
-  """The dense encoder with every block under `jax.checkpoint`."""
-  x = model.embed(images, ids_keep)
-  for block in model.blocks:
-    x = nnx.remat(lambda b, x: b(x))(block, x)
-  return model.norm(x)
-
-
-def timed(fn, *args) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  return time.perf_counter() - start
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--space', default='tiny', choices=sorted(SPACES))
+  parser.add_argument('--space', default='tiny',
+                      choices=sorted(config_lib.AUTOFORMER_SPACES))
   parser.add_argument('--archs', type=int, default=20)
   parser.add_argument('--reps', type=int, default=5)
   parser.add_argument('--batch', type=int, default=32)
@@ -76,7 +59,8 @@ def main():
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
 
-  space = SearchSpace(**SPACES[args.space], image_size=args.image_size,
+  space = SearchSpace(**config_lib.AUTOFORMER_SPACES[args.space][0],
+                      image_size=args.image_size,
                       patch_size=16, num_classes=0)
   supernet = Supernet(space, rngs=nnx.Rngs(args.seed))
   graphdef, params = nnx.split(supernet)
@@ -114,7 +98,8 @@ def main():
     dense_def, dense_params = nnx.split(dense)
     dense_steps = {
         'dense': make_step(dense_def, lambda m, x, ids: m.encode(x, ids)),
-        'dense_remat': make_step(dense_def, encode_remat),
+        'dense_remat': make_step(dense_def, lambda m, x, ids: m.encode(
+            x, ids, remat=True)),
     }
     for step in dense_steps.values():
       jax.block_until_ready(step(dense_params, images, ids_keep))
@@ -123,9 +108,11 @@ def main():
     times = {k: [] for k in (*dense_steps, *steps)}
     for _ in range(args.reps):
       for name, step in dense_steps.items():
-        times[name].append(timed(step, dense_params, images, ids_keep))
+        times[name].append(common.timed(step, dense_params, images,
+                                        ids_keep)[0])
       for mode, step in steps.items():
-        times[mode].append(timed(step, params, images, ids_keep, encoded))
+        times[mode].append(common.timed(step, params, images, ids_keep,
+                                        encoded)[0])
     med = {k: statistics.median(v) for k, v in times.items()}
     for mode, base in ratios:
       ratios[mode, base].append(med[mode] / med[base])

@@ -473,12 +473,6 @@ def _unset(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
   return names
 
 
-def images_per_step(section: ml_collections.ConfigDict) -> int:
-  """Images a training stage decodes a step (global): its batch_size, over
-  views_per_image where it masks each image several times (supernet)."""
-  return section.batch_size // section.get('views_per_image', 1)
-
-
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Raises ConfigError naming the first field that cannot work."""
   unset = _unset(config)

@@ -94,7 +94,14 @@ ENTRY_MODULES = ('masktas_jax.main', 'masktas_jax.cli',
 # Foundations at the top that models and data may stand on.
 FOUNDATIONS = ('masktas_jax.errors', 'masktas_jax.space',
                'masktas_jax.masking', 'masktas_jax.losses',
-               'masktas_jax.parallel', 'masktas_jax.config_lib')
+               'masktas_jax.parallel')
+# The config's reader (defaults, validation, typed settings from a config):
+# above the libraries whose choices it validates, below the stages.
+CONFIG = 'masktas_jax.config_lib'
+# The libraries that still take the whole config (README's layout says
+# which entry points and why); every other one takes typed settings.
+CONFIG_READERS = ('masktas_jax.evaluation.fitness',
+                  'masktas_jax.training.finetuning')
 STAGES = [m for m in MODULES if _folder(m) == 'stages']
 
 
@@ -164,13 +171,24 @@ def test_models_and_data_stand_on_foundations_only(folder):
   assert any(_imports(m) for m in MODULES if _folder(m) == folder)
 
 
+def test_only_stages_and_entry_points_read_the_config():
+  """Libraries take typed settings (MAEConfig, StudentConfig, SearchSpace),
+  config sections or plain values; the config is read above them."""
+  found = {m for m in MODULES if CONFIG in _imports(m)
+           and _folder(m) != 'stages' and m not in ENTRY_MODULES}
+  assert found == set(CONFIG_READERS), found
+  # The walk must see real edges: the stages read it.
+  assert CONFIG in _imports('masktas_jax.stages.supernet')
+
+
 def test_every_module_lives_in_its_layer():
   """The top of the package holds the entry points and the foundations;
   everything else lives in a folder (stages, training, evaluation,
   compilation, storage, data, models)."""
   top = {m for m in MODULES if not _folder(m)}
   assert top == set(ENTRY_MODULES) | set(FOUNDATIONS) | {
-      'masktas_jax.stage', 'masktas_jax.hostmem', 'masktas_jax.convert_mae'}
+      CONFIG, 'masktas_jax.stage', 'masktas_jax.hostmem',
+      'masktas_jax.convert_mae'}
   assert {_folder(m) for m in MODULES} == {
       '', 'stages', 'training', 'evaluation', 'compilation', 'storage',
       'data', 'models'}

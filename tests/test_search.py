@@ -36,6 +36,10 @@ def test_population_scorer_equals_scoring_each_alone_and_compiles_once(
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
     calls = scorer.buckets(archs)
     assert sorted(i for _, group in calls for i in group) == list(range(7))
+    # Every call is one that compile mode compiles ahead of time.
+    compiled = {(w, n) for s, w, n in fitness.compiled_calls(5, space)
+                if s == strategy}
+    assert {(w, scorer._call_size(w)) for w, _ in calls} <= compiled  # pylint: disable=protected-access
     if strategy == 'vmap':  # Sorted by embed dim, 3 (= ceil(5 / 2)) a call.
       assert [len(group) for _, group in calls] == [3, 3, 1]
       assert [width for width, _ in calls] == [

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from masktas_jax import config_lib, parallel
+from masktas_jax import parallel
 from masktas_jax.data import imaging
 from masktas_jax.data.randaugment import RandAugment
 from masktas_jax.errors import DataError
@@ -424,6 +424,12 @@ def _randaugment(section) -> RandAugment | None:
                      fill=tuple(int(round(255 * float(m))) for m in MEAN))
 
 
+def images_per_step(section) -> int:
+  """Images a training stage decodes a step (global): its batch_size, over
+  views_per_image where it masks each image several times (supernet)."""
+  return section.batch_size // section.get('views_per_image', 1)
+
+
 def training_input(data_config, section, stage: str, image_size: int,
                    seed: int, source=None, steps: int | None = None):
   """(batch iterator, steps, warm-up steps) of a training stage.
@@ -440,7 +446,7 @@ def training_input(data_config, section, stage: str, image_size: int,
     source = get_source(data_config, data_config.train_split, image_size)
   # Images decoded a step: the batch, or its views' images (supernet).
   views = section.get('views_per_image', 1)
-  images = config_lib.images_per_step(section)
+  images = images_per_step(section)
   local_batch = parallel.check_batch_size(
       images, f'{stage}.batch_size' if views == 1 else
       f'{stage}.batch_size / {stage}.views_per_image')

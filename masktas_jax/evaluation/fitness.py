@@ -134,6 +134,17 @@ def vmap_call_size(capacity_: int, space: SearchSpace) -> int:
   return -(-capacity_ // len(space.embed_dims))
 
 
+def compiled_calls(capacity_: int, space: SearchSpace
+                   ) -> list[tuple[str, int | None, int]]:
+  """Every call a PopulationScorer of `capacity_` can compile, as
+  (strategy, static embed width or None, Archs per call): 'map' takes the
+  whole capacity at its own widths; 'vmap' a share of it per call at each
+  embed width of the space (`PopulationScorer.buckets`)."""
+  share = vmap_call_size(capacity_, space)
+  return [('map', None, capacity_)] + [('vmap', e, share)
+                                       for e in space.embed_dims]
+
+
 def embed_chunks(archs: Sequence[Arch], size: int
                  ) -> list[tuple[int, list[int]]]:
   """`archs` sorted by embed dim and cut into calls of `size`: (the widest

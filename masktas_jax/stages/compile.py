@@ -30,7 +30,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, parallel
+from masktas_jax import config_lib, data, parallel
 from masktas_jax.compilation import chips, flops, roofline
 from masktas_jax.errors import MaskTASError
 from masktas_jax.evaluation import evaluator, evolution, fitness, signals
@@ -122,7 +122,7 @@ def check(config) -> chips.Target:
         f'config.compile.platform: compiling for {target.platform} needs '
         f'{module}, which is not installed: {install}')
   for stage in stages:
-    batch = config_lib.images_per_step(config[stage])
+    batch = data.images_per_step(config[stage])
     if batch % target.count:
       raise CompileError(f'config.{stage}.batch_size: {batch} images a step '
                          f'is not divisible by the {target.count} devices of '
@@ -239,7 +239,7 @@ def _supernet_programs(config, mesh, space, teacher_model) -> list[Program]:
       'supernet', task, mesh, s.batch_size,
       float(np.mean([step_flops(a, s.batch_size) for a in archs])),
       s.compute_dtype, 'mean over uniformly drawn subnets', space.image_size,
-      images=config_lib.images_per_step(s))]
+      images=data.images_per_step(s))]
 
 
 def _finetune_programs(config, mesh, space, teacher_model) -> list[Program]:
@@ -299,12 +299,7 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
   window = evolution.Window.from_config(s)
   population = _sample_archs(space, window, capacity)
   population += population[-1:] * (capacity - len(population))
-  # As PopulationScorer calls them: 'map' all at once; 'vmap' a share of
-  # the capacity per call at an embed width, any of the space's.
-  share = fitness.vmap_call_size(capacity, space)
-  calls = [('map', None, capacity)] + [('vmap', e, share)
-                                       for e in space.embed_dims]
-  for strategy, width, size in calls:
+  for strategy, width, size in fitness.compiled_calls(capacity, space):
     group = population[:size]
     score = _evaluator_jit(fitness.population_fn(
         model_def, relation, strategy, width, names,
