@@ -57,23 +57,24 @@ def _data(space, batch: int, seed: int):
   return images, rng.integers(0, space.num_classes, batch)
 
 
-def run_ours(space, archs, images, labels, warmup: int, remat: bool):
-  """Seconds per step of our compiled supernet step over `archs`."""
+def _time_jax(model, space, archs, images, labels, warmup: int,
+              switched: bool):
+  """Seconds per step of training `model` (an nnx classifier; `switched`:
+  our supernet, called with each of `archs` encoded, else a plain ViT of
+  one Arch) with cross-entropy and AdamW, one jitted step."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from masktas_jax.models.supernet import Supernet  # pylint: disable=g-import-not-at-top
 
-  model = Supernet(space, rngs=nnx.Rngs(0), remat=remat)
-  graphdef, params = nnx.split(model, nnx.Param)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   opt = optax.adamw(1e-3, weight_decay=0.05)
   opt_state = opt.init(params)
 
   @jax.jit
-  def step(params, opt_state, images, labels, arch):
+  def step(params, opt_state, images, labels, *arch):
     def loss_fn(p):
-      logits = nnx.merge(graphdef, p)(images, arch)
+      logits = nnx.merge(graphdef, p, rest)(images, *arch)
       return optax.softmax_cross_entropy_with_integer_labels(
           logits, labels).mean()
     loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -81,15 +82,24 @@ def run_ours(space, archs, images, labels, warmup: int, remat: bool):
     return optax.apply_updates(params, updates), opt_state, loss
 
   images, labels = jnp.asarray(images), jnp.asarray(labels)
-  encoded = [jax.tree.map(jnp.asarray, space.encode(a)) for a in archs]
+  extra = [(jax.tree.map(jnp.asarray, space.encode(a)),) if switched else ()
+           for a in archs]
   times = []
-  for i, arch in enumerate(encoded):
+  for i, arch in enumerate(extra):
     start = time.perf_counter()
-    params, opt_state, loss = step(params, opt_state, images, labels, arch)
+    params, opt_state, loss = step(params, opt_state, images, labels, *arch)
     jax.block_until_ready(loss)
     if i >= warmup:
       times.append(time.perf_counter() - start)
   return times
+
+
+def run_ours(space, archs, images, labels, warmup: int, remat: bool):
+  """Seconds per step of our compiled supernet step over `archs`."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from masktas_jax.models.supernet import Supernet  # pylint: disable=g-import-not-at-top
+  return _time_jax(Supernet(space, rngs=nnx.Rngs(0), remat=remat), space,
+                   archs, images, labels, warmup, switched=True)
 
 
 def run_dense(space, archs, images, labels, warmup: int):
@@ -97,12 +107,8 @@ def run_dense(space, archs, images, labels, warmup: int):
   VisionTransformer`, compiled for it alone): what XLA:CPU makes of the
   same computation without the supernet's switches. `archs` must all be
   the same Arch (--largest)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from masktas_jax.models import vit  # pylint: disable=g-import-not-at-top
-
   arch = archs[0]
   assert all(a == arch for a in archs), 'dense runs one Arch (--largest)'
   model = vit.VisionTransformer(
@@ -110,29 +116,8 @@ def run_dense(space, archs, images, labels, warmup: int):
       mlp_dims=arch.mlp_dims, image_size=space.image_size,
       patch_size=space.patch_size, num_classes=space.num_classes,
       in_chans=space.in_chans, rngs=nnx.Rngs(0))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  opt = optax.adamw(1e-3, weight_decay=0.05)
-  opt_state = opt.init(params)
-
-  @jax.jit
-  def step(params, opt_state, images, labels):
-    def loss_fn(p):
-      logits = nnx.merge(graphdef, p, rest)(images)
-      return optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  images, labels = jnp.asarray(images), jnp.asarray(labels)
-  times = []
-  for i in range(len(archs)):
-    start = time.perf_counter()
-    params, opt_state, loss = step(params, opt_state, images, labels)
-    jax.block_until_ready(loss)
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
-  return times
+  return _time_jax(model, space, archs, images, labels, warmup,
+                   switched=False)
 
 
 def _autoformer_config(arch) -> dict:
