@@ -77,7 +77,7 @@ def tasks(config):
           config, mae, 300, 20, config.supernet.batch_size),
        config.supernet.batch_size, False),
       ('finetune', finetuning.make_task(
-          config, space, DEMO_ARCH, space.num_classes, 600, 0, None),
+          config.finetune, space, DEMO_ARCH, space.num_classes, 600, 0, None),
        config.finetune.batch_size, True),
   ]
 

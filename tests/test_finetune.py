@@ -326,7 +326,8 @@ def test_the_training_loss_erases_when_asked():
     config = search_config(**{'finetune.random_erase': p,
                               'finetune.mixup': 0.0, 'finetune.cutmix': 0.0,
                               'finetune.drop_path': 0.0})
-    task = finetuning.make_task(config, space, arch, 10, 10, 0, None)
+    task = finetuning.make_task(config.finetune, space, arch, 10, 10, 0,
+                                None)
     params, fixed = task.init(jax.random.key(1), None)
     losses[p] = float(task.loss(params, fixed, batch, jax.random.key(2),
                                 None)[0])

@@ -246,7 +246,7 @@ def _finetune_programs(config, mesh, space, teacher_model) -> list[Program]:
   del teacher_model
   f = config.finetune
   arch = space.max_arch()
-  task = finetuning.make_task(config, space, arch, space.num_classes,
+  task = finetuning.make_task(config.finetune, space, arch, space.num_classes,
                               _STEPS, _WARMUP, None)
   return [_training(
       'finetune', task, mesh, f.batch_size,

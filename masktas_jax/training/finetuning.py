@@ -99,19 +99,21 @@ def pooled_features(classifier: vit.VisionTransformer,
   return np.concatenate(feats), np.concatenate(labels)
 
 
-def fit_head(config, space: SearchSpace, arch: Arch, num_classes: int,
-             inherited: dict) -> dict[str, jax.Array]:
+def fit_head(recipe, data_config, space: SearchSpace, arch: Arch,
+             num_classes: int, inherited: dict, seed: int
+             ) -> dict[str, jax.Array]:
   """LP-FT's first stage: a linear probe (`probe.fit_linear_probe`) on the
-  inherited encoder's pooled features of `finetune.probe_images` training
-  images (centre crops, no augmentation), behind their standardisation."""
-  f = config.finetune
+  inherited encoder's pooled features of `recipe.probe_images` images of
+  `data_config`'s training split (evaluation views, no augmentation; a
+  sample drawn by `seed`), behind their standardisation."""
+  f = recipe
   classifier = build_classifier(space, arch, num_classes, 0.0, nnx.Rngs(0),
                                 f.pool)
   classifier = nnx.merge(nnx.graphdef(classifier),
                          *initial_weights(classifier, inherited))
   feats, labels = pooled_features(classifier, data.eval_batches(
-      config.data, config.data.train_split, space.image_size,
-      f.probe_images, f.batch_size, config.seed + 9, 'finetune.batch_size'))
+      data_config, data_config.train_split, space.image_size,
+      f.probe_images, f.batch_size, seed, 'finetune.batch_size'))
   probe = jax.jit(probe_lib.fit_linear_probe, static_argnums=2)(
       jnp.asarray(feats), jnp.asarray(labels), num_classes)
   top1 = float(np.mean(np.argmax(np.asarray(probe_lib.probe_logits(
@@ -224,15 +226,16 @@ def finished(workdir: epath.Path) -> dict[str, Any] | None:
   return json.loads(metrics.read_text())
 
 
-def make_task(config, space: SearchSpace, arch: Arch, num_classes: int,
+def make_task(recipe, space: SearchSpace, arch: Arch, num_classes: int,
               steps: int, warmup: int, inherited: dict | None,
               probe: dict | None = None) -> trainer.Task:
-  """Fine-tuning as a trainer.Task: the classifier for `arch` (its encoder
+  """Fine-tuning by `recipe` (config.finetune) as a trainer.Task: the
+  classifier for `arch` (its encoder
   from `inherited`, an extracted encoder's parameters, when given; its head
   and a fixed standardisation in front of it from `probe`, `fit_head`'s,
   when given: arguments of the jitted init), cross-entropy on smoothed,
   optionally mixed labels, AdamW with layer-wise lr decay."""
-  f = config.finetune
+  f = recipe
   standardize = probe is not None
   graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(
       lambda: build_classifier(space, arch, num_classes, f.drop_path,
@@ -324,8 +327,9 @@ def fine_tune(config, workdir: epath.Path, arch: Arch,
           space).encoder.extract(arch)
       inherited = nnx.to_pure_dict(nnx.state(extracted, nnx.Param))
       if f.head_init == 'probe':
-        probe = fit_head(config, space, arch, num_classes, inherited)
-    return make_task(config, space, arch, num_classes, steps, warmup,
+        probe = fit_head(f, config.data, space, arch, num_classes,
+                         inherited, config.seed + 9)
+    return make_task(f, space, arch, num_classes, steps, warmup,
                      inherited, probe)
 
   def save(params, fixed, path):
