@@ -23,6 +23,7 @@ import time
 
 from etils import epath
 
+from masktas_jax import config_lib
 from masktas_jax.space import Arch
 from masktas_jax.storage import artifacts
 from masktas_jax.training import finetuning
@@ -55,7 +56,8 @@ def main():
           shutil.copytree(source / stage, pathlib.Path(scratch) / stage,
                           ignore=shutil.ignore_patterns('checkpoints'))
         start = time.perf_counter()
-        result = finetuning.fine_tune(config, epath.Path(scratch), arch)
+        result = finetuning.fine_tune(config_lib.finetune_setup(config),
+                                      epath.Path(scratch), arch)
         seconds.append(time.perf_counter() - start)
       top1.append(100 * result['top1'])
       print(f'{recipe} seed {seed}: top-1 {top1[-1]:.2f}%', flush=True)

@@ -165,7 +165,8 @@ def study_seed(args, seed: int) -> dict:
   space = config_lib.space_from_config(config)
   archs = rank.sample_archs(space, Window.from_config(config.search),
                             config.rank.num_archs, config.seed + 4)
-  scorer = fitness.scorer_from_config(config, workdir, capacity=len(archs))
+  scorer = fitness.load_scorer(config_lib.scoring(config), workdir,
+                               capacity=len(archs))
   _log(f'seed {seed}: tokens of {len(archs)} subnets on '
        f'{scorer.num_images} images')
   zt, zs = scorer.tokens(archs)

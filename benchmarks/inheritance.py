@@ -172,7 +172,8 @@ def main() -> None:
     c = recipe_config(config, recipe, steps, seed, arch,
                       supernets[RECIPES[recipe].get('_supernet')],
                       recipe == args.scratch)
-    return 100 * finetuning.fine_tune(c, path, arch)['top1']
+    return 100 * finetuning.fine_tune(config_lib.finetune_setup(c), path,
+                                      arch)['top1']
 
   # Seed by seed, so that a study stopped early covers every subnet and
   # recipe alike.

@@ -91,7 +91,8 @@ def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
   c.search.supernet = str(artifacts.model_dir(workdir, 'supernet'))
   # Its own data order and head per (supernet seed, fine-tuning seed).
   c.seed = 1000 * (ft_seed + 1) + config.seed
-  val = finetuning.fine_tune(config_lib.validate(c), run, arch)['top1']
+  setup = config_lib.finetune_setup(config_lib.validate(c))
+  val = finetuning.fine_tune(setup, run, arch)['top1']
   return val, common.test_top1(c, artifacts.model_dir(run, 'finetune'))
 
 
@@ -117,8 +118,8 @@ def study_seed(args, config, seed: int) -> dict:
     out = json.loads(cache.read_text())
   else:
     _log(f'seed {seed}: label-free signals and probe of {len(archs)} subnets')
-    scorer = fitness.scorer_from_config(c, workdir, capacity=len(archs),
-                                        names=signals.SIGNALS)
+    scorer = fitness.load_scorer(config_lib.scoring(c), workdir,
+                                 capacity=len(archs), names=signals.SIGNALS)
     values = scorer.signals(archs)
     out = {name: v.tolist() for name, v in values.items()}
     out['fusion'] = signals.fuse(values, values).tolist()

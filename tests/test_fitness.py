@@ -59,7 +59,8 @@ def test_the_fitness_ranking_depends_on_the_teacher(trained):
   archs = rank.sample_archs(space, Window.from_config(config.search), 30,
                             seed=0)
   assert len(archs) == 30
-  scorer = fitness.scorer_from_config(config, workdir, capacity=30)
+  scorer = fitness.load_scorer(config_lib.scoring(config), workdir,
+                               capacity=30)
   z_teacher, z_students = scorer.tokens(archs)
   rng = np.random.default_rng(0)
   noise = rng.normal(size=z_teacher.shape)

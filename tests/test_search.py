@@ -20,7 +20,8 @@ def test_population_scorer_equals_scoring_each_alone_and_compiles_once(
     workdir, strategy):
   config = search_config()
   space = config_lib.space_from_config(config)
-  encoder, teacher_model = fitness.load_models(config, epath.Path(workdir))
+  encoder, teacher_model = fitness.load_models(config_lib.scoring(config),
+                                   epath.Path(workdir))
   batches = eval_batches(config, 'train', 40, 16, seed=0)
   assert len(batches) == 3 and int(sum(b['valid'].sum() for b in batches)) == 40
   relation = losses.Relation('cosine', 0.2, 0.1, exclude_self=True)
@@ -156,7 +157,8 @@ def test_a_supernet_of_another_space_is_refused(workdir):
   config = search_config(**{'space.embed_dims': (32, 64)})
   with pytest.raises(errors.SupernetError,
                      match='config.space.embed_dims'):
-    fitness.load_models(config, epath.Path(workdir))
+    fitness.load_models(config_lib.scoring(config),
+                                   epath.Path(workdir))
   # The supernet stage does not skip over a supernet/model of another space.
   config.search.supernet = ''
   with pytest.raises(errors.SupernetError, match='config.space.embed_dims'):
@@ -189,7 +191,8 @@ def test_features_are_the_extracted_subnets_mean_pooled_tokens(workdir,
                                                                strategy):
   config = search_config()
   space = config_lib.space_from_config(config)
-  encoder, _ = fitness.load_models(config, epath.Path(workdir))
+  encoder, _ = fitness.load_models(config_lib.scoring(config),
+                                   epath.Path(workdir))
   batches = eval_batches(config, 'validation', 20, 16, seed=0)
   rng = np.random.default_rng(2)
   archs = [space.sample(rng) for _ in range(3)]

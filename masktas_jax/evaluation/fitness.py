@@ -10,7 +10,8 @@ against labels.
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, data, losses, parallel
+from masktas_jax import data, losses, parallel
 from masktas_jax.evaluation import evaluator, signals
 from masktas_jax.masking import random_masking
 from masktas_jax.space import Arch, SearchSpace
@@ -29,7 +30,7 @@ from masktas_jax.storage import artifacts, model_dirs
 # `mask` path (max width) vmapped over the candidates, large matmuls that
 # suit accelerators; 'map' loops over them inside the call on the `switch`
 # path, each at its own subnet's FLOPs, which suits CPUs.
-STRATEGIES = config_lib.SCORING_STRATEGIES
+STRATEGIES = ('vmap', 'map')
 # The supernet path each strategy runs its candidates on.
 ENCODE_MODES = {'vmap': 'mask', 'map': 'switch'}
 
@@ -333,30 +334,51 @@ def relation_from_config(search_config) -> losses.Relation:
                          exclude_self=s.exclude_self)
 
 
-def scorer_from_config(config, workdir: epath.Path, capacity: int,
-                       relation: losses.Relation | None = None,
-                       names: Sequence[str] | None = None
-                       ) -> PopulationScorer:
-  """The search's scorer: the workdir's (or config.search.supernet's)
-  supernet and the teacher, on `search.eval_images` masked images of the
-  search split, rating by `search.fitness`; `relation` overrides the
-  config's, `names` the signals computed (default: those the fitness
-  needs)."""
-  s = config.search
-  names = tuple(names or signals.needed(s.fitness))
-  teacher, student = _models(config, workdir)
-  split = s.eval_split or config.data.train_split
-  batches = data.eval_batches(config.data, split, config.space.image_size,
-                              s.eval_images, s.batch_size, config.seed + 2,
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+  """How the search scores candidates, from a run's config
+  (`config_lib.scoring`): on `images` evaluation views of `split` of
+  `data` (config.data) at `space`'s size, in global batches of
+  `batch_size`, each masked at `mask_ratio`; signals by `relation`, rated
+  by `fitness`, run by `strategy`; the pixel target normalised per patch
+  with `norm_pix`; images and masks drawn from `seed`. The models: the
+  teacher at `teacher` and the supernet at `supernet` ('' for each: the
+  workdir's)."""
+
+  data: Any
+  space: SearchSpace
+  split: str
+  images: int
+  batch_size: int
+  mask_ratio: float
+  relation: losses.Relation
+  fitness: str
+  strategy: str
+  norm_pix: bool
+  seed: int
+  teacher: str = ''
+  supernet: str = ''
+
+
+def load_scorer(scoring: Scoring, workdir: epath.Path, capacity: int,
+                relation: losses.Relation | None = None,
+                names: Sequence[str] | None = None) -> PopulationScorer:
+  """The search's scorer of `scoring`'s models, images and fitness;
+  `relation` overrides its relation, `names` the signals computed
+  (default: those the fitness needs)."""
+  names = tuple(names or signals.needed(scoring.fitness))
+  teacher, student = _models(scoring, workdir)
+  batches = data.eval_batches(scoring.data, scoring.split,
+                              scoring.space.image_size, scoring.images,
+                              scoring.batch_size, scoring.seed + 2,
                               'search.batch_size')
   heads = any(n in signals.NEEDS_HEADS for n in names)
   return PopulationScorer(
-      student.encoder, teacher, config_lib.space_from_config(config), batches,
-      relation=relation or relation_from_config(s),
-      mask_ratio=config.supernet.mask_ratio, seed=config.seed + 3,
-      capacity=capacity, strategy=s.scoring, names=names, fitness=s.fitness,
-      student=student if heads else None,
-      norm_pix=config.teacher.norm_pix_loss)
+      student.encoder, teacher, scoring.space, batches,
+      relation=relation or scoring.relation, mask_ratio=scoring.mask_ratio,
+      seed=scoring.seed + 3, capacity=capacity, strategy=scoring.strategy,
+      names=names, fitness=scoring.fitness,
+      student=student if heads else None, norm_pix=scoring.norm_pix)
 
 
 def check_teacher_entropy(entropy: float) -> str | None:
@@ -374,17 +396,16 @@ def check_teacher_entropy(entropy: float) -> str | None:
   return None
 
 
-def load_models(config, workdir: epath.Path):
+def load_models(scoring: Scoring, workdir: epath.Path):
   """(supernet encoder, teacher) for search and ranking."""
-  teacher, student = _models(config, workdir)
+  teacher, student = _models(scoring, workdir)
   return student.encoder, teacher
 
 
-def _models(config, workdir: epath.Path):
+def _models(scoring: Scoring, workdir: epath.Path):
   """(teacher, supernet student) the run reads, checked against its
   space."""
-  space = config_lib.space_from_config(config)
   return (model_dirs.load_teacher(artifacts.teacher_model(
-      config.teacher.checkpoint, workdir), space),
+      scoring.teacher, workdir), scoring.space),
           model_dirs.load_student(artifacts.supernet_model(
-              config.search.supernet, workdir), space))
+              scoring.supernet, workdir), scoring.space))

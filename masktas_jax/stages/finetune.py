@@ -56,7 +56,8 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   if done is not None:
     return done
   arch = resolve_arch(config, workdir, config_lib.space_from_config(config))
-  return finetuning.fine_tune(config, workdir, arch)
+  return finetuning.fine_tune(config_lib.finetune_setup(config), workdir,
+                              arch)
 
 
 STAGE = Stage('finetune', run, check, reads=(SUPERNET,),

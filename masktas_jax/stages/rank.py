@@ -205,12 +205,13 @@ def finetune_top1(config, workdir: epath.Path, archs: Sequence[Arch],
   run = finetuning.Run(steps=r.finetune_steps,
                        eval_split=config.data.eval_split, supernet=supernet,
                        from_scratch=False)
+  setup = config_lib.finetune_setup(config)
   accuracy = []
   for i, arch in enumerate(archs):
     parallel.log(f'rank: fine-tuning subnet {i + 1}/{len(archs)} '
                  f'({r.finetune_steps} steps)')
     accuracy.append(finetuning.fine_tune(
-        config, finetune_dir(config, workdir, arch), arch, run)['top1'])
+        setup, finetune_dir(config, workdir, arch), arch, run)['top1'])
   return np.asarray(accuracy)
 
 
@@ -289,8 +290,8 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   archs = sample_archs(space, window, r.num_archs, config.seed + 4)
 
   # --- label-free: every fitness variant, the search's among them ----------
-  scorer = fitness.scorer_from_config(config, workdir, capacity=len(archs),
-                                      names=signals.SIGNALS)
+  scorer = fitness.load_scorer(config_lib.scoring(config), workdir,
+                               capacity=len(archs), names=signals.SIGNALS)
   warning = fitness.check_teacher_entropy(scorer.teacher_entropy)
   if warning:
     parallel.log(warning)

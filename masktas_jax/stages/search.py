@@ -28,7 +28,7 @@ from masktas_jax.evaluation.evolution import check_window, Evolution
 from masktas_jax.evaluation.evolution import sample_archs, SearchError, Window
 from masktas_jax.evaluation.fitness import capacity, check_teacher_entropy
 from masktas_jax.evaluation.fitness import relation_from_config
-from masktas_jax.evaluation.fitness import scorer_from_config
+from masktas_jax.evaluation.fitness import load_scorer
 from masktas_jax.stage import Stage, SUPERNET, TEACHER_CHECKPOINT
 from masktas_jax.storage import artifacts
 from masktas_jax.training import plots, tensorboard, trainer
@@ -145,7 +145,8 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
     return write_outputs(out, evolution, scoring)
 
   # --- scorer: teacher features of the evaluation images, once -------------
-  scorer = scorer_from_config(config, workdir, capacity=capacity(s))
+  scorer = load_scorer(config_lib.scoring(config), workdir,
+                       capacity=capacity(s))
   if s.fitness == 'fusion':
     # Standardised against a fixed sample of the window (the same on
     # resume).

@@ -162,9 +162,9 @@ def run(config, workdir: epath.Path) -> trainer.Outcome | None:
                             path, overwrite=True)
 
   return trainer.train(
-      trainer.LoopConfig.from_config(
-          config, 'supernet', artifacts.stage_dir(workdir, 'supernet'), steps,
-          s.batch_size),
+      trainer.LoopConfig('supernet', artifacts.stage_dir(workdir, 'supernet'),
+                         steps, s.batch_size,
+                         **config_lib.loop_settings(config)),
       task, data_iter, seed=config.seed,
       # A supernet/model of another space is refused, not skipped over.
       export=trainer.Export(out, 'student', save, check=lambda path: (

@@ -89,9 +89,9 @@ def run(config, workdir: epath.Path) -> MAE:
     model_dirs.save_teacher(nnx.merge(graphdef, params, fixed), path)
 
   outcome = trainer.train(
-      trainer.LoopConfig.from_config(
-          config, 'teacher', artifacts.stage_dir(workdir, 'teacher'), steps,
-          t.batch_size),
+      trainer.LoopConfig('teacher', artifacts.stage_dir(workdir, 'teacher'),
+                         steps, t.batch_size,
+                         **config_lib.loop_settings(config)),
       make_task(config, steps, warmup), data_iter, seed=config.seed,
       export=trainer.Export(model_dir, 'teacher', save))
   if outcome.skipped:

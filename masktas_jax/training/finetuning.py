@@ -8,7 +8,8 @@ warm-up + cosine, layer-wise learning-rate decay, drop path, label
 smoothing and optional mixup/cutmix. Then top-1 / top-5 on the held-out
 split.
 
-`fine_tune(config, workdir, arch)` writes `workdir/finetune/checkpoints`
+`fine_tune(setup, workdir, arch)` (`setup`: `config_lib.finetune_setup`)
+writes `workdir/finetune/checkpoints`
 (resume), `metrics.jsonl`, `loss.png`, `metrics.json` (the evaluation) and
 `model/`, the classifier alone: `model_dirs.load_classifier(path)` gives it
 back for inference without any supernet code.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import numpy as np
@@ -27,7 +28,7 @@ import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import config_lib, data, parallel
+from masktas_jax import data, parallel
 from masktas_jax.errors import FinetuneError
 from masktas_jax.evaluation import evaluator, probe as probe_lib
 from masktas_jax.models import vit
@@ -294,27 +295,42 @@ class Run:
   from_scratch: bool | None = None
 
 
-def fine_tune(config, workdir: epath.Path, arch: Arch,
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What fine-tuning reads of a run (`config_lib.finetune_setup`): the
+  recipe (config.finetune), the data (config.data), the space, the run's
+  seed, the supernet whose weights it inherits ('' = the workdir's) and
+  the loop's logging and checkpoint settings (`trainer.LoopConfig`'s
+  keywords)."""
+
+  recipe: Any
+  data: Any
+  space: SearchSpace
+  seed: int
+  supernet: str = ''
+  loop: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+
+def fine_tune(setup: Setup, workdir: epath.Path, arch: Arch,
               run: Run = Run()) -> dict[str, Any]:
-  """Fine-tunes `arch` by `config.finetune` and `run` (or resumes),
-  exports the classifier and evaluates it, in `workdir/finetune/`; returns
+  """Fine-tunes `arch` by `setup.recipe` and `run` (or resumes), exports
+  the classifier and evaluates it, in `workdir/finetune/`; returns
   metrics.json's content, read back when it exists."""
-  f = config.finetune
+  f, space, data_config = setup.recipe, setup.space, setup.data
   done = finished(workdir)
   if done is not None:
     return done
   from_scratch = f.from_scratch if run.from_scratch is None else (
       run.from_scratch)
-  space = config_lib.space_from_config(config)
   metrics = artifacts.finetune_metrics(workdir)
-  train_source = data.get_source(config.data, config.data.train_split,
-                                 config.space.image_size)
+  train_source = data.get_source(data_config, data_config.train_split,
+                                 space.image_size)
   num_classes = train_source.num_classes
   if not num_classes:
-    raise FinetuneError(f'config.data: {config.data.name!r} has no labels; '
+    raise FinetuneError(f'config.data: {data_config.name!r} has no labels; '
                         'fine-tuning needs them')
   data_iter, steps, warmup = data.training_input(
-      config.data, f, 'finetune', space.image_size, config.seed + 7,
+      data_config, f, 'finetune', space.image_size, setup.seed + 7,
       source=train_source, steps=run.steps)
   exported = artifacts.model_dir(workdir, 'finetune')
 
@@ -322,13 +338,12 @@ def fine_tune(config, workdir: epath.Path, arch: Arch,
     inherited = probe = None
     if not from_scratch:
       extracted = model_dirs.load_student(
-          run.supernet or artifacts.supernet_model(config.search.supernet,
-                                                   workdir),
+          run.supernet or artifacts.supernet_model(setup.supernet, workdir),
           space).encoder.extract(arch)
       inherited = nnx.to_pure_dict(nnx.state(extracted, nnx.Param))
       if f.head_init == 'probe':
-        probe = fit_head(f, config.data, space, arch, num_classes,
-                         inherited, config.seed + 9)
+        probe = fit_head(f, data_config, space, arch, num_classes,
+                         inherited, setup.seed + 9)
     return make_task(f, space, arch, num_classes, steps, warmup,
                      inherited, probe)
 
@@ -343,10 +358,9 @@ def fine_tune(config, workdir: epath.Path, arch: Arch,
                                arch, path)
 
   trainer.train(
-      trainer.LoopConfig.from_config(config, 'finetune',
-                                     artifacts.stage_dir(workdir, 'finetune'),
-                                     steps, f.batch_size),
-      task, data_iter, seed=config.seed + 8,
+      trainer.LoopConfig('finetune', artifacts.stage_dir(workdir, 'finetune'),
+                         steps, f.batch_size, **setup.loop),
+      task, data_iter, seed=setup.seed + 8,
       export=trainer.Export(exported, 'classifier', save,
                             check=lambda path: check_export(
                                 path, arch, num_classes, f.pool),
@@ -356,14 +370,14 @@ def fine_tune(config, workdir: epath.Path, arch: Arch,
 
   # --- evaluation of the exported classifier ---------------------------------
   model = model_dirs.load_classifier(exported)
-  split = run.eval_split or f.eval_split or config.data.eval_split
-  source = data.get_source(config.data, split, config.space.image_size)
+  split = run.eval_split or f.eval_split or data_config.eval_split
+  source = data.get_source(data_config, split, space.image_size)
   result = evaluate(model, data.eval_pipeline(
       source, image_size=space.image_size,
-      crop_fraction=config.data.eval_crop_fraction,
+      crop_fraction=data_config.eval_crop_fraction,
       batch_size=parallel.check_batch_size(f.batch_size,
                                            'finetune.batch_size'),
-      read=data.reading(config.data, source)))
+      read=data.reading(data_config, source)))
   result.update({'split': split, 'arch': arch.to_dict(),
                  'params': space.count_params(arch),
                  'macs': space.count_macs(arch), 'steps': steps,

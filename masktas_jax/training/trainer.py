@@ -108,15 +108,6 @@ class LoopConfig:
   # after this run's first step (which compiles). 0: none.
   profile_steps: int = 0
 
-  @classmethod
-  def from_config(cls, config, name: str, directory: epath.Path, steps: int,
-                  batch_size: int) -> 'LoopConfig':
-    """The loop of stage `name`, with the run-wide logging, checkpoint and
-    profiling settings of `config`."""
-    return cls(name, directory, steps, batch_size, config.checkpoint_every,
-               config.keep_checkpoints, config.log_every,
-               config.profile_steps)
-
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
