@@ -11,7 +11,10 @@ uniformly from the space. AutoFormer runs as its `supernet_train.py` builds
 it for that space (`change_qkv`: heads of 64 channels as ours; absolute
 positions, no relative ones, as ours; CLS token, not `gp`), unmodified;
 the one shim is `torch._six`, which its `model/utils.py` imports and
-current torch no longer has.
+current torch no longer has. One difference in the optimizers' work:
+PyTorch's AdamW skips the parameters a subnet leaves unused (no
+gradient), optax's updates every parameter every step (a few MFLOPs on
+this space).
 
 Each (implementation, threads) run is its own process pinned to that many
 cores (`sched_setaffinity`; torch.set_num_threads; XLA sizes its pool from
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
+import functools
 import json
 import os
 import pathlib
@@ -71,7 +75,8 @@ def _time_jax(model, space, archs, images, labels, warmup: int,
   opt = optax.adamw(1e-3, weight_decay=0.05)
   opt_state = opt.init(params)
 
-  @jax.jit
+  # Parameters and optimizer state updated in place, as the stages do.
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(params, opt_state, images, labels, *arch):
     def loss_fn(p):
       logits = nnx.merge(graphdef, p, rest)(images, *arch)
@@ -82,12 +87,14 @@ def _time_jax(model, space, archs, images, labels, warmup: int,
     return optax.apply_updates(params, updates), opt_state, loss
 
   images, labels = jnp.asarray(images), jnp.asarray(labels)
-  extra = [(jax.tree.map(jnp.asarray, space.encode(a)),) if switched else ()
-           for a in archs]
   times = []
-  for i, arch in enumerate(extra):
+  for i, arch in enumerate(archs):
     start = time.perf_counter()
-    params, opt_state, loss = step(params, opt_state, images, labels, *arch)
+    # Setting the subnet is timed on both sides (AutoFormer's
+    # set_sample_config; our Arch's arrays, encoded and sent).
+    extra = ((jax.tree.map(jnp.asarray, space.encode(arch)),) if switched
+             else ())
+    params, opt_state, loss = step(params, opt_state, images, labels, *extra)
     jax.block_until_ready(loss)
     if i >= warmup:
       times.append(time.perf_counter() - start)
@@ -167,6 +174,9 @@ def run_autoformer(path: str, space, archs, images, labels, warmup: int):
 def child(args) -> None:
   """One timed run, in this process: prints a JSON line."""
   cores = sorted(os.sched_getaffinity(0))[:args.threads]
+  if len(cores) < args.threads:
+    raise SystemExit(f'--threads: {args.threads} asked, this process may '
+                     f'run on {len(cores)} cores')
   os.sched_setaffinity(0, cores)
   if args.threads == 1:
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +

@@ -58,7 +58,7 @@ def main() -> None:
   rng = np.random.default_rng(0)
   archs = [space.sample(rng) for _ in range(args.population)]
   mask_ratio = config.supernet.mask_ratio
-  relation = fitness.relation_from_config(config.search)
+  relation = config_lib.relation_from_config(config.search)
 
   t = time.perf_counter()
   scorer = fitness.PopulationScorer(encoder, teacher, space, batches,

@@ -36,6 +36,7 @@ import argparse
 import ast
 import json
 import statistics
+from typing import Any
 
 import numpy as np
 from etils import epath
@@ -190,34 +191,51 @@ def ceiling(study: dict, split: int) -> dict | None:
 _TARGET_TAU = 0.7
 
 
-def noise(a, b) -> dict[str, float]:
+def _reliability(a: np.ndarray, b: np.ndarray) -> tuple[float, float,
+                                                         float]:
+  """(run-to-run sd, true sd, one run's reliability) of two seeds' top-1
+  in points (see `noise`)."""
+  run = float(np.std(a - b, ddof=1) / np.sqrt(2))
+  true_var = max(float(np.var((a + b) / 2, ddof=1)) - run**2 / 2, 0.0)
+  r = true_var / (true_var + run**2) if true_var + run**2 else 0.0
+  return run, float(np.sqrt(true_var)), r
+
+
+def noise(a, b, seed: int = 0) -> dict[str, Any]:
   """What limits the yardstick, from two fine-tuning seeds' top-1 `a`, `b`
   (n subnets each): the run-to-run noise sd (sd(a - b) / sqrt 2), the sd of
   the subnets' true top-1 (the two-seed mean's variance less its noise's),
   in points; the reliability r of one run (true variance / a run's
-  variance) and the tau two runs would agree at with that r, which is
-  steadier than the tau of a few subnets; and how many fine-tuning seeds
-  each of two mean yardsticks would need to agree at tau 0.7 (Spearman-
-  Brown: the mean of k runs has k r / (1 + (k - 1) r))."""
+  variance), with a bootstrap 95% interval over the subnets, and the tau
+  two runs would agree at with that r (2/pi asin r, normal errors), which
+  is steadier than the tau of a few subnets; and how many fine-tuning
+  seeds each of two mean yardsticks would need to agree with each other at
+  tau 0.7 (Spearman-Brown: the mean of k runs has k r / (1 + (k - 1) r));
+  None where r is 0."""
   a, b = 100 * np.asarray(a, float), 100 * np.asarray(b, float)
-  run = float(np.std(a - b, ddof=1) / np.sqrt(2))
-  true_var = max(float(np.var((a + b) / 2, ddof=1)) - run**2 / 2, 0.0)
-  r = true_var / (true_var + run**2) if true_var + run**2 else 0.0
+  run, true_sd, r = _reliability(a, b)
+  resamples = np.random.default_rng(seed).integers(
+      0, len(a), (rank.BOOTSTRAP_RESAMPLES, len(a)))
+  boot = [_reliability(a[i], b[i])[2] for i in resamples]
   need = np.sin(_TARGET_TAU * np.pi / 2)
-  seeds = (float(need * (1 - r) / (r * (1 - need))) if r > 0
-           else float('inf'))
-  return {'run_sd': run, 'arch_sd': float(np.sqrt(true_var)),
-          'reliability': r,
+  return {'run_sd': run, 'arch_sd': true_sd, 'reliability': r,
+          'reliability_ci': [float(v) for v in np.percentile(boot,
+                                                             [2.5, 97.5])],
           'expected_kendall': float(2 / np.pi * np.arcsin(r)),
-          'seeds_for_target': seeds}
+          'seeds_for_target': (float(need * (1 - r) / (r * (1 - need)))
+                               if r > 0 else None)}
 
 
 def _fmt_noise(c: dict) -> str:
+  lo, hi = c['reliability_ci']
+  seeds = c['seeds_for_target']
   return (f'run-to-run sd {c["run_sd"]:.2f} points, subnets\' sd '
           f'{c["arch_sd"]:.2f}; one run\'s reliability {c["reliability"]:.2f}'
-          f' (expected Kendall {c["expected_kendall"]:+.2f}); a yardstick '
-          f'agreeing at {_TARGET_TAU} needs the mean of '
-          f'{c["seeds_for_target"]:.1f} fine-tuning seeds')
+          f' [{lo:.2f}, {hi:.2f}] (expected Kendall '
+          f'{c["expected_kendall"]:+.2f}); a yardstick agreeing at '
+          f'{_TARGET_TAU} needs the mean of '
+          + (f'{seeds:.1f}' if seeds is not None else 'unboundedly many')
+          + ' fine-tuning seeds')
 
 
 def _fmt(row: dict) -> str:

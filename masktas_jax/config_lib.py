@@ -11,16 +11,15 @@ from typing import Any
 
 import ml_collections
 
+from masktas_jax import settings
 from masktas_jax.compilation import chips
 from masktas_jax.errors import ConfigError
-from masktas_jax.evaluation import fitness
 from masktas_jax.evaluation.signals import FITNESSES
-from masktas_jax.losses import RELATION_FORMS
+from masktas_jax.losses import Relation, RELATION_FORMS
 from masktas_jax.models.mae import MAEConfig
 from masktas_jax.models.student import CLS_TARGETS, StudentConfig
 from masktas_jax.models.vit import POOLS
 from masktas_jax.space import ArchError, SearchSpace
-from masktas_jax.training import finetuning
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 # mode=rank's supervised yardsticks (masktas_jax.stages.rank).
@@ -451,24 +450,34 @@ def student_config(config: ml_collections.ConfigDict,
       decoder_num_heads=s.decoder_num_heads)
 
 
-def scoring(config: ml_collections.ConfigDict) -> fitness.Scoring:
+def relation_from_config(search_config: ml_collections.ConfigDict
+                         ) -> Relation:
+  """The `losses.Relation` of `config.search`."""
+  s = search_config
+  return Relation(form=s.relation, tau=s.tau,
+                  student_tau=s.tau * s.student_tau_ratio,
+                  exclude_self=s.exclude_self)
+
+
+def scoring(config: ml_collections.ConfigDict) -> settings.Scoring:
   """How the search scores candidates: `config.search`'s images, fitness
   and relation, the supernet's mask ratio, the teacher's pixel target."""
   s = config.search
-  return fitness.Scoring(
+  return settings.Scoring(
       data=config.data, space=space_from_config(config),
       split=s.eval_split or config.data.train_split, images=s.eval_images,
       batch_size=s.batch_size, mask_ratio=config.supernet.mask_ratio,
-      relation=fitness.relation_from_config(s), fitness=s.fitness,
+      relation=relation_from_config(s), fitness=s.fitness,
       strategy=s.scoring, norm_pix=config.teacher.norm_pix_loss,
       seed=config.seed, teacher=config.teacher.checkpoint,
       supernet=s.supernet)
 
 
-def finetune_setup(config: ml_collections.ConfigDict) -> finetuning.Setup:
+def finetune_setup(config: ml_collections.ConfigDict
+                   ) -> settings.FinetuneSetup:
   """What fine-tuning reads of a run: `config.finetune`'s recipe, the
   data, the space, the seed, the supernet and the loop's settings."""
-  return finetuning.Setup(
+  return settings.FinetuneSetup(
       recipe=config.finetune, data=config.data,
       space=space_from_config(config), seed=config.seed,
       supernet=config.search.supernet, loop=loop_settings(config))
@@ -592,8 +601,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f'expected one of {FITNESSES}', s.fitness)
   _check(s.relation in RELATION_FORMS, 'search.relation',
          f'expected one of {RELATION_FORMS}', s.relation)
-  _check(s.scoring in ('auto',) + fitness.STRATEGIES, 'search.scoring',
-         f"expected one of {('auto',) + fitness.STRATEGIES}", s.scoring)
+  _check(s.scoring in ('auto',) + settings.SCORING_STRATEGIES, 'search.scoring',
+         f"expected one of {('auto',) + settings.SCORING_STRATEGIES}", s.scoring)
   _check(not s.eval_split.startswith('test'), 'search.eval_split',
          'the search never looks at the test split', s.eval_split)
   _check(config.rank.yardstick in YARDSTICKS, 'rank.yardstick',

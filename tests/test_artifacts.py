@@ -95,3 +95,6 @@ def test_a_student_directory_holds_its_student_config(tmp_path):
   (path / 'student.json').write_text(json.dumps(meta))
   with pytest.raises(SupernetError, match='unreadable student config'):
     model_dirs.load_student(path)
+  (path / 'student.json').write_text(json.dumps({'teacher_dim': 24}))
+  with pytest.raises(SupernetError, match='unreadable student config'):
+    model_dirs.read_student_config(path)

@@ -129,9 +129,8 @@ def test_paper_config_names_its_spaces():
 
 def test_the_default_relation_is_the_losses_default():
   from masktas_jax import losses
-  from masktas_jax.evaluation import fitness
   config = config_lib.base_config()
-  assert fitness.relation_from_config(config.search) == losses.Relation()
+  assert config_lib.relation_from_config(config.search) == losses.Relation()
 
 
 def test_every_field_has_a_comment_above_it():

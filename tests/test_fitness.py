@@ -72,7 +72,7 @@ def test_the_fitness_ranking_depends_on_the_teacher(trained):
   def ranking(relation, teacher):
     return [float(relation.fitness(teacher, z).mean()) for z in z_students]
 
-  default = fitness.relation_from_config(config.search)
+  default = config_lib.relation_from_config(config.search)
   real = ranking(default, teachers['real'])
   # The scorer's own fitness is this one.
   np.testing.assert_allclose(scorer(archs), real, rtol=1e-5, atol=1e-6)

@@ -94,7 +94,7 @@ ENTRY_MODULES = ('masktas_jax.main', 'masktas_jax.cli',
 # Foundations at the top that models and data may stand on.
 FOUNDATIONS = ('masktas_jax.errors', 'masktas_jax.space',
                'masktas_jax.masking', 'masktas_jax.losses',
-               'masktas_jax.parallel')
+               'masktas_jax.parallel', 'masktas_jax.settings')
 # The config's reader (defaults, validation, typed settings from a config):
 # above the libraries whose choices it validates, below the stages.
 CONFIG = 'masktas_jax.config_lib'

@@ -1,6 +1,7 @@
 """mode=search: the vectorised scorer and the resumable evolution stage."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -163,6 +164,16 @@ def test_a_supernet_of_another_space_is_refused(workdir):
   config.search.supernet = ''
   with pytest.raises(errors.SupernetError, match='config.space.embed_dims'):
     supernet_stage.run(config, epath.Path(workdir))
+
+
+def test_an_exported_supernet_is_skipped_over_without_its_teacher(
+    workdir, tmp_path):
+  """The teacher is looked up only when training needs it."""
+  shutil.copytree(artifacts.model_dir(epath.Path(workdir), 'supernet'),
+                  artifacts.model_dir(epath.Path(tmp_path), 'supernet'))
+  config = search_config()
+  assert not config.teacher.checkpoint
+  assert supernet_stage.run(config, epath.Path(tmp_path)).skipped
 
 
 def test_evaluating_no_batches_is_a_clear_error():

@@ -10,8 +10,7 @@ against labels.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from masktas_jax import data, losses, parallel
+from masktas_jax import data, losses, parallel, settings
 from masktas_jax.evaluation import evaluator, signals
 from masktas_jax.masking import random_masking
 from masktas_jax.space import Arch, SearchSpace
@@ -30,7 +29,7 @@ from masktas_jax.storage import artifacts, model_dirs
 # `mask` path (max width) vmapped over the candidates, large matmuls that
 # suit accelerators; 'map' loops over them inside the call on the `switch`
 # path, each at its own subnet's FLOPs, which suits CPUs.
-STRATEGIES = ('vmap', 'map')
+STRATEGIES = settings.SCORING_STRATEGIES
 # The supernet path each strategy runs its candidates on.
 ENCODE_MODES = {'vmap': 'mask', 'map': 'switch'}
 
@@ -326,41 +325,7 @@ class PopulationScorer:
     return teacher, students
 
 
-def relation_from_config(search_config) -> losses.Relation:
-  """The `losses.Relation` of `config.search`."""
-  s = search_config
-  return losses.Relation(form=s.relation, tau=s.tau,
-                         student_tau=s.tau * s.student_tau_ratio,
-                         exclude_self=s.exclude_self)
-
-
-@dataclasses.dataclass(frozen=True)
-class Scoring:
-  """How the search scores candidates, from a run's config
-  (`config_lib.scoring`): on `images` evaluation views of `split` of
-  `data` (config.data) at `space`'s size, in global batches of
-  `batch_size`, each masked at `mask_ratio`; signals by `relation`, rated
-  by `fitness`, run by `strategy`; the pixel target normalised per patch
-  with `norm_pix`; images and masks drawn from `seed`. The models: the
-  teacher at `teacher` and the supernet at `supernet` ('' for each: the
-  workdir's)."""
-
-  data: Any
-  space: SearchSpace
-  split: str
-  images: int
-  batch_size: int
-  mask_ratio: float
-  relation: losses.Relation
-  fitness: str
-  strategy: str
-  norm_pix: bool
-  seed: int
-  teacher: str = ''
-  supernet: str = ''
-
-
-def load_scorer(scoring: Scoring, workdir: epath.Path, capacity: int,
+def load_scorer(scoring: settings.Scoring, workdir: epath.Path, capacity: int,
                 relation: losses.Relation | None = None,
                 names: Sequence[str] | None = None) -> PopulationScorer:
   """The search's scorer of `scoring`'s models, images and fitness;
@@ -396,13 +361,13 @@ def check_teacher_entropy(entropy: float) -> str | None:
   return None
 
 
-def load_models(scoring: Scoring, workdir: epath.Path):
+def load_models(scoring: settings.Scoring, workdir: epath.Path):
   """(supernet encoder, teacher) for search and ranking."""
   teacher, student = _models(scoring, workdir)
   return student.encoder, teacher
 
 
-def _models(scoring: Scoring, workdir: epath.Path):
+def _models(scoring: settings.Scoring, workdir: epath.Path):
   """(teacher, supernet student) the run reads, checked against its
   space."""
   return (model_dirs.load_teacher(artifacts.teacher_model(

@@ -269,7 +269,7 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
   (once per image), and the population's scoring (per generation and
   batch) by 'vmap' and by 'map'."""
   s, rep = config.search, parallel.replicated(mesh)
-  relation = fitness.relation_from_config(s)
+  relation = config_lib.relation_from_config(s)
   teacher_def, teacher_state = nnx.split(teacher_model)
   teacher_state = _abstract(nnx.to_pure_dict(teacher_state), rep)
   student = nnx.eval_shape(lambda: Student(config_lib.student_config(
@@ -290,7 +290,7 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
   out = [Program(
       'search', 'teacher features', jitted, (teacher_state, batch, _key(mesh)),
       s.batch_size, 2 * s.batch_size * flops.vit_macs(
-          t.embed_dim, t.depth, k, space.patch_dim), 'float32',
+          t.embed_dim, t.depth, k, space.patch_dim, t.mlp_ratio), 'float32',
       'once per scoring image')]
   prepared = jax.eval_shape(jitted, *out[0].args)
   del prepared['entropy']

@@ -27,7 +27,6 @@ from masktas_jax.evaluation import signals
 from masktas_jax.evaluation.evolution import check_window, Evolution
 from masktas_jax.evaluation.evolution import sample_archs, SearchError, Window
 from masktas_jax.evaluation.fitness import capacity, check_teacher_entropy
-from masktas_jax.evaluation.fitness import relation_from_config
 from masktas_jax.evaluation.fitness import load_scorer
 from masktas_jax.stage import Stage, SUPERNET, TEACHER_CHECKPOINT
 from masktas_jax.storage import artifacts
@@ -101,7 +100,7 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   space = config_lib.space_from_config(config)
   window = Window.from_config(s)
   check_window(space, window)
-  relation = relation_from_config(s)
+  relation = config_lib.relation_from_config(s)
   out = artifacts.stage_dir(workdir, 'search')
   out.mkdir(parents=True, exist_ok=True)
 

@@ -148,15 +148,18 @@ def run(config, workdir: epath.Path) -> trainer.Outcome | None:
   data_iter, steps, warmup = data.training_input(
       config.data, s, 'supernet', space.image_size, config.seed + 1)
   out = artifacts.model_dir(workdir, 'supernet')
-  teacher = artifacts.teacher_model(config.teacher.checkpoint, workdir)
+  # Looked up when training needs it: an exported supernet is skipped
+  # over even where its teacher is gone.
+  teacher = lambda: artifacts.teacher_model(config.teacher.checkpoint,
+                                            workdir)
 
   def task():
     # The frozen teacher is a constant of the step, not in the train state.
-    return make_task(config, model_dirs.load_teacher(teacher, space), steps,
-                     warmup, s.batch_size)
+    return make_task(config, model_dirs.load_teacher(teacher(), space),
+                     steps, warmup, s.batch_size)
 
   def save(params, fixed, path):
-    teacher_dim = model_dirs.read_teacher_config(teacher, space).embed_dim
+    teacher_dim = model_dirs.read_teacher_config(teacher(), space).embed_dim
     model_dirs.save_student({'params': params, 'fixed': fixed},
                             config_lib.student_config(config, teacher_dim),
                             path, overwrite=True)

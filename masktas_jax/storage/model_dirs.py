@@ -103,7 +103,7 @@ def read_student_config(path: epath.PathLike,
                              missing='run --config.mode=supernet first')
   try:
     student_config = StudentConfig.from_dict(meta)
-  except (TypeError, ValueError, ArchError) as e:
+  except (KeyError, TypeError, ValueError, ArchError) as e:
     raise SupernetError(f'{path / artifacts.meta_file("student")}: '
                         f'unreadable student config: {e}') from e
   if space is None:
@@ -124,7 +124,9 @@ def read_student_config(path: epath.PathLike,
 def load_student(path: epath.PathLike, space: SearchSpace | None = None
                  ) -> Student:
   """The student `save_student` wrote; with the run's `space`, checked to
-  be that space (the number of classes aside).
+  be that space (the number of classes aside). Built with remat, the
+  supernet stage's default: loaded students score and extract, for which
+  remat changes nothing.
 
   Raises:
     SupernetError: no trained supernet at `path`, or one of another space.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -28,7 +28,7 @@ import optax
 from etils import epath
 from flax import nnx
 
-from masktas_jax import data, parallel
+from masktas_jax import data, parallel, settings
 from masktas_jax.errors import FinetuneError
 from masktas_jax.evaluation import evaluator, probe as probe_lib
 from masktas_jax.models import vit
@@ -295,23 +295,7 @@ class Run:
   from_scratch: bool | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class Setup:
-  """What fine-tuning reads of a run (`config_lib.finetune_setup`): the
-  recipe (config.finetune), the data (config.data), the space, the run's
-  seed, the supernet whose weights it inherits ('' = the workdir's) and
-  the loop's logging and checkpoint settings (`trainer.LoopConfig`'s
-  keywords)."""
-
-  recipe: Any
-  data: Any
-  space: SearchSpace
-  seed: int
-  supernet: str = ''
-  loop: Mapping[str, int] = dataclasses.field(default_factory=dict)
-
-
-def fine_tune(setup: Setup, workdir: epath.Path, arch: Arch,
+def fine_tune(setup: settings.FinetuneSetup, workdir: epath.Path, arch: Arch,
               run: Run = Run()) -> dict[str, Any]:
   """Fine-tunes `arch` by `setup.recipe` and `run` (or resumes), exports
   the classifier and evaluates it, in `workdir/finetune/`; returns
