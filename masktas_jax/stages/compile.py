@@ -38,7 +38,8 @@ from masktas_jax.masking import num_visible
 from masktas_jax.models.mae import MAE
 from masktas_jax.models.student import Student
 from masktas_jax.stage import Stage
-from masktas_jax.stages import supernet as supernet_stage, teacher
+from masktas_jax.stages import supernet as supernet_stage
+from masktas_jax.stages import teacher as teacher_stage
 from masktas_jax.storage import artifacts, model_dirs
 from masktas_jax.training import finetuning, trainer
 
@@ -74,7 +75,7 @@ class CompileError(MaskTASError, RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Program:
+class CompileJob:
   """One jitted function and its abstract arguments.
 
   `batch`: global images per call; `model_flops`: analytic FLOPs per call,
@@ -182,7 +183,7 @@ def _key(mesh) -> jax.ShapeDtypeStruct:
       lambda: jax.random.key(0)).dtype, sharding=parallel.replicated(mesh))
 
 
-def _teacher_model(config) -> MAE:
+def _abstract_teacher(config) -> MAE:
   """The teacher later stages distil from, abstract: the converted one's
   shape when `teacher.checkpoint` exists, else `config.teacher`'s (the
   paper configs' defaults are MAE's ViT-B)."""
@@ -204,36 +205,36 @@ def _sample_archs(space, window=None, count: int = 256) -> list:
 
 def _training(stage: str, task: trainer.Task, mesh, batch: int,
               model_flops: float, dtype: str, note: str,
-              size: int, images: int | None = None) -> Program:
+              size: int, images: int | None = None) -> CompileJob:
   """The train step of `batch` examples, reading `images` images (default
   `batch`; fewer when the supernet masks each several times)."""
   prog = trainer.program(task, mesh)
   constants = None if task.constants is None else _abstract(
       task.constants, parallel.replicated(mesh))
-  return Program(stage, 'train step', prog.step,
+  return CompileJob(stage, 'train step', prog.step,
                  (prog.abstract_state, _inputs(mesh, size, images or batch),
                   _key(mesh), constants), batch, model_flops, dtype, note)
 
 
-def _teacher_programs(config, mesh, space, teacher_model) -> list[Program]:
-  del teacher_model  # It is what this program trains.
+def _teacher_programs(config, mesh, space, teacher) -> list[CompileJob]:
+  del teacher  # It is what this program trains.
   t = config.teacher
   return [_training(
-      'teacher', teacher.make_task(config, _STEPS, _WARMUP), mesh,
+      'teacher', teacher_stage.make_task(config, _STEPS, _WARMUP), mesh,
       t.batch_size, flops.mae_step(config_lib.mae_config(config), t.mask_ratio,
                                     t.batch_size), 'float32',
       'MAE pre-training', space.image_size)]
 
 
-def _supernet_programs(config, mesh, space, teacher_model) -> list[Program]:
+def _supernet_programs(config, mesh, space, teacher) -> list[CompileJob]:
   s = config.supernet
-  task = supernet_stage.make_task(config, teacher_model, _STEPS, _WARMUP,
+  task = supernet_stage.make_task(config, teacher, _STEPS, _WARMUP,
                                   s.batch_size)
   # The teacher distilled from: a converted one may differ from
   # config.teacher.
   step_flops = flops.SupernetStep(
-      config_lib.student_config(config, teacher_model.config.embed_dim),
-      teacher_model.config, s.mask_ratio)
+      config_lib.student_config(config, teacher.config.embed_dim),
+      teacher.config, s.mask_ratio)
   archs = _sample_archs(space)
   return [_training(
       'supernet', task, mesh, s.batch_size,
@@ -242,8 +243,8 @@ def _supernet_programs(config, mesh, space, teacher_model) -> list[Program]:
       images=data.images_per_step(s))]
 
 
-def _finetune_programs(config, mesh, space, teacher_model) -> list[Program]:
-  del teacher_model
+def _finetune_programs(config, mesh, space, teacher) -> list[CompileJob]:
+  del teacher
   f = config.finetune
   arch = space.max_arch()
   task = finetuning.make_task(config.finetune, space, arch, space.num_classes,
@@ -254,26 +255,26 @@ def _finetune_programs(config, mesh, space, teacher_model) -> list[Program]:
       'the largest subnet of the space', space.image_size)]
 
 
-def programs(config, mesh, stages=None) -> list[Program]:
+def programs(config, mesh, stages=None) -> list[CompileJob]:
   """The jitted steps of `stages` (default: all of COMPILABLE) on `mesh`,
   with abstract arguments."""
   space = config_lib.space_from_config(config)
-  teacher_model = _teacher_model(config)
+  teacher = _abstract_teacher(config)
   wanted = dict.fromkeys(COMPILABLE if stages is None else stages)
   return [p for stage in wanted
-          for p in _PROGRAMS[stage](config, mesh, space, teacher_model)]
+          for p in _PROGRAMS[stage](config, mesh, space, teacher)]
 
 
-def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
+def _search_programs(config, mesh, space, teacher) -> list[CompileJob]:
   """The search's two compiled calls: the teacher's features of a batch
   (once per image), and the population's scoring (per generation and
   batch) by 'vmap' and by 'map'."""
   s, rep = config.search, parallel.replicated(mesh)
   relation = config_lib.relation_from_config(s)
-  teacher_def, teacher_state = nnx.split(teacher_model)
+  teacher_def, teacher_state = nnx.split(teacher)
   teacher_state = _abstract(nnx.to_pure_dict(teacher_state), rep)
   student = nnx.eval_shape(lambda: Student(config_lib.student_config(
-      config, teacher_model.config.embed_dim), rngs=nnx.Rngs(0)))
+      config, teacher.config.embed_dim), rngs=nnx.Rngs(0)))
   # The signals search.fitness computes; the whole student when they read
   # its decoder or projector.
   names = signals.needed(s.fitness)
@@ -286,8 +287,8 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
   prepare = fitness.teacher_features_fn(teacher_def, space, relation,
                                         config.supernet.mask_ratio, names)
   jitted = _evaluator_jit(prepare, mesh, sharded_outputs=True)
-  t = teacher_model.config
-  out = [Program(
+  t = teacher.config
+  out = [CompileJob(
       'search', 'teacher features', jitted, (teacher_state, batch, _key(mesh)),
       s.batch_size, 2 * s.batch_size * flops.vit_macs(
           t.embed_dim, t.depth, k, space.patch_dim, t.mlp_ratio), 'float32',
@@ -305,7 +306,7 @@ def _search_programs(config, mesh, space, teacher_model) -> list[Program]:
         model_def, relation, strategy, width, names,
         patch_size=space.patch_size,
         norm_pix=config.teacher.norm_pix_loss), mesh)
-    out.append(Program(
+    out.append(CompileJob(
         'search', f'score {size} ({strategy}' + (
             f', embed {width})' if width else ')'), score,
         ((model_state, _abstract(space.encode_batch(group), rep)), prepared,
@@ -352,7 +353,8 @@ def _evaluator_jit(fn, mesh, sharded_outputs: bool = False):
   return evaluator.Evaluator(fn, mesh, sharded_outputs=sharded_outputs).fn
 
 
-def compile_program(program: Program, target: chips.Target) -> dict[str, Any]:
+def compile_program(program: CompileJob, target: chips.Target
+                    ) -> dict[str, Any]:
   """Compiles `program`; its report row (sizes in bytes, FLOPs per step,
   seconds)."""
   start = time.perf_counter()
