@@ -601,8 +601,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f'expected one of {FITNESSES}', s.fitness)
   _check(s.relation in RELATION_FORMS, 'search.relation',
          f'expected one of {RELATION_FORMS}', s.relation)
-  _check(s.scoring in ('auto',) + settings.SCORING_STRATEGIES, 'search.scoring',
-         f"expected one of {('auto',) + settings.SCORING_STRATEGIES}", s.scoring)
+  strategies = ('auto',) + settings.SCORING_STRATEGIES
+  _check(s.scoring in strategies, 'search.scoring',
+         f'expected one of {strategies}', s.scoring)
   _check(not s.eval_split.startswith('test'), 'search.eval_split',
          'the search never looks at the test split', s.eval_split)
   _check(config.rank.yardstick in YARDSTICKS, 'rank.yardstick',
