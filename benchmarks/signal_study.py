@@ -28,6 +28,15 @@ tables and writes `--root/signal_study.json` and `--root/signal_study.png`.
   python benchmarks/signal_study.py --root=/root/studies/signals \
       --teacher=/root/studies/fashion_s0/teacher/model --seeds=0,1,2,3 \
       --select=0,1
+
+On a small CPU host, one single-thread worker per core finishes more
+fine-tunes than one process on all cores (XLA:CPU's step gains little from
+a second thread at these sizes; two 1-thread workers did 1.7x the images/s
+of one 2-thread process on 2 cores, with the same top-1):
+
+  export XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
+  for w in 0 1; do taskset -c $w python benchmarks/signal_study.py ... \
+      --worker=$w/2 & done
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import argparse
 import ast
 import json
 import statistics
+import time
 from typing import Any
 
 import numpy as np
@@ -74,14 +84,25 @@ def supernet(args, config, seed: int) -> epath.Path:
   return workdir
 
 
+def worker(args) -> tuple[int, int]:
+  """--worker 'i/n' as (i, n)."""
+  i, _, n = args.worker.partition('/')
+  if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+    raise SystemExit(f'--worker: expected i/n with 0 <= i < n, got '
+                     f'{args.worker!r}')
+  return int(i), int(n)
+
+
 def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
-               scratch: bool = False) -> tuple[float, float] | None:
+               scratch: bool = False,
+               mine: bool = True) -> tuple[float, float] | None:
   """(validation, test) top-1 of `arch` fine-tuned with seed `ft_seed`, or
-  None under --report when not done."""
+  None when not done and not to be run here (--report, or another
+  --worker's run)."""
   run = (workdir / 'finetune' / f'{args.steps}steps' /
          artifacts.arch_key(arch.to_json()) /
          (f'scratch{ft_seed}' if scratch else f'ft{ft_seed}'))
-  if args.report and finetuning.finished(run) is None:
+  if (args.report or not mine) and finetuning.finished(run) is None:
     return None
   c = config.copy_and_resolve_references()
   c.finetune.steps, c.finetune.from_scratch = args.steps, scratch
@@ -107,7 +128,13 @@ def coverage_order(count: int) -> list[int]:
 
 
 def study_seed(args, config, seed: int) -> dict:
-  """Everything measured on seed `seed` (cached per step)."""
+  """Everything measured on seed `seed` (cached per step). Worker 0 trains
+  the supernet and measures the signals; the others wait for them."""
+  index, workers = worker(args)
+  cache = epath.Path(args.root) / f'seed{seed}' / f'signals_{args.archs}.json'
+  while index and not args.report and not cache.exists():
+    _log(f'seed {seed}: worker {args.worker} waits for worker 0\'s signals')
+    time.sleep(60)
   workdir = supernet(args, config, seed)
   c = config.copy_and_resolve_references()
   c.seed = seed
@@ -137,12 +164,18 @@ def study_seed(args, config, seed: int) -> dict:
   # stopped part-way already has a ceiling over subnets of every size.
   out['ft'] = [[None] * len(archs) for _ in range(args.ft_seeds)]
   out['scratch'] = [None] * len(archs)
+  # --worker i/n runs every n-th of these runs, from the i-th.
+  j = 0
   for i in coverage_order(len(archs)):
     a = archs[i]
     for k in range(args.ft_seeds):
-      out['ft'][k][i] = fine_tuned(args, c, workdir, a, k)
+      out['ft'][k][i] = fine_tuned(args, c, workdir, a, k,
+                                   mine=j % workers == index)
+      j += 1
     if args.scratch_every and i % args.scratch_every == 0:
-      out['scratch'][i] = fine_tuned(args, c, workdir, a, 0, scratch=True)
+      out['scratch'][i] = fine_tuned(args, c, workdir, a, 0, scratch=True,
+                                     mine=j % workers == index)
+      j += 1
   return out
 
 
@@ -295,6 +328,11 @@ def main_() -> None:
   parser.add_argument('--select', default='0,1',
                       help='seeds the default is chosen on')
   parser.add_argument('--archs', type=int, default=30)
+  parser.add_argument('--worker', default='0/1',
+                      help='i/n: run every n-th fine-tune from the i-th, so '
+                      'n processes (e.g. one per core: taskset -c i, '
+                      'XLA_FLAGS=--xla_cpu_multi_thread_eigen=false) share '
+                      'the study; worker 0 trains the supernets')
   parser.add_argument('--steps', type=int, default=500)
   parser.add_argument('--ft-seeds', type=int, default=2)
   parser.add_argument('--scratch-every', type=int, default=3,
