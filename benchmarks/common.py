@@ -18,7 +18,7 @@ from etils import epath
 
 from masktas_jax import config_lib, data, hostmem
 from masktas_jax.compilation import flops
-from masktas_jax.evaluation.evolution import sample_archs, Window
+from masktas_jax.evaluation.window import sample_archs, Window
 from masktas_jax.space import Arch
 from masktas_jax.storage import model_dirs
 from masktas_jax.training import finetuning

@@ -49,7 +49,7 @@ from scipy import stats
 
 from masktas_jax import config_lib, losses, main
 from masktas_jax.evaluation import fitness
-from masktas_jax.evaluation.evolution import Window
+from masktas_jax.evaluation.window import Window
 from masktas_jax.space import Arch
 from masktas_jax.stages import finetune, rank, search
 from masktas_jax.storage import artifacts

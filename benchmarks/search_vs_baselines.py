@@ -51,7 +51,7 @@ from etils import epath
 
 from masktas_jax import config_lib, main
 from masktas_jax.evaluation import baselines, signals
-from masktas_jax.evaluation.evolution import sample_archs, Window
+from masktas_jax.evaluation.window import sample_archs, Window
 from masktas_jax.space import Arch
 from masktas_jax.stages import rank
 from masktas_jax.storage import artifacts

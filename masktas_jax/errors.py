@@ -37,3 +37,7 @@ class SupernetError(MaskTASError, ValueError):
 
 class FinetuneError(MaskTASError, ValueError):
   """An Arch or dataset that cannot be fine-tuned as configured."""
+
+
+class SearchError(MaskTASError, ValueError):
+  """The search cannot run as configured (window, state or scores)."""

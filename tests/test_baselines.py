@@ -6,8 +6,9 @@ import itertools
 import numpy as np
 import pytest
 
+from masktas_jax.errors import SearchError
 from masktas_jax.evaluation import baselines
-from masktas_jax.evaluation.evolution import SearchError, Window
+from masktas_jax.evaluation.window import Window
 from masktas_jax.space import Arch, SearchSpace
 
 SPACE = SearchSpace(embed_dims=(32, 48, 64), depths=(2, 3, 4),

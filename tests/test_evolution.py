@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from masktas_jax import config_lib
-from masktas_jax.evaluation.evolution import check_window, crossover, Evolution
+from masktas_jax.errors import SearchError
+from masktas_jax.evaluation.evolution import crossover, Evolution
 from masktas_jax.evaluation.evolution import EvolutionConfig, mutate
-from masktas_jax.evaluation.evolution import random_candidate, SearchError
-from masktas_jax.evaluation.evolution import Window
+from masktas_jax.evaluation.window import check_window, random_candidate, Window
 from masktas_jax.space import Arch, SearchSpace
 
 SPACE = SearchSpace(embed_dims=(32, 48, 64), depths=(2, 3, 4),

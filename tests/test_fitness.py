@@ -11,7 +11,7 @@ from scipy import stats
 
 from masktas_jax import config_lib, losses, main
 from masktas_jax.evaluation import fitness
-from masktas_jax.evaluation.evolution import Window
+from masktas_jax.evaluation.window import Window
 from masktas_jax.stages import rank
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -8,8 +8,9 @@ import pytest
 from etils import epath
 
 from masktas_jax import config_lib, data, errors, losses
+from masktas_jax.errors import SearchError
 from masktas_jax.evaluation import evaluator, fitness, signals
-from masktas_jax.evaluation.evolution import SearchError, Window
+from masktas_jax.evaluation.window import Window
 from masktas_jax.space import Arch
 from masktas_jax.stages import rank, search, supernet as supernet_stage
 from masktas_jax.storage import artifacts

@@ -10,8 +10,8 @@ from etils import epath
 from scipy import stats
 
 from masktas_jax import config_lib, data, losses
+from masktas_jax.errors import SearchError
 from masktas_jax.evaluation import fitness, signals
-from masktas_jax.evaluation.evolution import SearchError
 from masktas_jax.masking import patchify, random_masking
 from masktas_jax.stages import rank, search
 from masktas_jax.storage import artifacts, model_dirs

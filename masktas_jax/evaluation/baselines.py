@@ -6,8 +6,8 @@
   for every layer, as DeiT and ViT are written by hand.
 
 Both exact: a layer's parameter and MAC counts depend only on its own
-(heads, MLP ratio) at a given embed dim (`evolution.layer_costs`), so the
-reachable cost sums are built layer by layer, as `evolution.check_window`
+(heads, MLP ratio) at a given embed dim (`window.layer_costs`), so the
+reachable cost sums are built layer by layer, as `window.check_window`
 does, keeping one Arch per sum.
 """
 
@@ -17,7 +17,8 @@ import itertools
 
 import numpy as np
 
-from masktas_jax.evaluation.evolution import layer_costs, SearchError, Window
+from masktas_jax.errors import SearchError
+from masktas_jax.evaluation.window import layer_costs, Window
 from masktas_jax.space import Arch, SearchSpace
 
 

@@ -33,7 +33,8 @@ from flax import nnx
 from masktas_jax import config_lib, data, parallel
 from masktas_jax.compilation import chips, flops, roofline
 from masktas_jax.errors import MaskTASError
-from masktas_jax.evaluation import evaluator, evolution, fitness, signals
+from masktas_jax.evaluation import evaluator, fitness, signals
+from masktas_jax.evaluation.window import random_candidate, Window
 from masktas_jax.masking import num_visible
 from masktas_jax.models.mae import MAE
 from masktas_jax.models.student import Student
@@ -198,9 +199,8 @@ def _sample_archs(space, window=None, count: int = 256) -> list:
   """`count` Archs drawn as search's random population is (uniform, inside
   the window when one is given; seeded)."""
   rng = np.random.default_rng(0)
-  window = window or evolution.Window()
-  return [evolution.random_candidate(space, window, rng)
-          for _ in range(count)]
+  window = window or Window()
+  return [random_candidate(space, window, rng) for _ in range(count)]
 
 
 def _training(stage: str, task: trainer.Task, mesh, batch: int,
@@ -297,7 +297,7 @@ def _search_programs(config, mesh, space, teacher) -> list[CompileJob]:
   del prepared['entropy']
   prepared = _abstract(prepared, parallel.batch_sharded(mesh))
   capacity = fitness.capacity(s)
-  window = evolution.Window.from_config(s)
+  window = Window.from_config(s)
   population = _sample_archs(space, window, capacity)
   population += population[-1:] * (capacity - len(population))
   for strategy, width, size in fitness.compiled_calls(capacity, space):
@@ -332,8 +332,7 @@ def generation_flops(config) -> dict[str, float]:
   s = config.search
   space = config_lib.space_from_config(config)
   k = num_visible(space.num_patches, config.supernet.mask_ratio)
-  population = _sample_archs(space, evolution.Window.from_config(s),
-                             s.population)
+  population = _sample_archs(space, Window.from_config(s), s.population)
   share = fitness.vmap_call_size(fitness.capacity(s), space)
   # Padded slots included: each call computes all of its `share`.
   by_width = sum(

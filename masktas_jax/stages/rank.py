@@ -34,8 +34,8 @@ from scipy import stats
 from masktas_jax import config_lib, data, parallel
 from masktas_jax.errors import MaskTASError
 from masktas_jax.evaluation import evaluator, fitness, signals
-from masktas_jax.evaluation.evolution import check_window, sample_archs, Window
 from masktas_jax.evaluation.probe import linear_probe_top1
+from masktas_jax.evaluation.window import check_window, sample_archs, Window
 from masktas_jax.space import Arch
 from masktas_jax.stage import Stage, SUPERNET, TEACHER_CHECKPOINT
 from masktas_jax.storage import artifacts

@@ -23,11 +23,12 @@ import jax
 from etils import epath
 
 from masktas_jax import config_lib, losses, parallel
+from masktas_jax.errors import SearchError
 from masktas_jax.evaluation import signals
-from masktas_jax.evaluation.evolution import check_window, Evolution
-from masktas_jax.evaluation.evolution import sample_archs, SearchError, Window
+from masktas_jax.evaluation.evolution import Evolution
 from masktas_jax.evaluation.fitness import capacity, check_teacher_entropy
 from masktas_jax.evaluation.fitness import load_scorer
+from masktas_jax.evaluation.window import check_window, sample_archs, Window
 from masktas_jax.stage import Stage, SUPERNET, TEACHER_CHECKPOINT
 from masktas_jax.storage import artifacts
 from masktas_jax.training import plots, tensorboard, trainer
