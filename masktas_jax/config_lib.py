@@ -162,7 +162,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Masked views per decoded image (ours): each image the input pipeline
   # decodes and crops is masked this many times, independently, inside the
   # batch (batch_size / views_per_image images a step), so the host decodes
-  # that many times less. Epochs count decoded images.
+  # that many times less. Epochs, warm-up and the learning rate count
+  # views, so K changes what the host decodes, not the schedule (an epoch
+  # reads each image 1/K times, as DeiT's repeated augmentation does).
   c.supernet.views_per_image = 1
   # With views_per_image > 1 (ours): each view also mirrored by a coin of
   # its own on the device, on top of the host's flip of its image, so the

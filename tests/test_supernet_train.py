@@ -1,6 +1,7 @@
 """mode=supernet: masked distillation (paper Algorithm 1)."""
 
 import json
+import math
 
 import jax
 import numpy as np
@@ -277,13 +278,19 @@ def test_views_of_one_image_share_its_pixels_and_differ_in_their_masks():
 
 
 def test_views_per_image_reads_fewer_images_a_step():
-  """The input decodes batch_size / views_per_image images a step; an epoch
-  counts decoded images, so it holds views_per_image times the steps."""
-  per_epoch = {}
+  """The input decodes batch_size / views_per_image images a step; epochs
+  and warm-up count views, so the schedule does not depend on the views."""
+  schedule = {}
   for views in (1, 2):  # 8 fake devices: 8 images a step at the least.
     config = demo_config('', **{'supernet.views_per_image': views,
-                                'supernet.steps': 0, 'supernet.epochs': 1})
-    batches, per_epoch[views], _ = data.training_input(
+                                'supernet.steps': 0, 'supernet.epochs': 2,
+                                'supernet.warmup_epochs': 1.0})
+    batches, steps, warmup = data.training_input(
         config.data, config.supernet, 'supernet', config.space.image_size, 0)
     assert next(iter(batches))['image'].shape[0] == 16 // views
-  assert per_epoch[2] == pytest.approx(2 * per_epoch[1], abs=1)
+    schedule[views] = steps, warmup
+  images = len(data.get_source(config.data, config.data.train_split,
+                                config.space.image_size))
+  per_epoch = images / config.supernet.batch_size  # In views.
+  assert schedule[1] == schedule[2] == (math.ceil(2 * per_epoch),
+                                        round(per_epoch))

@@ -450,7 +450,9 @@ def training_input(data_config, section, stage: str, image_size: int,
   local_batch = parallel.check_batch_size(
       images, f'{stage}.batch_size' if views == 1 else
       f'{stage}.batch_size / {stage}.views_per_image')
-  steps_per_epoch = len(source) / images
+  # Epochs count what the step trains on (views, for the supernet), so
+  # views_per_image changes the decoding and not the schedule.
+  steps_per_epoch = len(source) / section.batch_size
   steps = steps or section.steps or math.ceil(section.epochs *
                                              steps_per_epoch)
   warmup = min(round(section.warmup_epochs * steps_per_epoch), steps - 1)
