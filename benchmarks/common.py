@@ -20,7 +20,7 @@ from masktas_jax import config_lib, data, hostmem
 from masktas_jax.compilation import flops
 from masktas_jax.evaluation.window import sample_archs, Window
 from masktas_jax.space import Arch
-from masktas_jax.storage import model_dirs
+from masktas_jax.storage import artifacts, model_dirs
 from masktas_jax.training import finetuning
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -126,5 +126,5 @@ def test_top1(config, model_dir: epath.Path) -> float:
           source, image_size=config.space.image_size,
           crop_fraction=config.data.eval_crop_fraction, batch_size=120,
           read=data.reading(config.data, source)))
-  cache.write_text(json.dumps(result))
+  artifacts.write_json(cache, result)
   return result['top1']

@@ -36,7 +36,8 @@ of one 2-thread process on 2 cores, with the same top-1):
 
   export XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
   for w in 0 1; do taskset -c $w python benchmarks/signal_study.py ... \
-      --worker=$w/2 & done
+      --worker=$w/2 & done; wait
+  python benchmarks/signal_study.py ... --report   # the tables
 """
 
 from __future__ import annotations
@@ -85,12 +86,18 @@ def supernet(args, config, seed: int) -> epath.Path:
 
 
 def worker(args) -> tuple[int, int]:
-  """--worker 'i/n' as (i, n)."""
-  i, _, n = args.worker.partition('/')
+  """--worker 'i/n' as (i, n); (0, 1) for callers without the flag
+  (search_vs_baselines.py)."""
+  text = getattr(args, 'worker', '0/1')
+  i, _, n = text.partition('/')
   if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
-    raise SystemExit(f'--worker: expected i/n with 0 <= i < n, got '
-                     f'{args.worker!r}')
+    raise ValueError(f'--worker: expected i/n with 0 <= i < n, got {text!r}')
   return int(i), int(n)
+
+
+# How long a worker waits for worker 0's supernet and signals (a seed's
+# supernet takes well under an hour on 2 cores) before it gives up.
+WAIT_S = 4 * 3600
 
 
 def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
@@ -132,7 +139,12 @@ def study_seed(args, config, seed: int) -> dict:
   the supernet and measures the signals; the others wait for them."""
   index, workers = worker(args)
   cache = epath.Path(args.root) / f'seed{seed}' / f'signals_{args.archs}.json'
+  deadline = time.monotonic() + WAIT_S
   while index and not args.report and not cache.exists():
+    if time.monotonic() > deadline:
+      raise SystemExit(f'seed {seed}: no {cache} after {WAIT_S / 3600:g} h; '
+                       'is worker 0 running, with the same --seeds, --archs '
+                       'and --set?')
     _log(f'seed {seed}: worker {args.worker} waits for worker 0\'s signals')
     time.sleep(60)
   workdir = supernet(args, config, seed)
@@ -155,7 +167,7 @@ def study_seed(args, config, seed: int) -> dict:
     probe.rank.yardstick = 'linear'
     out['probe'] = rank.yardstick_top1(probe, workdir, scorer.encoder, space,
                                        archs).tolist()
-    cache.write_text(json.dumps(out))
+    artifacts.write_json(cache, out)
   out['params'] = [space.count_params(a) for a in archs]
   out['macs'] = [space.count_macs(a) for a in archs]
   out['archs'] = [a.to_dict() for a in archs]
@@ -339,6 +351,10 @@ def main_() -> None:
                       help='every n-th subnet also from random weights; 0: '
                       'none')
   args = parser.parse_args()
+  try:
+    workers = worker(args)[1]
+  except ValueError as e:
+    parser.error(str(e))
   config = study_config(args)
   seeds = [int(s) for s in args.seeds.split(',')]
   select = [int(s) for s in args.select.split(',')]
@@ -348,6 +364,11 @@ def main_() -> None:
       per_seed[seed] = study_seed(args, config, seed)
     except SystemExit as e:
       _log(str(e))
+  if workers > 1 and not args.report:
+    # Its view misses the runs other workers had not finished.
+    _log(f'worker {args.worker}: done; --report prints the tables once '
+         'every worker is')
+    return
 
   print(f'\n# {common.command()}')
   print(f'# {args.archs} subnets per seed, {args.steps} fine-tuning steps, '

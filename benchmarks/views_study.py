@@ -18,8 +18,12 @@ supernet trained for the config's steps on one teacher (`--teacher`):
    top-1).
 
 Each variant's runs live in `--root/views<K>[f]/seed<s>/` (the K = 1
-supernet too, so every variant is trained by the same code). Everything is cached (a rerun picks up where it stopped; `--report` trains
-nothing). Prints the tables and writes `--root/views_study.json`.
+supernet too, so every variant is trained by the same code). Everything
+is cached (a rerun picks up where it stopped; `--report` trains nothing).
+Prints the tables and writes `--root/views_study.json`. The interval of a
+paired difference is over the subnets of one supernet per variant and
+seed: it leaves out supernet-to-supernet training noise, which only the
+spread over seeds shows.
 
   python benchmarks/views_study.py --root=/root/studies/views \\
       --teacher=/root/studies/fashion_v2/teacher/model --seeds=0,1 \\
@@ -82,7 +86,7 @@ def held_out_losses(c, workdir: epath.Path, seed: int, count: int) -> dict:
                                capacity=len(archs), names=names)
   values = scorer.signals(archs)
   out = {name: (-np.asarray(values[name])).tolist() for name in LOSSES}
-  cache.write_text(json.dumps(out))
+  artifacts.write_json(cache, out)
   return out
 
 
@@ -165,26 +169,26 @@ def main_() -> None:
   summary = {}
   ref = variants[0]
   for v in variants[1:]:
-    rows = [(done[s, ref], done[s, v]) for s in seeds
+    rows = [(s, done[s, ref], done[s, v]) for s in seeds
             if (s, ref) in done and (s, v) in done]
     if not rows:
       continue
-    summary[v] = {name: [paired(a['losses'][name], b['losses'][name], s)
-                         for s, (a, b) in zip(seeds, rows)]
+    summary[v] = {name: {s: paired(a['losses'][name], b['losses'][name], s)
+                         for s, a, b in rows}
                   for name in LOSSES}
     summary[v]['top1'] = [100 * (b['top1'][1] - a['top1'][1])
-                          for a, b in rows if a['top1'] and b['top1']]
-    print(f'\nviews {v} against {ref}, per seed:')
+                          for _, a, b in rows if a['top1'] and b['top1']]
+    print(f'\nviews {v} against {ref}:')
     for name in LOSSES:
       print(f'  {name} loss: ' + '; '.join(
-          f'{p["mean"]:+.4f} [{p["ci"][0]:+.4f}, {p["ci"][1]:+.4f}] '
-          f'({p["relative"]:+.1%}, higher on {p["above"]} of {p["of"]})'
-          for p in summary[v][name]))
+          f'seed {s} {p["mean"]:+.4f} [{p["ci"][0]:+.4f}, {p["ci"][1]:+.4f}]'
+          f' ({p["relative"]:+.1%}, higher on {p["above"]} of {p["of"]})'
+          for s, p in summary[v][name].items()))
     print(f'  found subnet\'s test top-1: {_pm(summary[v]["top1"])} points')
   root = epath.Path(args.root)
-  (root / 'views_study.json').write_text(json.dumps(
-      {'steps': args.steps, 'runs': [done[k] for k in done],
-       'summary': summary}, indent=2))
+  artifacts.write_json(root / 'views_study.json', {
+      'steps': args.steps, 'runs': [done[k] for k in done],
+      'summary': summary})
 
 
 if __name__ == '__main__':

@@ -32,6 +32,25 @@ def test_model_dir_round_trip(tmp_path):
     artifacts.save_model(path, 'thing', {}, arrays)
 
 
+def test_write_json_never_leaves_half_a_file(tmp_path, monkeypatch):
+  """A write killed part-way leaves the previous file whole (the marker a
+  rerun or another process reads), and a finished one no scratch file."""
+  path = epath.Path(tmp_path) / 'metrics.json'
+  artifacts.write_json(path, {'top1': 0.5})
+  assert json.loads(path.read_text()) == {'top1': 0.5}
+  assert [p.name for p in epath.Path(tmp_path).iterdir()] == ['metrics.json']
+  write_text = type(path).write_text
+
+  def killed(self, text, *args, **kwargs):
+    write_text(self, text[:len(text) // 2], *args, **kwargs)
+    raise KeyboardInterrupt  # The kill, half-way through the bytes.
+
+  monkeypatch.setattr(type(path), 'write_text', killed)
+  with pytest.raises(KeyboardInterrupt):
+    artifacts.write_json(path, {'top1': 0.75, 'top5': 0.9})
+  assert json.loads(path.read_text()) == {'top1': 0.5}
+
+
 def test_model_dir_errors_name_the_directory(tmp_path):
   with pytest.raises(SupernetError, match=(
       r'nowhere: not a trained supernet directory \(no student.json\); run '

@@ -34,14 +34,6 @@ from masktas_jax.storage import artifacts
 from masktas_jax.training import plots, tensorboard, trainer
 
 
-def _write_json(path: epath.Path, value: Any) -> None:
-  """Atomically, from process 0: a kill never leaves half a file."""
-  if jax.process_index() == 0:
-    scratch = path.parent / f'.{path.name}.tmp'
-    scratch.write_text(json.dumps(value, indent=2))
-    scratch.replace(path)
-
-
 def _record(entry: dict[str, Any]) -> dict[str, Any]:
   return {**entry, 'flops': 2 * entry['macs']}
 
@@ -65,7 +57,7 @@ def write_outputs(out: epath.Path, evolution: Evolution,
     (out / artifacts.SEARCH_HISTORY).write_text('\n'.join(lines) + '\n')
     variant = scoring.get('fitness_variant', 'relation')
     plots.search_plots(evolution.history, out, f'fitness ({variant})')
-  _write_json(out / artifacts.BEST_ARCH, best)
+  artifacts.write_json(out / artifacts.BEST_ARCH, best)
   return best
 
 
@@ -168,7 +160,7 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
     start = time.perf_counter()
     evolution.tell(scorer(candidates))
     took = time.perf_counter() - start
-    _write_json(state_path, {**evolution.state_dict(), **scoring})
+    artifacts.write_json(state_path, {**evolution.state_dict(), **scoring})
     best_arch, best_fitness = evolution.best
     done = evolution.generation - first
     eta = (time.perf_counter() - t0) / done * (

@@ -66,6 +66,17 @@ FINETUNE_METRICS = 'metrics.json'
 COMPILE_REPORT = 'report.json'
 
 
+def write_json(path: epath.PathLike, value: Any) -> None:
+  """`value` as JSON at `path`, atomically and from process 0 only: a kill
+  never leaves half a file, and a reader never sees one (the files that
+  mark a stage done, which reruns and other processes read)."""
+  if jax.process_index() == 0:
+    path = epath.Path(path)
+    scratch = path.parent / f'.{path.name}.tmp'
+    scratch.write_text(json.dumps(value, indent=2))
+    scratch.replace(path)
+
+
 def stage_dir(workdir: epath.PathLike, stage: str) -> epath.Path:
   """`workdir/<stage>`: 'teacher', 'supernet', 'search', 'rank', 'finetune',
   'compile'."""

@@ -368,8 +368,7 @@ def fine_tune(setup: settings.FinetuneSetup, workdir: epath.Path, arch: Arch,
                  'inherited': not from_scratch})
   tensorboard.write_series(metrics.parent, [(steps, {
       f'{split}/top1': result['top1'], f'{split}/top5': result['top5']})])
-  if jax.process_index() == 0:
-    metrics.write_text(json.dumps(result, indent=2))
+  artifacts.write_json(metrics, result)
   parallel.log(f'finetune: top-1 {100 * result["top1"]:.2f}%, top-5 '
                f'{100 * result["top5"]:.2f}% on {result["images"]} images of '
                f'{split!r}; wrote {metrics} and {exported}')
