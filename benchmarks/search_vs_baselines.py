@@ -171,7 +171,7 @@ def ablation(args, config, seed: int, ratio: float) -> dict:
   c = config.copy_and_resolve_references()
   c.supernet.mask_ratio = ratio
   study = signal_study.study_seed(sub, c, seed)
-  workdir = epath.Path(sub.root) / f'seed{seed}'
+  workdir = signal_study.seed_dir(sub, seed)
   c.seed = seed
   found, _ = searched(sub, c, workdir)
   top1 = signal_study.fine_tuned(sub, c, workdir, found, 0)

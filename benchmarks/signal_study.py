@@ -71,9 +71,14 @@ def _log(message: str) -> None:
   print(f'[signal_study] {message}', flush=True)
 
 
+def seed_dir(args, seed: int) -> epath.Path:
+  """Where everything of seed `seed` lives: its supernet's workdir."""
+  return epath.Path(args.root) / f'seed{seed}'
+
+
 def supernet(args, config, seed: int) -> epath.Path:
   """The workdir of seed `seed`'s supernet, trained if not yet."""
-  workdir = epath.Path(args.root) / f'seed{seed}'
+  workdir = seed_dir(args, seed)
   c = config.copy_and_resolve_references()
   c.mode, c.seed = 'supernet', seed
   if not artifacts.is_model_dir(artifacts.model_dir(workdir, 'supernet'),
@@ -138,7 +143,7 @@ def study_seed(args, config, seed: int) -> dict:
   """Everything measured on seed `seed` (cached per step). Worker 0 trains
   the supernet and measures the signals; the others wait for them."""
   index, workers = worker(args)
-  cache = epath.Path(args.root) / f'seed{seed}' / f'signals_{args.archs}.json'
+  cache = seed_dir(args, seed) / f'signals_{args.archs}.json'
   deadline = time.monotonic() + WAIT_S
   while index and not args.report and not cache.exists():
     if time.monotonic() > deadline:
@@ -153,7 +158,6 @@ def study_seed(args, config, seed: int) -> dict:
   c.search.supernet = str(artifacts.model_dir(workdir, 'supernet'))
   space = config_lib.space_from_config(c)
   archs = common.spread_archs(c, args.archs, seed)
-  cache = workdir / f'signals_{args.archs}.json'
   if cache.exists():
     out = json.loads(cache.read_text())
   else:
