@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
+import contextlib
 import functools
 import json
 import os
@@ -62,10 +63,11 @@ def _data(space, batch: int, seed: int):
 
 
 def _time_jax(model, space, archs, images, labels, warmup: int,
-              switched: bool):
+              switched: bool, profile: str | None = None):
   """Seconds per step of training `model` (an nnx classifier; `switched`:
   our supernet, called with each of `archs` encoded, else a plain ViT of
-  one Arch) with cross-entropy and AdamW, one jitted step."""
+  one Arch) with cross-entropy and AdamW, one jitted step. `profile`: a
+  folder to trace the timed steps into (`op_profile.trace`)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -88,7 +90,11 @@ def _time_jax(model, space, archs, images, labels, warmup: int,
 
   images, labels = jnp.asarray(images), jnp.asarray(labels)
   times = []
+  tracing = contextlib.ExitStack()
   for i, arch in enumerate(archs):
+    if profile and i == warmup:
+      import op_profile  # pylint: disable=g-import-not-at-top
+      tracing.enter_context(op_profile.trace(profile))
     start = time.perf_counter()
     # Setting the subnet is timed on both sides (AutoFormer's
     # set_sample_config; our Arch's arrays, encoded and sent).
@@ -98,18 +104,22 @@ def _time_jax(model, space, archs, images, labels, warmup: int,
     jax.block_until_ready(loss)
     if i >= warmup:
       times.append(time.perf_counter() - start)
+  tracing.close()
   return times
 
 
-def run_ours(space, archs, images, labels, warmup: int, remat: bool):
+def run_ours(space, archs, images, labels, warmup: int, remat: bool,
+             profile: str | None = None):
   """Seconds per step of our compiled supernet step over `archs`."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from masktas_jax.models.supernet import Supernet  # pylint: disable=g-import-not-at-top
   return _time_jax(Supernet(space, rngs=nnx.Rngs(0), remat=remat), space,
-                   archs, images, labels, warmup, switched=True)
+                   archs, images, labels, warmup, switched=True,
+                   profile=profile)
 
 
-def run_dense(space, archs, images, labels, warmup: int):
+def run_dense(space, archs, images, labels, warmup: int,
+              profile: str | None = None):
   """Seconds per step of our plain ViT of one Arch (`vit.
   VisionTransformer`, compiled for it alone): what XLA:CPU makes of the
   same computation without the supernet's switches. `archs` must all be
@@ -124,7 +134,7 @@ def run_dense(space, archs, images, labels, warmup: int):
       patch_size=space.patch_size, num_classes=space.num_classes,
       in_chans=space.in_chans, rngs=nnx.Rngs(0))
   return _time_jax(model, space, archs, images, labels, warmup,
-                   switched=False)
+                   switched=False, profile=profile)
 
 
 def _autoformer_config(arch) -> dict:
@@ -183,6 +193,12 @@ def child(args) -> None:
                                ' --xla_cpu_multi_thread_eigen=false')
   sys.path.insert(0, str(HERE))
   import common  # pylint: disable=g-import-not-at-top
+  import op_profile  # pylint: disable=g-import-not-at-top
+  profile = None
+  if args.profile:
+    op_profile.enable_op_events()
+    profile = str(pathlib.Path(args.profile) /
+                  f'{args.child}_{args.threads}threads')
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
   from masktas_jax import config_lib  # pylint: disable=g-import-not-at-top
@@ -192,15 +208,19 @@ def child(args) -> None:
   images, labels = _data(space, args.batch, args.seed)
   if args.child == 'ours':
     times = run_ours(space, archs, images, labels, args.warmup,
-                     remat=not args.no_remat)
+                     remat=not args.no_remat, profile=profile)
   elif args.child == 'dense':
-    times = run_dense(space, archs, images, labels, args.warmup)
+    times = run_dense(space, archs, images, labels, args.warmup,
+                      profile=profile)
   else:
     times = run_autoformer(args.autoformer, space, archs, images, labels,
                            args.warmup)
+  ops = ({k: v / len(times) for k, v in op_profile.breakdown(
+      profile).items()} if profile else None)
   print(json.dumps({'impl': args.child, 'threads': args.threads,
                     'images_per_s': args.batch * len(times) / sum(times),
-                    'median_step_s': statistics.median(times)}))
+                    'median_step_s': statistics.median(times),
+                    'op_seconds_per_step': ops}))
 
 
 def main() -> None:
@@ -219,12 +239,31 @@ def main() -> None:
   parser.add_argument('--largest', action='store_true',
                       help='every step on the largest subnet, and our plain '
                       'ViT of it compiled alone as a third runner')
+  parser.add_argument('--profile', metavar='DIR',
+                      help='instead of timing against AutoFormer: profile '
+                      'our timed steps (and the plain ViT\'s with '
+                      '--largest) into DIR, one round, and print the '
+                      'share of op time per kind (op_profile.py)')
   parser.add_argument('--child', choices=('ours', 'autoformer', 'dense'),
                       help=argparse.SUPPRESS)
+  parser.add_argument('--gemms', action='store_true',
+                      help='instead: XLA\'s and PyTorch\'s GEMM rates at '
+                      'the step\'s shapes, at the first of --threads')
   args = parser.parse_args()
-  if not args.autoformer or not (
+  if args.gemms:
+    threads = int(args.threads.split(',')[0])
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
+    if threads == 1:
+      os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                                 ' --xla_cpu_multi_thread_eigen=false')
+    gemms(threads)
+    return
+  if args.profile and not args.child:
+    profile(args)
+    return
+  if not args.profile and (not args.autoformer or not (
       pathlib.Path(args.autoformer) / 'model' /
-      'supernet_transformer.py').exists():
+      'supernet_transformer.py').exists()):
     raise SystemExit('--autoformer: give the AutoFormer folder of '
                      'microsoft/Cream (it holds model/supernet_transformer.py)'
                      f', got {args.autoformer!r}')
@@ -239,19 +278,7 @@ def main() -> None:
       # Alternate which goes first, so neither always follows the other.
       order = ('ours', 'autoformer') + (('dense',) if args.largest else ())
       for impl in (order if r % 2 == 0 else order[::-1]):
-        out = subprocess.run(
-            [sys.executable, __file__, '--child', impl,
-             '--threads', str(threads), '--autoformer', args.autoformer,
-             '--config', args.config, '--steps', str(args.steps),
-             '--warmup', str(args.warmup), '--batch', str(args.batch),
-             '--seed', str(args.seed)] +
-            (['--no-remat'] if args.no_remat else []) +
-            (['--largest'] if args.largest else []),
-            capture_output=True, text=True, check=False)
-        if out.returncode:
-          raise SystemExit(f'{impl} ({threads} threads) failed:\n'
-                           f'{out.stderr[-3000:]}')
-        line = json.loads(out.stdout.strip().splitlines()[-1])
+        line = _child(args, impl, threads)
         results.setdefault(threads, {}).setdefault(impl, []).append(
             line['images_per_s'])
         print(f'round {r}: {impl:10s} {threads} thread(s): '
@@ -273,6 +300,91 @@ def main() -> None:
       row += (f' | {statistics.median(by["dense"]):.0f} | ' +
               _ratio(by['dense'], by['autoformer']))
     print(row + ' |')
+
+
+def _child(args, impl: str, threads: int) -> dict:
+  """One child run's JSON line (see `child`)."""
+  out = subprocess.run(
+      [sys.executable, __file__, '--child', impl,
+       '--threads', str(threads)] +
+      (['--autoformer', args.autoformer] if args.autoformer else []) +
+      ['--config', args.config, '--steps', str(args.steps),
+       '--warmup', str(args.warmup), '--batch', str(args.batch),
+       '--seed', str(args.seed)] +
+      (['--no-remat'] if args.no_remat else []) +
+      (['--largest'] if args.largest else []) +
+      (['--profile', args.profile] if args.profile else []),
+      capture_output=True, text=True, check=False)
+  if out.returncode:
+    raise SystemExit(f'{impl} ({threads} threads) failed:\n'
+                     f'{out.stderr[-3000:]}')
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def profile(args) -> None:
+  """--profile: our step's op time per kind, per thread count."""
+  import common  # pylint: disable=g-import-not-at-top
+  import op_profile  # pylint: disable=g-import-not-at-top
+  print(f'# {common.command()}')
+  print(f'# {"the largest subnet" if args.largest else "drawn subnets"}, '
+        f'batch {args.batch}, {args.steps} profiled steps a run; op time '
+        'per step (ms) and its share per kind')
+  print('| implementation | threads | images/s (profiled) | op time ms | ' +
+        ' | '.join(op_profile.KINDS) + ' |')
+  print('|---|---:|---:|---:|' + '---:|' * len(op_profile.KINDS))
+  for threads in (int(t) for t in args.threads.split(',')):
+    for impl in ('ours',) + (('dense',) if args.largest else ()):
+      line = _child(args, impl, threads)
+      ops = line['op_seconds_per_step']
+      total = sum(ops.values())
+      shares = ' | '.join(f'{1e3 * ops[k]:.0f} ({ops[k] / total:.0%})'
+                          for k in op_profile.KINDS)
+      name = 'ours' if impl == 'ours' else 'our plain ViT'
+      print(f'| {name} | {threads} | {line["images_per_s"]:.0f} | '
+            f'{1e3 * total:.0f} | {shares} |', flush=True)
+
+
+def gemms(threads: int, reps: int = 40) -> None:
+  """--gemms: XLA's and PyTorch's GEMM rates (GFLOP/s) at the step's
+  shapes, one process pinned to `threads` cores: a linear layer's forward
+  (x @ w), input gradient (dy @ w.T) and weight gradient (x.T @ dy, the
+  contraction over the batch's B * N = 64 * 65 token rows)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(threads)
+  products = {
+      'forward': (lambda x, w, dy: x @ w, lambda x, w, dy: x @ w),
+      'input grad': (lambda x, w, dy: dy @ w.T, lambda x, w, dy: dy @ w.T),
+      'weight grad': (
+          lambda x, w, dy: jax.lax.dot_general(x, dy, (((0,), (0,)), ((), ()))),
+          lambda x, w, dy: x.t() @ dy),
+  }
+
+  def rate(fn, args, flop, sync):
+    sync(fn(*args))
+    start = time.perf_counter()
+    for _ in range(reps):
+      out = fn(*args)
+    sync(out)
+    return flop * reps / (time.perf_counter() - start) / 1e9
+
+  rng = np.random.default_rng(0)
+  print('| rows x in x out | product | XLA GFLOP/s | PyTorch GFLOP/s | '
+        'PyTorch / XLA |')
+  print('|---|---|---:|---:|---:|')
+  rows = 64 * 65
+  for k, n in ((128, 128), (128, 512), (512, 128), (64, 128)):
+    x, w, dy = (rng.random(s, np.float32) for s in ((rows, k), (k, n),
+                                                     (rows, n)))
+    flop = 2 * rows * k * n
+    for name, (jax_fn, torch_fn) in products.items():
+      ours = rate(jax.jit(jax_fn), [jnp.asarray(a) for a in (x, w, dy)],
+                  flop, jax.block_until_ready)
+      theirs = rate(torch_fn, [torch.from_numpy(a) for a in (x, w, dy)],
+                    flop, lambda out: None)
+      print(f'| {rows} x {k} x {n} | {name} | {ours:.0f} | {theirs:.0f} | '
+            f'{theirs / ours:.2f} |', flush=True)
 
 
 def _ratio(ours, theirs) -> str:
