@@ -35,7 +35,8 @@ KINDS = ('dots', 'moves', 'elementwise', 'control')
 
 _EXECUTOR = 'ThunkExecutor::Execute'
 _MOVES = ('copy', 'transpose', 'slice', 'pad', 'broadcast', 'concatenate',
-          'dynamic-update-slice', 'bitcast', 'gather', 'scatter', 'reverse')
+          'dynamic-slice', 'dynamic-update-slice', 'bitcast', 'gather',
+          'scatter', 'reverse')
 
 
 def enable_op_events() -> None:
@@ -68,7 +69,7 @@ def kind(name: str) -> str | None:
   if name.startswith('ThunkExecutor::Execute'):
     # '... (wait for completion)' is the caller blocking, not work.
     return None if 'wait' in name else 'control'
-  base = re.sub(r'(\.clone)?(\.\d+)*$', '', name)
+  base = re.sub(r'(\.(clone|\d+))+$', '', name)  # cond.44.clone: cond
   if base.startswith(('ynn_fusion', 'dot', 'onednn', 'xnn')):
     return 'dots'
   if base in ('cond', 'conditional', 'while', 'call'):
