@@ -170,7 +170,10 @@ def base_config() -> ml_collections.ConfigDict:
   # its own on the device, on top of the host's flip of its image, so the
   # views of one image differ in orientation as well as in their masks.
   c.supernet.view_flips = False
-  # Learning rate per 512 masked views (AutoFormer: 5e-4 per 512 images).
+  # Learning rate per 512 masked views (AutoFormer: 5e-4 per 512 images,
+  # for 100 ImageNet epochs). Short schedules need more: configs/fashion.py
+  # trains 1,500 steps at 16x (BENCHMARKS.md, "The supernet's learning
+  # rate").
   c.supernet.base_lr = 5e-4
   # AdamW weight decay (paper: 0.05; none on biases and norms).
   c.supernet.weight_decay = 0.05
