@@ -181,24 +181,30 @@ def run_autoformer(path: str, space, archs, images, labels, warmup: int):
   return times
 
 
-def child(args) -> None:
-  """One timed run, in this process: prints a JSON line."""
-  cores = sorted(os.sched_getaffinity(0))[:args.threads]
-  if len(cores) < args.threads:
-    raise SystemExit(f'--threads: {args.threads} asked, this process may '
+def _pin(threads: int) -> None:
+  """This process on its first `threads` allowed cores (XLA sizes its pool
+  from the affinity; one thread: no Eigen pool at all). Before JAX starts."""
+  cores = sorted(os.sched_getaffinity(0))[:threads]
+  if len(cores) < threads:
+    raise SystemExit(f'--threads: {threads} asked, this process may '
                      f'run on {len(cores)} cores')
   os.sched_setaffinity(0, cores)
-  if args.threads == 1:
+  if threads == 1:
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                                ' --xla_cpu_multi_thread_eigen=false')
+
+
+def child(args) -> None:
+  """One timed run, in this process: prints a JSON line."""
+  _pin(args.threads)
   sys.path.insert(0, str(HERE))
   import common  # pylint: disable=g-import-not-at-top
   import op_profile  # pylint: disable=g-import-not-at-top
-  profile = None
+  trace_dir = None
   if args.profile:
     op_profile.enable_op_events()
-    profile = str(pathlib.Path(args.profile) /
-                  f'{args.child}_{args.threads}threads')
+    trace_dir = str(pathlib.Path(args.profile) /
+                    f'{args.child}_{args.threads}threads')
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
   from masktas_jax import config_lib  # pylint: disable=g-import-not-at-top
@@ -208,15 +214,15 @@ def child(args) -> None:
   images, labels = _data(space, args.batch, args.seed)
   if args.child == 'ours':
     times = run_ours(space, archs, images, labels, args.warmup,
-                     remat=not args.no_remat, profile=profile)
+                     remat=not args.no_remat, profile=trace_dir)
   elif args.child == 'dense':
     times = run_dense(space, archs, images, labels, args.warmup,
-                      profile=profile)
+                      profile=trace_dir)
   else:
     times = run_autoformer(args.autoformer, space, archs, images, labels,
                            args.warmup)
   ops = ({k: v / len(times) for k, v in op_profile.breakdown(
-      profile).items()} if profile else None)
+      trace_dir).items()} if trace_dir else None)
   print(json.dumps({'impl': args.child, 'threads': args.threads,
                     'images_per_s': args.batch * len(times) / sum(times),
                     'median_step_s': statistics.median(times),
@@ -252,10 +258,7 @@ def main() -> None:
   args = parser.parse_args()
   if args.gemms:
     threads = int(args.threads.split(',')[0])
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
-    if threads == 1:
-      os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                                 ' --xla_cpu_multi_thread_eigen=false')
+    _pin(threads)
     gemms(threads)
     return
   if args.profile and not args.child:
