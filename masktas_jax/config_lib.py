@@ -329,6 +329,13 @@ def base_config() -> ml_collections.ConfigDict:
   # probe of raw features has weights too large to fine-tune from).
   c.finetune.head_init = 'random'
   c.finetune.probe_images = 10000
+  # Dtype of the train step's arithmetic: 'float32', or 'bfloat16' for
+  # accelerators (mixed precision, as DeiT's and MAE's fine-tuning;
+  # weights, optimizer state and the loss stay float32; evaluation runs in
+  # float32). Not for CPUs: on this project's AMX host, bf16 matmuls alone
+  # ran 4-5x float32's, but the whole Fashion fine-tuning step ran at 223
+  # against 260 images/s (one thread), the casts outweighing them.
+  c.finetune.compute_dtype = 'float32'
 
   c.compile = ml_collections.ConfigDict()
   # mode=compile: compile every stage's step ahead of time for an
@@ -654,6 +661,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check(not (f.head_init == 'probe' and f.from_scratch),
          'finetune.head_init', "'probe' needs inherited weights "
          '(finetune.from_scratch=False)', f.head_init)
+  _check(f.compute_dtype in COMPUTE_DTYPES, 'finetune.compute_dtype',
+         f'expected one of {COMPUTE_DTYPES}', f.compute_dtype)
   _check(f.probe_images >= 1, 'finetune.probe_images', 'must be >= 1',
          f.probe_images)
   chips.parse_target(config.compile.platform, config.compile.topology)

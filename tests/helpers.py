@@ -52,6 +52,20 @@ def tree_scale(*trees) -> float:
              for x in jax.tree.leaves(trees))
 
 
+def matmul_dtypes(jaxpr) -> set[tuple[str, str]]:
+  """Operand dtypes of every dot_general, sub-jaxprs (remat, switch) included."""
+  found = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      found.add(tuple(str(v.aval.dtype) for v in eqn.invars))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        inner = getattr(sub, 'jaxpr', None)
+        if inner is not None:
+          found |= matmul_dtypes(getattr(inner, 'jaxpr', inner))
+  return found
+
+
 def assert_close(actual, desired, scale: float, rtol: float = 1e-5,
                  err_msg: str = '') -> None:
   """|actual - desired| <= rtol * scale elementwise.

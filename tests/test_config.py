@@ -179,6 +179,7 @@ def test_every_field_has_a_comment_above_it():
     (('finetune.weight_decay', -0.1), 'finetune.weight_decay'),
     (('finetune.warmup_epochs', -1.0), 'finetune.warmup_epochs'),
     (('finetune.head_init', 'linear'), 'finetune.head_init'),
+    (('finetune.compute_dtype', 'float16'), 'finetune.compute_dtype'),
     (('search.fitness', 'relations'), 'search.fitness'),
 ])
 def test_invalid_config_errors_name_the_field(override, field):

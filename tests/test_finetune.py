@@ -342,6 +342,34 @@ def test_the_training_loss_erases_when_asked():
   assert abs(losses[1.0] - losses[0.0]) > 1e-3, losses
 
 
+def test_bfloat16_fine_tuning_keeps_float32_weights_and_close_gradients():
+  """finetune.compute_dtype=bfloat16: every matmul of the step in bf16, the
+  weights float32, loss and gradients close to the float32 step's."""
+  space = config_lib.space_from_config(search_config())
+  arch = space.max_arch()
+  batch = {'image': jax.random.normal(jax.random.key(0), (8, 32, 32, 3)),
+           'label': jnp.arange(8) % 10}
+  out = {}
+  for dtype in ('float32', 'bfloat16'):
+    config = search_config(**{'finetune.compute_dtype': dtype})
+    task = finetuning.make_task(config.finetune, space, arch, 10, 10, 0,
+                                None)
+    params, fixed = task.init(jax.random.key(1), None)
+    loss = lambda p: task.loss(p, fixed, batch, jax.random.key(2), None)[0]
+    assert helpers.matmul_dtypes(jax.make_jaxpr(loss)(params).jaxpr) == {
+        (dtype, dtype)}
+    value, grads = jax.value_and_grad(loss)(params)
+    assert {x.dtype for x in jax.tree.leaves(grads)} == {np.dtype('float32')}
+    out[dtype] = float(value), np.concatenate(
+        [np.ravel(g) for g in jax.tree.leaves(grads)])
+  assert out['bfloat16'][0] == pytest.approx(out['float32'][0], rel=2e-2)
+  g16, g32 = out['bfloat16'][1], out['float32'][1]
+  cosine = g16 @ g32 / np.linalg.norm(g16) / np.linalg.norm(g32)
+  assert cosine > 0.99, cosine
+  # bf16 is not float32 in disguise: the gradients do differ.
+  assert np.abs(g16 - g32).max() > 1e-6
+
+
 def test_with_ema_averages_the_parameters_after_each_update():
   params = {'w': jnp.array([1.0, -2.0]), 'b': jnp.array(0.5)}
   opt = finetuning.with_ema(optax.adam(0.1), 0.7)

@@ -15,7 +15,9 @@ from masktas_jax.models.mae import MAE
 from masktas_jax.models.student import Student
 from masktas_jax.stages import supernet as supernet_stage
 from masktas_jax.training import trainer
+import helpers
 from helpers import Interrupted, demo_config, interrupt_after, read_scalars
+
 
 def test_training_lowers_the_loss_compiling_once(teacher_dir, tmp_path,
                                                  monkeypatch):
@@ -108,20 +110,6 @@ def test_missing_teacher_is_a_clear_error(tmp_path):
     supernet_stage.run(config, epath.Path(tmp_path))
 
 
-def _matmul_dtypes(jaxpr) -> set[tuple[str, str]]:
-  """Operand dtypes of every dot_general, sub-jaxprs (remat, switch) included."""
-  found = set()
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'dot_general':
-      found.add(tuple(str(v.aval.dtype) for v in eqn.invars))
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (list, tuple)) else (param,):
-        inner = getattr(sub, 'jaxpr', None)
-        if inner is not None:
-          found |= _matmul_dtypes(getattr(inner, 'jaxpr', inner))
-  return found
-
-
 def test_bfloat16_compute_keeps_float32_weights_and_close_losses():
   # One choice per gene: the dtypes are the point, not the branches.
   small = {'space.embed_dims': (32,), 'space.depths': (2,),
@@ -139,7 +127,7 @@ def test_bfloat16_compute_keeps_float32_weights_and_close_losses():
     state = prog.init(jax.random.key(1), None)
     args = (state, batch, jax.random.key(3), task.constants)
     # Every matmul of teacher, student and backward runs in the compute dtype.
-    assert _matmul_dtypes(jax.make_jaxpr(prog.step)(*args).jaxpr) == {
+    assert helpers.matmul_dtypes(jax.make_jaxpr(prog.step)(*args).jaxpr) == {
         (dtype, dtype)}
     new_state, metrics = prog.step(*args)
     assert {x.dtype for x in jax.tree.leaves(new_state['params'])} == {

@@ -251,7 +251,7 @@ def _finetune_programs(config, mesh, space, teacher) -> list[CompileJob]:
                               _STEPS, _WARMUP, None)
   return [_training(
       'finetune', task, mesh, f.batch_size,
-      flops.finetune_step(space, arch, f.batch_size), 'float32',
+      flops.finetune_step(space, arch, f.batch_size), f.compute_dtype,
       'the largest subnet of the space', space.image_size)]
 
 

@@ -29,13 +29,6 @@ from masktas_jax.storage import artifacts, model_dirs
 from masktas_jax.training import trainer
 
 
-def cast(tree, dtype):
-  """Floating leaves of `tree` as `dtype`; the rest unchanged."""
-  return jax.tree.map(
-      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
-      else x, tree)
-
-
 def make_loss(config, student_def, teacher_def, *, forward=None):
   """The loss `(params, fixed, batch, rng, constants) -> (loss, terms)`.
 
@@ -76,10 +69,12 @@ def make_loss(config, student_def, teacher_def, *, forward=None):
                          images)
     ids_keep, mask, ids_restore = random_masking(
         mask_key, images.shape[0], space.num_patches, s.mask_ratio)
-    teacher = nnx.merge(teacher_def, cast(constants['teacher'], dtype))
+    teacher = nnx.merge(teacher_def,
+                        trainer.cast(constants['teacher'], dtype))
     z_teacher = jax.lax.stop_gradient(
         teacher.encode(images.astype(dtype), ids_keep)).astype(jnp.float32)
-    student = nnx.merge(student_def, cast(params, dtype), cast(fixed, dtype))
+    student = nnx.merge(student_def, trainer.cast(params, dtype),
+                        trainer.cast(fixed, dtype))
     pixels, z_student = forward(student, images.astype(dtype), arch,
                                 ids_keep, ids_restore)
     z_student = z_student.astype(jnp.float32)

@@ -235,7 +235,8 @@ def make_task(recipe, space: SearchSpace, arch: Arch, num_classes: int,
   from `inherited`, an extracted encoder's parameters, when given; its head
   and a fixed standardisation in front of it from `probe`, `fit_head`'s,
   when given: arguments of the jitted init), cross-entropy on smoothed,
-  optionally mixed labels, AdamW with layer-wise lr decay."""
+  optionally mixed labels, AdamW with layer-wise lr decay; the forward and
+  backward in `recipe.compute_dtype`."""
   f = recipe
   standardize = probe is not None
   graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(
@@ -243,6 +244,7 @@ def make_task(recipe, space: SearchSpace, arch: Arch, num_classes: int,
                                nnx.Rngs(0), f.pool, standardize)),
                                            nnx.Param, ...)
   schedule = trainer.warmup_cosine(f.lr, steps, warmup)
+  dtype = jnp.dtype(f.compute_dtype)
 
   def init(rng, inputs):
     # inputs: (inherited, probe), or None for random weights.
@@ -262,7 +264,12 @@ def make_task(recipe, space: SearchSpace, arch: Arch, num_classes: int,
                                    f.random_erase)
     images, targets = batch_augment.mix(mix_key, images, targets, f.mixup,
                                         f.cutmix)
-    logits = nnx.merge(graphdef, params, fixed)(images, rng=drop_key)
+    # The forward and backward in `dtype` on copies of the weights; their
+    # gradients, the loss and the optimizer stay float32.
+    logits = nnx.merge(graphdef, trainer.cast(params, dtype),
+                       trainer.cast(fixed, dtype))(
+                           images.astype(dtype), rng=drop_key)
+    logits = logits.astype(jnp.float32)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
     return jnp.mean(optax.softmax_cross_entropy(logits, targets)), {
         'train_top1': jax.lax.stop_gradient(accuracy)}

@@ -120,6 +120,13 @@ class Outcome:
   skipped: bool = False
 
 
+def cast(tree: Any, dtype) -> Any:
+  """Floating leaves of `tree` as `dtype`; the rest unchanged."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+      else x, tree)
+
+
 def decay_mask(params: Any) -> Any:
   """True for weight matrices (AdamW decays them), False for biases, norms,
   tokens and positional tables."""
