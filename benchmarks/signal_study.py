@@ -292,6 +292,13 @@ def _fmt(row: dict) -> str:
   return f'{row["kendall"]:+.2f} [{lo:+.2f}, {hi:+.2f}]'
 
 
+def _margin(points: np.ndarray) -> str:
+  """'mean +- sd points (k of n ahead)' of inherited - scratch margins."""
+  sd = points.std(ddof=1) if len(points) > 1 else 0.0
+  return (f'{points.mean():+.2f} +- {sd:.2f} points ({int((points > 0).sum())}'
+          f' of {len(points)} ahead)')
+
+
 def plot(per_seed: dict, select: list[int], path: epath.Path) -> None:
   """Kendall of each fitness and control, selection seeds (validation) and
   held-out seeds (test)."""
@@ -412,15 +419,28 @@ def main_() -> None:
         summary[s]['rows'][n]['kendall'] for s in chosen))
     print(f'\nchosen on seeds {chosen}: {best!r}')
     summary['chosen'] = best
+  # Inherited (fine-tuning seed 0) against the same subnet from random
+  # weights with the same seed: what inheriting buys at this budget.
+  margins = {0: [], 1: []}
   for seed, study in per_seed.items():
-    pairs = [(s[1], f[1]) for s, f in zip(study['scratch'], study['ft'][0])
-             if s is not None and f is not None]
-    if len(pairs) > 2:
-      scr, inh = zip(*pairs)
-      print(f'seed {seed}: scratch vs inherited test top-1 over {len(pairs)} '
-            f'subnets: Kendall {stats.kendalltau(scr, inh).statistic:+.2f}, '
-            f'inherited - scratch {100 * np.mean(np.subtract(inh, scr)):+.2f}'
-            ' points')
+    for split, name in enumerate(('validation', 'test')):
+      pairs = [(s[split], f[split])
+               for s, f in zip(study['scratch'], study['ft'][0])
+               if s is not None and f is not None]
+      if not pairs:
+        continue
+      scr, inh = (np.array(x) for x in zip(*pairs))
+      margins[split] += list(100 * (inh - scr))
+      line = (f'seed {seed}, {name}: inherited - scratch over {len(pairs)} '
+              f'subnets {_margin(100 * (inh - scr))}')
+      if len(pairs) > 2:
+        line += (', Kendall of the two '
+                 f'{stats.kendalltau(scr, inh).statistic:+.2f}')
+      print(line)
+  for split, name in enumerate(('validation', 'test')):
+    if len({s for s in per_seed}) > 1 and margins[split]:
+      print(f'all seeds, {name}: inherited - scratch '
+            f'{_margin(np.array(margins[split]))}')
   root = epath.Path(args.root)
   (root / 'signal_study.json').write_text(json.dumps(
       {'per_seed': {str(s): v for s, v in per_seed.items()},
