@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from masktas_jax import config_lib, registry
+from masktas_jax import config_lib, defaults, registry
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / 'configs'
 NAMES = ('demo', 'tiny', 'small', 'base')
@@ -135,7 +135,7 @@ def test_the_default_relation_is_the_losses_default():
 
 def test_every_field_has_a_comment_above_it():
   """Each assignment in base_config sits under a comment (maybe shared)."""
-  source = pathlib.Path(config_lib.__file__).read_text().splitlines()
+  source = pathlib.Path(defaults.__file__).read_text().splitlines()
   start = next(i for i, l in enumerate(source) if 'def base_config' in l)
   end = next(i for i, l in enumerate(source) if 'return c' in l and i > start)
   lines = source[start:end]

@@ -98,6 +98,8 @@ FOUNDATIONS = ('masktas_jax.errors', 'masktas_jax.space',
 # The config's reader (defaults, validation, typed settings from a config):
 # above the libraries whose choices it validates, below the stages.
 CONFIG = 'masktas_jax.config_lib'
+# Its fields and their defaults, read through it alone.
+DEFAULTS = 'masktas_jax.defaults'
 STAGES = [m for m in MODULES if _folder(m) == 'stages']
 
 
@@ -175,6 +177,7 @@ def test_only_stages_and_entry_points_read_the_config():
   assert not found, found
   # The walk must see real edges: the stages read it.
   assert CONFIG in _imports('masktas_jax.stages.supernet')
+  assert {m for m in MODULES if DEFAULTS in _imports(m)} == {CONFIG}
 
 
 def test_every_module_lives_in_its_layer():
@@ -183,7 +186,7 @@ def test_every_module_lives_in_its_layer():
   compilation, storage, data, models)."""
   top = {m for m in MODULES if not _folder(m)}
   assert top == set(ENTRY_MODULES) | set(FOUNDATIONS) | {
-      CONFIG, 'masktas_jax.stage', 'masktas_jax.hostmem',
+      CONFIG, DEFAULTS, 'masktas_jax.stage', 'masktas_jax.hostmem',
       'masktas_jax.convert_mae'}
   assert {_folder(m) for m in MODULES} == {
       '', 'stages', 'training', 'evaluation', 'compilation', 'storage',
