@@ -420,8 +420,9 @@ def main_() -> None:
     print(f'\nchosen on seeds {chosen}: {best!r}')
     summary['chosen'] = best
   # Inherited (fine-tuning seed 0) against the same subnet from random
-  # weights with the same seed: what inheriting buys at this budget.
-  margins = {0: [], 1: []}
+  # weights with the same seed and the recipe that suits them
+  # (common.SCRATCH_RECIPE): what inheriting buys at this budget.
+  seed_means = ([], [])
   for seed, study in per_seed.items():
     for split, name in enumerate(('validation', 'test')):
       pairs = [(s[split], f[split])
@@ -430,7 +431,7 @@ def main_() -> None:
       if not pairs:
         continue
       scr, inh = (np.array(x) for x in zip(*pairs))
-      margins[split] += list(100 * (inh - scr))
+      seed_means[split].append(100 * (inh - scr).mean())
       line = (f'seed {seed}, {name}: inherited - scratch over {len(pairs)} '
               f'subnets {_margin(100 * (inh - scr))}')
       if len(pairs) > 2:
@@ -438,9 +439,11 @@ def main_() -> None:
                  f'{stats.kendalltau(scr, inh).statistic:+.2f}')
       print(line)
   for split, name in enumerate(('validation', 'test')):
-    if len({s for s in per_seed}) > 1 and margins[split]:
-      print(f'all seeds, {name}: inherited - scratch '
-            f'{_margin(np.array(margins[split]))}')
+    if len(seed_means[split]) > 1:
+      print(f'{name}: inherited - scratch over {len(seed_means[split])} '
+            f'seeds, mean +- sd of the seeds\' means '
+            f'{np.mean(seed_means[split]):+.2f} +- '
+            f'{np.std(seed_means[split], ddof=1):.2f} points')
   root = epath.Path(args.root)
   (root / 'signal_study.json').write_text(json.dumps(
       {'per_seed': {str(s): v for s, v in per_seed.items()},

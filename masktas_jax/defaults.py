@@ -2,7 +2,8 @@
 AutoFormer's values, and ours where marked) and `paper_config(name)` (the
 paper's ImageNet recipe on one of AutoFormer's spaces).
 
-`config_lib` re-exports both; config files start from them there.
+`config_lib` re-exports them and `AUTOFORMER_SPACES`; config files start
+from them there.
 """
 
 from __future__ import annotations
@@ -310,11 +311,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.head_init = 'random'
   c.finetune.probe_images = 10000
   # Dtype of the train step's arithmetic: 'float32', or 'bfloat16' for
-  # accelerators (mixed precision, as DeiT's and MAE's fine-tuning;
-  # weights, optimizer state and the loss stay float32; evaluation runs in
-  # float32). Not for CPUs: on this project's AMX host, bf16 matmuls alone
-  # ran 4-5x float32's, but the whole Fashion fine-tuning step ran at 223
-  # against 260 images/s (one thread), the casts outweighing them.
+  # accelerators (mixed precision, as DeiT's and MAE's fp16 AMP; weights,
+  # optimizer state and the loss stay float32; evaluation runs in
+  # float32). Not for CPUs: on this project's AMX host the Fashion
+  # fine-tuning step ran at 0.81x float32's speed, its matmuls no faster
+  # and its elementwise work 3x slower (benchmarks/finetune_dtype.py).
   c.finetune.compute_dtype = 'float32'
 
   c.compile = ml_collections.ConfigDict()

@@ -53,7 +53,8 @@ def tree_scale(*trees) -> float:
 
 
 def matmul_dtypes(jaxpr) -> set[tuple[str, str]]:
-  """Operand dtypes of every dot_general, sub-jaxprs (remat, switch) included."""
+  """Operand dtypes of every dot_general, sub-jaxprs (remat, switch)
+  included."""
   found = set()
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == 'dot_general':

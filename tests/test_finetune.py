@@ -343,15 +343,17 @@ def test_the_training_loss_erases_when_asked():
 
 
 def test_bfloat16_fine_tuning_keeps_float32_weights_and_close_gradients():
-  """finetune.compute_dtype=bfloat16: every matmul of the step in bf16, the
-  weights float32, loss and gradients close to the float32 step's."""
+  """finetune.compute_dtype=bfloat16: every matmul of the step in bf16 (drop
+  path on), the loss, gradients, weights and optimizer state float32, loss
+  and gradients close to the float32 step's."""
   space = config_lib.space_from_config(search_config())
   arch = space.max_arch()
   batch = {'image': jax.random.normal(jax.random.key(0), (8, 32, 32, 3)),
            'label': jnp.arange(8) % 10}
   out = {}
   for dtype in ('float32', 'bfloat16'):
-    config = search_config(**{'finetune.compute_dtype': dtype})
+    config = search_config(**{'finetune.compute_dtype': dtype,
+                              'finetune.drop_path': 0.1})
     task = finetuning.make_task(config.finetune, space, arch, 10, 10, 0,
                                 None)
     params, fixed = task.init(jax.random.key(1), None)
@@ -359,9 +361,16 @@ def test_bfloat16_fine_tuning_keeps_float32_weights_and_close_gradients():
     assert helpers.matmul_dtypes(jax.make_jaxpr(loss)(params).jaxpr) == {
         (dtype, dtype)}
     value, grads = jax.value_and_grad(loss)(params)
+    assert value.dtype == jnp.float32
     assert {x.dtype for x in jax.tree.leaves(grads)} == {np.dtype('float32')}
     out[dtype] = float(value), np.concatenate(
         [np.ravel(g) for g in jax.tree.leaves(grads)])
+    prog = trainer.program(task)
+    state, _ = prog.step(prog.init(jax.random.key(1), None), batch,
+                         jax.random.key(2), None)
+    assert {x.dtype for x in jax.tree.leaves(
+        (state['params'], state['opt_state'])) if jnp.issubdtype(
+            x.dtype, jnp.floating)} == {np.dtype('float32')}
   assert out['bfloat16'][0] == pytest.approx(out['float32'][0], rel=2e-2)
   g16, g32 = out['bfloat16'][1], out['float32'][1]
   cosine = g16 @ g32 / np.linalg.norm(g16) / np.linalg.norm(g32)

@@ -95,7 +95,7 @@ ENTRY_MODULES = ('masktas_jax.main', 'masktas_jax.cli',
 FOUNDATIONS = ('masktas_jax.errors', 'masktas_jax.space',
                'masktas_jax.masking', 'masktas_jax.losses',
                'masktas_jax.parallel', 'masktas_jax.settings')
-# The config's reader (defaults, validation, typed settings from a config):
+# The config's reader (loading, validation, typed settings from a config):
 # above the libraries whose choices it validates, below the stages.
 CONFIG = 'masktas_jax.config_lib'
 # Its fields and their defaults, read through it alone.
