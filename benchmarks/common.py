@@ -35,6 +35,17 @@ hostmem.reuse_freed_memory()
 SCRATCH_RECIPE = {'pool': 'mean', 'layer_decay': 1.0}
 
 
+def mean_sd(values, *, signed: bool = False, digits: int = 2) -> str:
+  """'mean +- sd' of `values` (the sample sd), the value alone if there is
+  one, '-' if none; `signed` shows the mean's sign (for differences)."""
+  values = list(values)
+  fmt = f'{"+" if signed else ""}.{digits}f'
+  if len(values) < 2:
+    return format(values[0], fmt) if values else '-'
+  return (f'{format(statistics.mean(values), fmt)} +- '
+          f'{statistics.stdev(values):.{digits}f}')
+
+
 def command() -> str:
   """This run's command line, relative to the repository, for the record."""
   script = pathlib.Path(sys.argv[0]).resolve()

@@ -31,7 +31,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 from masktas_jax import config_lib  # pylint: disable=g-import-not-at-top
 from masktas_jax.space import Arch  # pylint: disable=g-import-not-at-top
-from masktas_jax.training import finetuning, trainer  # pylint: disable=g-import-not-at-top
+from masktas_jax.training import finetuning  # pylint: disable=g-import-not-at-top
+from masktas_jax.training import trainer  # pylint: disable=g-import-not-at-top
 
 import common  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
@@ -94,8 +95,8 @@ def main() -> None:
   print(f'# {FASHION_ARCH}, batch {batch_size} at {size} px; '
         f'{len(os.sched_getaffinity(0))} core(s) allowed; medians of '
         f'{args.iters} steps, timed in turn')
-  print('| compute dtype | step (ms) | images/s | speed vs float32 | first-step loss '
-        '| time by op kind (profiled) |')
+  print('| compute dtype | step (ms) | images/s | speed vs float32 | '
+        'first-step loss | time by op kind (profiled) |')
   print('|---|---:|---:|---:|---:|---|')
   base = statistics.median(runs['float32']['times'])
   for dtype, run in runs.items():

@@ -99,13 +99,6 @@ def probe_top1(config, workdir: epath.Path, archs: list[Arch]) -> list[float]:
       c, workdir, encoder, space, archs)]
 
 
-def _summary(values: list[float]) -> str:
-  if not values:
-    return '-'
-  std = statistics.stdev(values) if len(values) > 1 else 0.0
-  return f'{statistics.mean(values):+.1f} +- {std:.1f}'
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--workdir', required=True,
@@ -207,7 +200,7 @@ def main() -> None:
   for recipe, steps, inh, scr, margins in rows:
     wins = sum(m > 0 for m in margins)
     print(f'| {recipe} | {steps} | {len(margins)} | {statistics.mean(inh):.2f}'
-          f' | {statistics.mean(scr):.2f} | {_summary(margins)} | {wins} of '
+          f' | {statistics.mean(scr):.2f} | {common.mean_sd(margins, signed=True, digits=1)} | {wins} of '
           f'{len(margins)} |')
 
 

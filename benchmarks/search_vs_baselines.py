@@ -184,11 +184,9 @@ def ablation(args, config, seed: int, ratio: float) -> dict:
           'kendall_ci': None if corr is None else corr['kendall_ci']}
 
 
-def _pm(values: list[float]) -> str:
-  values = [100 * v for v in values]
-  if len(values) < 2:
-    return f'{values[0]:.2f}' if values else '-'
-  return f'{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}'
+def _pm(values: list[float], signed: bool = False) -> str:
+  """mean +- sd of top-1 fractions (or their differences), in points."""
+  return common.mean_sd([100 * v for v in values], signed=signed)
 
 
 def plot(rows: dict, ablations: list[dict], path: epath.Path) -> None:
@@ -272,12 +270,12 @@ def main_() -> None:
     margin = [r['searched'] - r['random_median'] for r in rows.values()]
     spread = (statistics.stdev(margin) if len(margin) > 1 else float('nan'))
     met = len(margin) > 1 and statistics.mean(margin) > 2 * spread
-    print(f'\nsearched - median random: {_pm(margin)} points (goal: a mean '
-          f'above twice its std over seeds: {"met" if met else "not met"}); '
-          'searched - largest: '
-          f'{_pm([r["searched"] - r["largest"] for r in rows.values()])}; '
-          'searched - uniform: '
-          f'{_pm([r["searched"] - r["uniform"] for r in rows.values()])}')
+    gap = lambda other: _pm(
+        [r['searched'] - r[other] for r in rows.values()], signed=True)
+    print(f'\nsearched - median random: {_pm(margin, signed=True)} points '
+          '(goal: a mean above twice its std over seeds: '
+          f'{"met" if met else "not met"}); searched - largest: '
+          f'{gap("largest")}; searched - uniform: {gap("uniform")}')
   if ablations:
     print('\n| mask ratio | found Arch | test top-1 | fitness Kendall '
           f'({args.ablation_archs} subnets) |')

@@ -294,9 +294,8 @@ def _fmt(row: dict) -> str:
 
 def _margin(points: np.ndarray) -> str:
   """'mean +- sd points (k of n ahead)' of inherited - scratch margins."""
-  sd = points.std(ddof=1) if len(points) > 1 else 0.0
-  return (f'{points.mean():+.2f} +- {sd:.2f} points ({int((points > 0).sum())}'
-          f' of {len(points)} ahead)')
+  return (f'{common.mean_sd(points, signed=True)} points '
+          f'({int((points > 0).sum())} of {len(points)} ahead)')
 
 
 def plot(per_seed: dict, select: list[int], path: epath.Path) -> None:

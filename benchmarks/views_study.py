@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import numpy as np
 from etils import epath
@@ -120,12 +119,6 @@ def paired(a: list[float], b: list[float], seed: int = 0) -> dict:
           'above': int((d > 0).sum()), 'of': len(d)}
 
 
-def _pm(values: list[float]) -> str:
-  if len(values) < 2:
-    return f'{values[0]:+.2f}' if values else '-'
-  return f'{statistics.mean(values):+.2f} +- {statistics.stdev(values):.2f}'
-
-
 def main_() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   signal_study.add_study_arguments(parser, seeds='0,1')
@@ -184,7 +177,7 @@ def main_() -> None:
           f'seed {s} {p["mean"]:+.4f} [{p["ci"][0]:+.4f}, {p["ci"][1]:+.4f}]'
           f' ({p["relative"]:+.1%}, higher on {p["above"]} of {p["of"]})'
           for s, p in summary[v][name].items()))
-    print(f'  found subnet\'s test top-1: {_pm(summary[v]["top1"])} points')
+    print(f'  found subnet\'s test top-1: {common.mean_sd(summary[v]["top1"], signed=True)} points')
   root = epath.Path(args.root)
   artifacts.write_json(root / 'views_study.json', {
       'steps': args.steps, 'runs': [done[k] for k in done],
