@@ -35,6 +35,12 @@ hostmem.reuse_freed_memory()
 SCRATCH_RECIPE = {'pool': 'mean', 'layer_decay': 1.0}
 
 
+def seed_dir(root, seed: int) -> epath.Path:
+  """A multi-seed study's folder for seed `seed` under `root` (its
+  supernet's workdir)."""
+  return epath.Path(root) / f'seed{seed}'
+
+
 def mean_sd(values, *, signed: bool = False, digits: int = 2) -> str:
   """'mean +- sd' of `values` (the sample sd), the value alone if there is
   one, '-' if none; `signed` shows the mean's sign (for differences)."""

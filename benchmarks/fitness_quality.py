@@ -107,7 +107,7 @@ def train(args, seed: int) -> epath.Path:
     _log('training the shared teacher')
     main.run(common.load_config(args.config, mode='teacher', seed=0),
              str(teacher_dir(args)))
-  workdir = epath.Path(args.root) / f'seed{seed}'
+  workdir = common.seed_dir(args.root, seed)
   _log(f'seed {seed}: supernet')
   main.run(seed_config(args, seed, mode='supernet'), str(workdir))
   return workdir
@@ -193,7 +193,7 @@ def retest(args, seed: int, study: dict, fitness: list[float]) -> dict:
   with other fine-tuning seeds (data order, head init). Its Kendall with the
   first run bounds what any predictor of it can reach; `fitness` is also
   compared with the mean of both runs, a less noisy yardstick."""
-  workdir = epath.Path(args.root) / f'seed{seed}'
+  workdir = common.seed_dir(args.root, seed)
   supernet = str(artifacts.model_dir(workdir, 'supernet'))
   config = seed_config(args, seed + 1000)
   archs = [Arch.from_dict(a) for a in study['archs']]
@@ -247,7 +247,7 @@ def relation_of(key: str) -> losses.Relation:
 # --- search vs random ------------------------------------------------------
 
 def search_seed(args, seed: int, relation: losses.Relation) -> dict:
-  workdir = epath.Path(args.root) / f'seed{seed}'
+  workdir = common.seed_dir(args.root, seed)
   tag = name(relation).replace(' ', '_')
   out = workdir / f'searched_{tag}'
   cache = out / 'comparison.json'

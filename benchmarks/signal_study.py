@@ -73,7 +73,7 @@ def _log(message: str) -> None:
 
 def seed_dir(args, seed: int) -> epath.Path:
   """Where everything of seed `seed` lives: its supernet's workdir."""
-  return epath.Path(args.root) / f'seed{seed}'
+  return common.seed_dir(args.root, seed)
 
 
 def supernet(args, config, seed: int) -> epath.Path:
