@@ -412,6 +412,16 @@ def main_() -> None:
       if c:
         print(f'seed {seed}, {name}, {c["subnets"]} subnets: '
               f'{_fmt_noise(c)}')
+    # The default is chosen on validation and reported on test: do the two
+    # splits' yardsticks (means over the fine-tuning seeds) rank alike?
+    done = [i for i in range(len(study['archs']))
+            if all(ft[i] is not None for ft in study['ft'])]
+    if len(done) > 2:
+      val, test = ([np.mean([ft[i][split] for ft in study['ft']])
+                    for i in done] for split in (0, 1))
+      print(f'seed {seed}, validation vs test yardstick over {len(done)} '
+            f'subnets: Kendall {stats.kendalltau(val, test).statistic:+.2f}'
+            f', Pearson {np.corrcoef(val, test)[0, 1]:+.2f}')
   chosen = [s for s in select if s in summary]
   if chosen:
     best = max(signals.FITNESSES, key=lambda n: statistics.mean(
