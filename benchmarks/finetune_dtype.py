@@ -67,11 +67,11 @@ def main() -> None:
     state, metrics = jax.block_until_ready(prog.step(
         state, batch, jax.random.key(1), task.constants))
     runs[dtype] = dict(prog=prog, state=state, times=[],
-                       loss=float(metrics['loss']))
+                       constants=task.constants, loss=float(metrics['loss']))
 
   def step(run):
     run['state'], _ = run['prog'].step(run['state'], batch,
-                                       jax.random.key(1), None)
+                                       jax.random.key(1), run['constants'])
     jax.block_until_ready(run['state'])
 
   for _ in range(args.iters):

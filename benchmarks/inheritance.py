@@ -199,8 +199,9 @@ def main() -> None:
   print('|---|---:|---:|---:|---:|---:|---:|')
   for recipe, steps, inh, scr, margins in rows:
     wins = sum(m > 0 for m in margins)
+    margin = common.mean_sd(margins, signed=True, digits=1)
     print(f'| {recipe} | {steps} | {len(margins)} | {statistics.mean(inh):.2f}'
-          f' | {statistics.mean(scr):.2f} | {common.mean_sd(margins, signed=True, digits=1)} | {wins} of '
+          f' | {statistics.mean(scr):.2f} | {margin} | {wins} of '
           f'{len(margins)} |')
 
 

@@ -450,9 +450,8 @@ def main_() -> None:
   for split, name in enumerate(('validation', 'test')):
     if len(seed_means[split]) > 1:
       print(f'{name}: inherited - scratch over {len(seed_means[split])} '
-            f'seeds, mean +- sd of the seeds\' means '
-            f'{np.mean(seed_means[split]):+.2f} +- '
-            f'{np.std(seed_means[split], ddof=1):.2f} points')
+            'seeds, mean +- sd of the seeds\' means '
+            f'{common.mean_sd(seed_means[split], signed=True)} points')
   root = epath.Path(args.root)
   (root / 'signal_study.json').write_text(json.dumps(
       {'per_seed': {str(s): v for s, v in per_seed.items()},

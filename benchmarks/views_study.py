@@ -177,7 +177,8 @@ def main_() -> None:
           f'seed {s} {p["mean"]:+.4f} [{p["ci"][0]:+.4f}, {p["ci"][1]:+.4f}]'
           f' ({p["relative"]:+.1%}, higher on {p["above"]} of {p["of"]})'
           for s, p in summary[v][name].items()))
-    print(f'  found subnet\'s test top-1: {common.mean_sd(summary[v]["top1"], signed=True)} points')
+    top1 = common.mean_sd(summary[v]['top1'], signed=True)
+    print(f'  found subnet\'s test top-1: {top1} points')
   root = epath.Path(args.root)
   artifacts.write_json(root / 'views_study.json', {
       'steps': args.steps, 'runs': [done[k] for k in done],

@@ -210,8 +210,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.relation = 'centered_cosine'
   # What rates a candidate (masktas_jax.evaluation.signals): 'relation'
   # (the relation consistency above, eq. 13-16), 'relation_paper' (its
-  # literal form: raw dot products, self-relations kept), 'relation_all' (on every patch,
-  # none masked), 'feature' (minus eq. 11's feature-prediction loss),
+  # literal form: raw dot products, self-relations kept), 'relation_all'
+  # (on every patch, none masked), 'feature' (minus eq. 11's
+  # feature-prediction loss),
   # 'pixel' (minus eq. 10's reconstruction loss) or 'fusion' (the mean of
   # the relation and pixel z-scores among random window subnets). All
   # but 'relation' are ours; mode=rank reports every one.
