@@ -88,8 +88,8 @@ def test_fashion_reads_debian_idx_files_and_never_chooses_on_test():
   assert c.teacher.pretrain and not c.teacher.checkpoint
   # Train and validation are disjoint parts of Fashion-MNIST's train set;
   # the search and the training read those, the test split is the report.
-  assert (c.data.train_split, c.data.eval_split) == ('train[:55000]',
-                                                      'train[55000:]')
+  assert (c.data.train_split, c.data.eval_split) == ('train[:50000]',
+                                                      'train[50000:]')
   assert c.search.eval_split == c.data.eval_split
   assert c.finetune.eval_split == 'test'
   # A window that holds every embed width at some depth.
