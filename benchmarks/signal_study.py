@@ -21,9 +21,13 @@ sample of subnets; one teacher for all, `--teacher` or trained here once):
 Each fitness's Kendall with the yardstick (bootstrap 95% interval over the
 subnets) and within three parameter strata; the default is the variant
 with the best mean validation Kendall on the `--select` seeds, reported on
-the others with the test yardstick. Everything is cached under --root (a
-rerun picks up where it stopped; `--report` trains nothing). Prints the
-tables and writes `--root/signal_study.json` and `--root/signal_study.png`.
+the others with the test yardstick. The results (signals, every run's
+top-1) and each seed's supernet are recorded as they come in `--record`
+(default `benchmarks/records/signal_study/`, committed: the study outlives
+the machine that ran it); other checkpoints go under --root. A rerun on any
+machine picks up where the record stops; `--report` trains nothing and
+needs only the record. Prints the tables and writes `signal_study.json` and
+`signal_study.png` into the record.
 
   python benchmarks/signal_study.py --root=/root/studies/signals \
       --teacher=/root/studies/fashion_s0/teacher/model --seeds=0,1,2,3 \
@@ -45,19 +49,21 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import shutil
 import statistics
 import time
 from typing import Any
 
 import numpy as np
 from etils import epath
+from flax import nnx
 from scipy import stats
 
 from masktas_jax import config_lib, main
 from masktas_jax.evaluation import fitness, signals
 from masktas_jax.space import Arch
 from masktas_jax.stages import rank
-from masktas_jax.storage import artifacts
+from masktas_jax.storage import artifacts, model_dirs
 from masktas_jax.training import finetuning, plots
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -106,28 +112,41 @@ WAIT_S = 4 * 3600
 
 
 def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
-               scratch: bool = False,
-               mine: bool = True) -> tuple[float, float] | None:
+               scratch: bool = False, mine: bool = True,
+               record: common.Record | None = None,
+               ready=None) -> tuple[float, float] | None:
   """(validation, test) top-1 of `arch` fine-tuned with seed `ft_seed`, or
   None when not done and not to be run here (--report, or another
-  --worker's run)."""
-  run = (workdir / 'finetune' / f'{args.steps}steps' /
-         artifacts.arch_key(arch.to_json()) /
-         (f'scratch{ft_seed}' if scratch else f'ft{ft_seed}'))
+  --worker's run). With `record` (the seed's), a run recorded there is not
+  run again, and a new one is recorded; `ready()` is called before a run
+  (it makes sure the supernet is there)."""
+  name = f'scratch{ft_seed}' if scratch else f'ft{ft_seed}'
+  key = artifacts.arch_key(arch.to_json())
+  if record is not None:
+    record = record / f'{args.steps}steps' / key / f'{name}.json'
+    if (done := record.get()) is not None:
+      return done['validation'], done['test']
+  run = workdir / 'finetune' / f'{args.steps}steps' / key / name
   if (args.report or not mine) and finetuning.finished(run) is None:
     return None
+  if ready is not None:
+    ready()
   c = config.copy_and_resolve_references()
   c.finetune.steps, c.finetune.from_scratch = args.steps, scratch
   if scratch:  # The recipe that suits random weights, as inheritance.py's.
     c.finetune.update(common.SCRATCH_RECIPE)
   c.finetune.eval_split = config.data.eval_split
   c.finetune.arch = arch.to_json()
-  c.search.supernet = str(artifacts.model_dir(workdir, 'supernet'))
+  if record is None:
+    c.search.supernet = str(artifacts.model_dir(workdir, 'supernet'))
   # Its own data order and head per (supernet seed, fine-tuning seed).
   c.seed = 1000 * (ft_seed + 1) + config.seed
   setup = config_lib.finetune_setup(config_lib.validate(c))
   val = finetuning.fine_tune(setup, run, arch)['top1']
-  return val, common.test_top1(c, artifacts.model_dir(run, 'finetune'))
+  test = common.test_top1(c, artifacts.model_dir(run, 'finetune'))
+  if record is not None:
+    record.put({'validation': val, 'test': test, 'arch': arch.to_dict()})
+  return val, test
 
 
 def coverage_order(count: int) -> list[int]:
@@ -139,28 +158,63 @@ def coverage_order(count: int) -> list[int]:
   return sorted(range(count), key=reverse)
 
 
+def recorded_supernet(args, config, seed: int,
+                      record: common.Record) -> epath.Path:
+  """The model directory of seed `seed`'s supernet kept in `record` (the
+  seed's), trained under --root and copied there first if not yet.
+
+  The supernet is kept with the results because no machine outlives the
+  study and XLA:CPU's bits differ between CPU models: a supernet retrained
+  elsewhere would not be the one the recorded runs fine-tuned.
+  """
+  kept = record.path / 'supernet'
+  if not artifacts.is_model_dir(kept, 'student'):
+    workdir = supernet(args, config, seed)
+    trained = artifacts.model_dir(workdir, 'supernet')
+    student = model_dirs.load_student(trained)
+    (record / 'supernet.json').put({
+        'fingerprint': common.fingerprint(
+            nnx.to_pure_dict(nnx.state(student))),
+        'trained_in': str(workdir), 'versions': common.versions()})
+    scratch = kept.parent / '.supernet.tmp'
+    if scratch.exists():
+      shutil.rmtree(scratch)
+    shutil.copytree(trained, scratch)
+    scratch.rename(kept)
+  return kept
+
+
 def study_seed(args, config, seed: int) -> dict:
-  """Everything measured on seed `seed` (cached per step). Worker 0 trains
-  the supernet and measures the signals; the others wait for them."""
+  """Everything measured on seed `seed` (recorded per step in --record,
+  checkpoints in --root). Worker 0 trains the supernet (when a run needs
+  it: a fresh machine retrains it, checked against the recorded
+  fingerprint) and measures the signals; the others wait for them."""
   index, workers = worker(args)
-  cache = seed_dir(args, seed) / f'signals_{args.archs}.json'
+  record = common.Record(args.record) / f'seed{seed}'
+  cache = record / f'signals_{args.archs}.json'
   deadline = time.monotonic() + WAIT_S
-  while index and not args.report and not cache.exists():
+  while index and not args.report and cache.get() is None:
     if time.monotonic() > deadline:
-      raise SystemExit(f'seed {seed}: no {cache} after {WAIT_S / 3600:g} h; '
-                       'is worker 0 running, with the same --seeds, --archs '
-                       'and --set?')
+      raise SystemExit(f'seed {seed}: no {cache.path} after '
+                       f'{WAIT_S / 3600:g} h; is worker 0 running, with the '
+                       'same --seeds, --archs, --record and --set?')
     _log(f'seed {seed}: worker {args.worker} waits for worker 0\'s signals')
     time.sleep(60)
-  workdir = supernet(args, config, seed)
+  workdir = seed_dir(args, seed)
   c = config.copy_and_resolve_references()
   c.seed = seed
-  c.search.supernet = str(artifacts.model_dir(workdir, 'supernet'))
+  c.search.supernet = str(record.path / 'supernet')
+
+  def ready() -> None:  # The supernet in the record, trained if not yet.
+    recorded_supernet(args, config, seed, record)
+
   space = config_lib.space_from_config(c)
   archs = common.spread_archs(c, args.archs, seed)
-  if cache.exists():
-    out = json.loads(cache.read_text())
-  else:
+  out = cache.get()
+  if out is None:
+    if args.report:
+      raise SystemExit(f'--report: no {cache.path} yet')
+    ready()
     _log(f'seed {seed}: label-free signals and probe of {len(archs)} subnets')
     scorer = fitness.load_scorer(config_lib.scoring(c), workdir,
                                  capacity=len(archs), names=signals.SIGNALS)
@@ -171,7 +225,7 @@ def study_seed(args, config, seed: int) -> dict:
     probe.rank.yardstick = 'linear'
     out['probe'] = rank.yardstick_top1(probe, workdir, scorer.encoder, space,
                                        archs).tolist()
-    artifacts.write_json(cache, out)
+    cache.put(out)
   out['params'] = [space.count_params(a) for a in archs]
   out['macs'] = [space.count_macs(a) for a in archs]
   out['archs'] = [a.to_dict() for a in archs]
@@ -186,11 +240,13 @@ def study_seed(args, config, seed: int) -> dict:
     a = archs[i]
     for k in range(args.ft_seeds):
       out['ft'][k][i] = fine_tuned(args, c, workdir, a, k,
-                                   mine=j % workers == index)
+                                   mine=j % workers == index, record=record,
+                                   ready=ready)
       j += 1
     if args.scratch_every and i % args.scratch_every == 0:
       out['scratch'][i] = fine_tuned(args, c, workdir, a, 0, scratch=True,
-                                     mine=j % workers == index)
+                                     mine=j % workers == index,
+                                     record=record, ready=ready)
       j += 1
   return out
 
@@ -357,6 +413,10 @@ def main_() -> None:
                       'the study; worker 0 trains the supernets')
   parser.add_argument('--steps', type=int, default=500)
   parser.add_argument('--ft-seeds', type=int, default=2)
+  parser.add_argument('--record', default=str(common.RECORDS / 'signal_study'),
+                      help='where the results are kept (small JSON files, '
+                      'committed to the repository: a fresh machine '
+                      'resumes from them, retraining only the supernet)')
   parser.add_argument('--scratch-every', type=int, default=3,
                       help='every n-th subnet also from random weights; 0: '
                       'none')
@@ -452,7 +512,7 @@ def main_() -> None:
       print(f'{name}: inherited - scratch over {len(seed_means[split])} '
             'seeds, mean +- sd of the seeds\' means '
             f'{common.mean_sd(seed_means[split], signed=True)} points')
-  root = epath.Path(args.root)
+  root = epath.Path(args.record)
   (root / 'signal_study.json').write_text(json.dumps(
       {'per_seed': {str(s): v for s, v in per_seed.items()},
        'summary': {str(k): v for k, v in summary.items()}}))
