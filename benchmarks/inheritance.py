@@ -15,8 +15,10 @@ teacher's mean token (`supernet.cls_target`) take that supernet from
 teacher).
 
 Each run is cached in `--cache/<recipe>/<steps>/<arch>/<seed>/` (a finished
-run is read back, an interrupted one resumes), so the study grows run by
-run across sessions; runs go seed by seed (every subnet and recipe of seed
+run is read back, an interrupted one resumes) and, with `--record`, its
+top-1 is kept in `--record/<recipe>/<steps>/<arch>/<seed>.json` (committed
+to the repository, it outlives the machine; `--supernet` can read a
+supernet kept there too), so the study grows run by run across sessions; runs go seed by seed (every subnet and recipe of seed
 0 first), so a study stopped early is balanced. `--report` prints the table
 of what is done without training. Prints, per recipe and budget, the mean
 top-1 of the inherited and the scratch runs and the margin inherited -
@@ -32,7 +34,6 @@ many pairs inheriting wins.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
 from etils import epath
@@ -106,6 +107,14 @@ def main() -> None:
   parser.add_argument('--config', default='configs/fashion.py')
   parser.add_argument('--cache', required=True,
                       help='where each fine-tuning run lives (resumable)')
+  parser.add_argument('--supernet', default='',
+                      help="a supernet model directory instead of "
+                      "--workdir's (e.g. a study's record of it)")
+  parser.add_argument('--record', default='',
+                      help='where each finished run\'s top-1 and the probe '
+                      'are kept as small JSON files (e.g. under '
+                      'benchmarks/records/, committed: a fresh machine '
+                      'resumes from them)')
   parser.add_argument('--recipes', default='paper,mean,mean_warmup')
   parser.add_argument('--scratch', default='scratch',
                       help='the recipe of the from-scratch runs')
@@ -125,8 +134,11 @@ def main() -> None:
 
   workdir, cache = epath.Path(args.workdir), epath.Path(args.cache)
   config = common.load_config(args.config)
+  if args.supernet:
+    config.search.supernet = args.supernet
   supernets = {None: str(artifacts.supernet_model(config.search.supernet,
                                                   workdir))}
+  record = common.Record(args.record) if args.record else None
   if args.cls_workdir:
     supernets['cls'] = str(artifacts.supernet_model(
         config.search.supernet, epath.Path(args.cls_workdir)))
@@ -146,27 +158,32 @@ def main() -> None:
                    f'of {sorted(RECIPES)}')
     if RECIPES[recipe].get('_supernet') not in supernets:
       parser.error(f'--recipes: {recipe!r} needs --cls-workdir')
-  probe_file = cache / 'probe.json'
-  if probe_file.exists():
-    probes = json.loads(probe_file.read_text())
-  elif args.report:
-    probes = [float('nan')] * len(archs)
-  else:
-    probes = probe_top1(config, workdir, archs)
-    cache.mkdir(parents=True, exist_ok=True)
-    probe_file.write_text(json.dumps(probes))
+  probe_file = common.Record(
+      record.path / f'probe_{args.archs}_{args.arch_seed}.json' if record
+      else cache / 'probe.json')
+  if (probes := probe_file.get()) is None:
+    probes = ([float('nan')] * len(archs) if args.report else
+              probe_top1(config, workdir, archs))
+    if not args.report:
+      probe_file.put(probes)
 
   def top1(recipe, steps, arch, seed):
     """Validation top-1 (%) of one run; None if --report and not done."""
     path = run_dir(cache, recipe, steps, arch, seed)
+    kept = record and common.Record(run_dir(record.path, recipe, steps, arch,
+                                            seed).with_suffix('.json'))
+    if kept and (done := kept.get()) is not None:
+      return 100 * done['top1']
     if args.report:
       done = finetuning.finished(path)
       return None if done is None else 100 * done['top1']
     c = recipe_config(config, recipe, steps, seed, arch,
                       supernets[RECIPES[recipe].get('_supernet')],
                       recipe == args.scratch)
-    return 100 * finetuning.fine_tune(config_lib.finetune_setup(c), path,
-                                      arch)['top1']
+    done = finetuning.fine_tune(config_lib.finetune_setup(c), path, arch)
+    if kept:
+      kept.put({'top1': done['top1'], 'arch': arch.to_dict()})
+    return 100 * done['top1']
 
   # Seed by seed, so that a study stopped early covers every subnet and
   # recipe alike.
