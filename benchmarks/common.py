@@ -3,12 +3,8 @@ command line they record."""
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import json
-import os
 import pathlib
-import platform
 import shlex
 import statistics
 import sys
@@ -43,63 +39,6 @@ def seed_dir(root, seed: int) -> epath.Path:
   """A multi-seed study's folder for seed `seed` under `root` (its
   supernet's workdir)."""
   return epath.Path(root) / f'seed{seed}'
-
-
-# Where studies keep their results in the repository (`Record`).
-RECORDS = REPO / 'benchmarks' / 'records'
-
-
-class Record:
-  """A study's results as small JSON files kept in the repository (under
-  `RECORDS`), apart from its workdir (checkpoints, which a fresh machine
-  retrains): machines do not outlive a study of many hours, commits do.
-
-  `Record(path) / 'seed0' / 'x.json'` names a file; `get` reads one (None
-  if absent), `put` writes one atomically.
-  """
-
-  def __init__(self, path):
-    self.path = epath.Path(path)
-
-  def __truediv__(self, name: str) -> 'Record':
-    return Record(self.path / name)
-
-  def get(self) -> object | None:
-    return json.loads(self.path.read_text()) if self.path.exists() else None
-
-  def put(self, value) -> None:
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json(self.path, value)
-
-
-def fingerprint(tree) -> str:
-  """sha256 of a pytree's arrays (leaves in path order, dtype, shape and
-  bytes): equal exactly when two trainings made the same bits."""
-  digest = hashlib.sha256()
-  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(tree)[0],
-                           key=lambda kv: jax.tree_util.keystr(kv[0])):
-    leaf = np.asarray(leaf)
-    digest.update(f'{jax.tree_util.keystr(path)}{leaf.dtype}{leaf.shape}'
-                  .encode())
-    digest.update(np.ascontiguousarray(leaf).tobytes())
-  return digest.hexdigest()
-
-
-def versions() -> dict[str, str]:
-  """The versions of what decides a training's bits: Python, the
-  libraries, XLA's CPU flags, and the CPU."""
-  cpu = platform.machine()
-  info = pathlib.Path('/proc/cpuinfo')
-  if info.exists():
-    cpu = next((line.split(':', 1)[1].strip() for line in
-                info.read_text().splitlines()
-                if line.startswith('model name')), cpu)
-  out = {'python': platform.python_version(), 'cpu': cpu,
-         'XLA_FLAGS': os.environ.get('XLA_FLAGS', '')}
-  for name in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain',
-               'numpy'):
-    out[name] = importlib.metadata.version(name)
-  return out
 
 
 def mean_sd(values, *, signed: bool = False, digits: int = 2) -> str:

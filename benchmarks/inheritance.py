@@ -14,12 +14,14 @@ teacher's mean token (`supernet.cls_target`) take that supernet from
 `--cls-workdir` (a workdir whose supernet was trained so, on the same
 teacher).
 
-Each run is cached in `--cache/<recipe>/<steps>/<arch>/<seed>/` (a finished
-run is read back, an interrupted one resumes) and, with `--record`, its
-top-1 is kept in `--record/<recipe>/<steps>/<arch>/<seed>.json` (committed
-to the repository, it outlives the machine; `--supernet` can read a
-supernet kept there too), so the study grows run by run across sessions; runs go seed by seed (every subnet and recipe of seed
-0 first), so a study stopped early is balanced. `--report` prints the table
+Each run is cached in `--cache/<recipe>/<steps>steps/<arch>/seed<seed>/`
+(a finished run is read back, an interrupted one resumes) and, with
+`--record`, its top-1 is kept in the same path under `--record`, as
+`seed<seed>.json` (committed to the repository, it outlives the machine;
+`--supernet` reads a supernet kept there too; the record is bound to one
+config and supernet), so the study grows run by run across sessions; runs
+go seed by seed (every subnet and recipe of seed 0 first), so a study
+stopped early is balanced. `--report` prints the table
 of what is done without training. Prints, per recipe and budget, the mean
 top-1 of the inherited and the scratch runs and the margin inherited -
 scratch, mean +- std over the (subnet, seed) pairs done for both, with how
@@ -37,6 +39,7 @@ import argparse
 import statistics
 
 from etils import epath
+from flax import nnx
 
 from masktas_jax import config_lib
 from masktas_jax.space import Arch
@@ -45,6 +48,7 @@ from masktas_jax.storage import artifacts, model_dirs
 from masktas_jax.training import finetuning
 
 import common  # pylint: disable=g-bad-import-order
+import study_record  # pylint: disable=g-bad-import-order
 
 # Recipe name -> config.finetune overrides, on top of the config's own.
 # 'paper' is the recipe before this study (the CLS token, no warm-up); the
@@ -89,13 +93,14 @@ def run_dir(cache: epath.Path, recipe: str, steps: int, arch: Arch,
           artifacts.arch_key(arch.to_json()) / f'seed{seed}')
 
 
-def probe_top1(config, workdir: epath.Path, archs: list[Arch]) -> list[float]:
-  """Linear-probe top-1 (validation) of each Arch's inherited features."""
+def probe_top1(config, workdir: epath.Path, archs: list[Arch],
+               supernet: str) -> list[float]:
+  """Linear-probe top-1 (validation) of each Arch's inherited features
+  from the supernet model directory `supernet`."""
   c = config.copy_and_resolve_references()
   c.rank.yardstick = 'linear'
   space = config_lib.space_from_config(c)
-  encoder = model_dirs.load_student(artifacts.supernet_model(
-      c.search.supernet, workdir), space).encoder
+  encoder = model_dirs.load_student(supernet, space).encoder
   return [float(t) for t in rank.yardstick_top1(
       c, workdir, encoder, space, archs)]
 
@@ -134,14 +139,17 @@ def main() -> None:
 
   workdir, cache = epath.Path(args.workdir), epath.Path(args.cache)
   config = common.load_config(args.config)
-  if args.supernet:
-    config.search.supernet = args.supernet
-  supernets = {None: str(artifacts.supernet_model(config.search.supernet,
-                                                  workdir))}
-  record = common.Record(args.record) if args.record else None
+  supernets = {None: str(artifacts.supernet_model(
+      args.supernet or config.search.supernet, workdir))}
   if args.cls_workdir:
     supernets['cls'] = str(artifacts.supernet_model(
         config.search.supernet, epath.Path(args.cls_workdir)))
+  record = None
+  if args.record:
+    record = study_record.Record(args.record)
+    # Its runs are of one config and one supernet, wherever it lies.
+    record.bind(config, supernet=study_record.fingerprint(nnx.to_pure_dict(
+        nnx.state(model_dirs.load_student(supernets[None]), nnx.Param))))
   space = config_lib.space_from_config(config)
   archs = common.spread_archs(config, args.archs, args.arch_seed)
   seeds = [int(s) for s in args.seeds.split(',')]
@@ -158,20 +166,22 @@ def main() -> None:
                    f'of {sorted(RECIPES)}')
     if RECIPES[recipe].get('_supernet') not in supernets:
       parser.error(f'--recipes: {recipe!r} needs --cls-workdir')
-  probe_file = common.Record(
+  probe_file = study_record.Record(
       record.path / f'probe_{args.archs}_{args.arch_seed}.json' if record
       else cache / 'probe.json')
   if (probes := probe_file.get()) is None:
     probes = ([float('nan')] * len(archs) if args.report else
-              probe_top1(config, workdir, archs))
+              probe_top1(config, workdir, archs, supernets[None]))
     if not args.report:
       probe_file.put(probes)
 
   def top1(recipe, steps, arch, seed):
     """Validation top-1 (%) of one run; None if --report and not done."""
     path = run_dir(cache, recipe, steps, arch, seed)
-    kept = record and common.Record(run_dir(record.path, recipe, steps, arch,
-                                            seed).with_suffix('.json'))
+    kept = None
+    if record is not None:
+      kept = study_record.Record(run_dir(record.path, recipe, steps, arch,
+                                   seed).with_suffix('.json'))
     if kept and (done := kept.get()) is not None:
       return 100 * done['top1']
     if args.report:

@@ -1,9 +1,10 @@
 """Does a label-free fitness pick better architectures on real data?
 
 On `configs/fashion.py`, per seed (the supernet's training seed and the
-sample of subnets; one teacher for all, `--teacher` or trained here once):
+sample of subnets; one teacher for all, `--teacher`):
 
-1. trains the supernet (`--root/seed<s>/`, resumable);
+1. trains the supernet (`--root/seed<s>/`, resumable) and keeps it in the
+   record (`--record/seed<s>/supernet`);
 2. picks `--archs` subnets spread evenly over the window's parameter range;
 3. the yardstick: each fine-tuned from its inherited weights with the
    config's recipe for `--steps` steps, once per fine-tuning seed
@@ -29,9 +30,13 @@ machine picks up where the record stops; `--report` trains nothing and
 needs only the record. Prints the tables and writes `signal_study.json` and
 `signal_study.png` into the record.
 
-  python benchmarks/signal_study.py --root=/root/studies/signals \
-      --teacher=/root/studies/fashion_s0/teacher/model --seeds=0,1,2,3 \
-      --select=0,1
+  python -m masktas_jax.main --config=configs/fashion.py \
+      --workdir=/tmp/fashion --config.mode=teacher     # once, if no teacher
+  python benchmarks/signal_study.py --root=/tmp/signals \
+      --teacher=/tmp/fashion/teacher/model --seeds=0,1,2,3 --select=0,1
+
+(this repository's study: BENCHMARKS.md has its command, with the teacher
+kept in its record).
 
 On a small CPU host, one single-thread worker per core finishes more
 fine-tunes than one process on all cores (XLA:CPU's step gains little from
@@ -52,7 +57,7 @@ import json
 import shutil
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from etils import epath
@@ -63,12 +68,13 @@ from masktas_jax import config_lib, main
 from masktas_jax.evaluation import fitness, signals
 from masktas_jax.space import Arch
 from masktas_jax.stages import rank
-from masktas_jax.storage import artifacts, model_dirs
+from masktas_jax.storage import artifacts, checkpoint, model_dirs
 from masktas_jax.training import finetuning, plots
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 import common  # pylint: disable=g-bad-import-order
+import study_record  # pylint: disable=g-bad-import-order
 
 CONTROLS = ('params', 'macs', 'student_entropy')
 
@@ -113,21 +119,24 @@ WAIT_S = 4 * 3600
 
 def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
                scratch: bool = False, mine: bool = True,
-               record: common.Record | None = None,
-               ready=None) -> tuple[float, float] | None:
+               record: study_record.Record | None = None,
+               ready: Callable[[], None] | None = None
+               ) -> tuple[float, float] | None:
   """(validation, test) top-1 of `arch` fine-tuned with seed `ft_seed`, or
   None when not done and not to be run here (--report, or another
-  --worker's run). With `record` (the seed's), a run recorded there is not
-  run again, and a new one is recorded; `ready()` is called before a run
-  (it makes sure the supernet is there)."""
+  --worker's run). With `record` (the seed's), a run is done once it is
+  recorded there, and only its worker runs and records it; `ready()` is
+  called before a run (it makes sure the supernet is there)."""
   name = f'scratch{ft_seed}' if scratch else f'ft{ft_seed}'
   key = artifacts.arch_key(arch.to_json())
+  run = workdir / 'finetune' / f'{args.steps}steps' / key / name
   if record is not None:
     record = record / f'{args.steps}steps' / key / f'{name}.json'
     if (done := record.get()) is not None:
       return done['validation'], done['test']
-  run = workdir / 'finetune' / f'{args.steps}steps' / key / name
-  if (args.report or not mine) and finetuning.finished(run) is None:
+    if args.report or not mine:
+      return None
+  elif (args.report or not mine) and finetuning.finished(run) is None:
     return None
   if ready is not None:
     ready()
@@ -159,38 +168,45 @@ def coverage_order(count: int) -> list[int]:
 
 
 def recorded_supernet(args, config, seed: int,
-                      record: common.Record) -> epath.Path:
+                      record: study_record.Record) -> epath.Path:
   """The model directory of seed `seed`'s supernet kept in `record` (the
-  seed's), trained under --root and copied there first if not yet.
+  seed's), trained under --root and copied there first if not yet (worker
+  0 only; the others find it there, since worker 0 records it before the
+  signals they wait for).
 
   The supernet is kept with the results because no machine outlives the
-  study and XLA:CPU's bits differ between CPU models: a supernet retrained
-  elsewhere would not be the one the recorded runs fine-tuned.
+  study and XLA:CPU picks its kernels per CPU model: a supernet retrained
+  elsewhere need not be the one the recorded runs fine-tuned.
   """
   kept = record.path / 'supernet'
-  if not artifacts.is_model_dir(kept, 'student'):
-    workdir = supernet(args, config, seed)
-    trained = artifacts.model_dir(workdir, 'supernet')
-    student = model_dirs.load_student(trained)
-    (record / 'supernet.json').put({
-        'fingerprint': common.fingerprint(
-            nnx.to_pure_dict(nnx.state(student))),
-        'trained_in': str(workdir), 'versions': common.versions()})
-    scratch = kept.parent / '.supernet.tmp'
-    if scratch.exists():
-      shutil.rmtree(scratch)
-    shutil.copytree(trained, scratch)
-    scratch.rename(kept)
+  if artifacts.is_model_dir(kept, 'student'):
+    return kept
+  if worker(args)[0]:
+    raise SystemExit(f'seed {seed}: no supernet in {kept}, which worker 0 '
+                     'records before the signals; was it removed?')
+  workdir = supernet(args, config, seed)
+  trained = artifacts.model_dir(workdir, 'supernet')
+  with checkpoint.atomic_directory(kept) as scratch:
+    shutil.copytree(trained, scratch, dirs_exist_ok=True)
+  student = model_dirs.load_student(kept)
+  # Who copied it, from where; the run that trained it is in that
+  # workdir's config.json and logs.
+  params = nnx.to_pure_dict(nnx.state(student, nnx.Param))
+  (record / 'supernet.json').put({
+      'fingerprint': study_record.fingerprint(params),
+      'copied_from': str(trained), 'recorded_by': study_record.versions()})
   return kept
 
 
 def study_seed(args, config, seed: int) -> dict:
-  """Everything measured on seed `seed` (recorded per step in --record,
-  checkpoints in --root). Worker 0 trains the supernet (when a run needs
-  it: a fresh machine retrains it, checked against the recorded
-  fingerprint) and measures the signals; the others wait for them."""
+  """Everything measured on seed `seed` (recorded as it comes in --record,
+  other checkpoints in --root; a caller without --record keeps its record
+  in --root/seed<s>/record). Worker 0 trains and records the supernet and
+  measures the signals; the others wait for them."""
   index, workers = worker(args)
-  record = common.Record(args.record) / f'seed{seed}'
+  record = (study_record.Record(args.record) if getattr(args, 'record', '') else
+            study_record.Record(seed_dir(args, seed) / 'record'))
+  record = record / f'seed{seed}'
   cache = record / f'signals_{args.archs}.json'
   deadline = time.monotonic() + WAIT_S
   while index and not args.report and cache.get() is None:
@@ -413,10 +429,12 @@ def main_() -> None:
                       'the study; worker 0 trains the supernets')
   parser.add_argument('--steps', type=int, default=500)
   parser.add_argument('--ft-seeds', type=int, default=2)
-  parser.add_argument('--record', default=str(common.RECORDS / 'signal_study'),
-                      help='where the results are kept (small JSON files, '
-                      'committed to the repository: a fresh machine '
-                      'resumes from them, retraining only the supernet)')
+  parser.add_argument('--record',
+                      default=str(study_record.RECORDS / 'signal_study'),
+                      help='where the results and each seed\'s supernet are '
+                      'kept (committed to the repository: a fresh machine '
+                      'resumes from them); a study with other --set, '
+                      '--config or --teacher is refused there')
   parser.add_argument('--scratch-every', type=int, default=3,
                       help='every n-th subnet also from random weights; 0: '
                       'none')
@@ -426,6 +444,7 @@ def main_() -> None:
   except ValueError as e:
     parser.error(str(e))
   config = study_config(args)
+  study_record.Record(args.record).bind(config)
   seeds = [int(s) for s in args.seeds.split(',')]
   select = [int(s) for s in args.select.split(',')]
   per_seed = {}

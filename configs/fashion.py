@@ -10,8 +10,8 @@ search scores candidates on, and what studies choose on), and the 10,000
 test images give the reported top-1, never used to choose anything. The
 validation split is as large as the test split because studies choose
 between subnets a few tenths of a point apart on it: on 5,000 images the
-sampling of the split alone moved such differences by ~0.3 points
-(BENCHMARKS.md, the signal study).
+sampling of the split alone moves such differences by an estimated ~0.3
+points (BENCHMARKS.md, the signal study).
 """
 
 from masktas_jax import config_lib
