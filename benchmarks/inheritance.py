@@ -39,7 +39,6 @@ import argparse
 import statistics
 
 from etils import epath
-from flax import nnx
 
 from masktas_jax import config_lib
 from masktas_jax.space import Arch
@@ -148,8 +147,8 @@ def main() -> None:
   if args.record:
     record = study_record.Record(args.record)
     # Its runs are of one config and one supernet, wherever it lies.
-    record.bind(config, supernet=study_record.fingerprint(nnx.to_pure_dict(
-        nnx.state(model_dirs.load_student(supernets[None]), nnx.Param))))
+    record.bind(config,
+                supernet=study_record.supernet_fingerprint(supernets[None]))
   space = config_lib.space_from_config(config)
   archs = common.spread_archs(config, args.archs, args.arch_seed)
   seeds = [int(s) for s in args.seeds.split(',')]

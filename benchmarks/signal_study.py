@@ -61,14 +61,13 @@ from typing import Any, Callable
 
 import numpy as np
 from etils import epath
-from flax import nnx
 from scipy import stats
 
 from masktas_jax import config_lib, main
 from masktas_jax.evaluation import fitness, signals
 from masktas_jax.space import Arch
 from masktas_jax.stages import rank
-from masktas_jax.storage import artifacts, checkpoint, model_dirs
+from masktas_jax.storage import artifacts, checkpoint
 from masktas_jax.training import finetuning, plots
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -188,12 +187,10 @@ def recorded_supernet(args, config, seed: int,
   trained = artifacts.model_dir(workdir, 'supernet')
   with checkpoint.atomic_directory(kept) as scratch:
     shutil.copytree(trained, scratch, dirs_exist_ok=True)
-  student = model_dirs.load_student(kept)
   # Who copied it, from where; the run that trained it is in that
   # workdir's config.json and logs.
-  params = nnx.to_pure_dict(nnx.state(student, nnx.Param))
   (record / 'supernet.json').put({
-      'fingerprint': study_record.fingerprint(params),
+      'fingerprint': study_record.supernet_fingerprint(kept),
       'copied_from': str(trained), 'recorded_by': study_record.versions()})
   return kept
 

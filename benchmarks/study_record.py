@@ -18,7 +18,9 @@ import jax
 import numpy as np
 from etils import epath
 
-from masktas_jax.storage import artifacts
+from flax import nnx
+
+from masktas_jax.storage import artifacts, model_dirs
 
 # Where studies keep their results in the repository (`Record`).
 RECORDS = pathlib.Path(__file__).resolve().parent / 'records'
@@ -111,3 +113,9 @@ def versions() -> dict[str, str]:
                'numpy'):
     out[name] = importlib.metadata.version(name)
   return out
+
+
+def supernet_fingerprint(model_dir: epath.PathLike) -> str:
+  """`fingerprint` of the parameters of the supernet saved in `model_dir`."""
+  student = model_dirs.load_student(model_dir)
+  return fingerprint(nnx.to_pure_dict(nnx.state(student, nnx.Param)))
