@@ -2,13 +2,12 @@
 would make without it, and the paper's masking-ratio ablation.
 
 On `configs/fashion.py`, per seed (`--seeds`: seeds that did not choose the
-fitness), on one teacher (`--teacher`), in the layout of
-`signal_study.py` (so both share supernets and fine-tuning runs when
-`--root` and the budget are the same):
+fitness), on one teacher (`--teacher`):
 
-1. the supernet of that seed (`--root/seed<s>/`, trained if not yet) and
-   the search with `--fitness` (`--root/seed<s>/search_<fitness>/`, its wall
-   time recorded);
+1. the supernet of that seed: the one kept in `--supernets` (the signal
+   study's record, which holds its held-out seeds' supernets) if there,
+   else trained under `--root/seed<s>/` and kept in this study's record;
+   the search with `--fitness` on it (its wall time recorded);
 2. fine-tuned with the config's recipe, `--steps` steps, the same data order
    and head seed for every subnet of a seed, top-1 on the test split:
    * `searched`: the found Arch from its inherited weights;
@@ -24,19 +23,25 @@ fitness), on one teacher (`--teacher`), in the layout of
    baseline (what a user spends to pick by trying).
 
 `--mask-ratios` adds the ablation (paper Fig. 3) on the first seed: per
-supernet mask ratio, its own supernet (`--root/mask<r>/seed<s>/`; the
-config's own ratio is `--root/seed<s>/`), search
-and found subnet fine-tuned as above, and the fitness's Kendall with the
-fine-tuned top-1 of `--ablation-archs` subnets spread over the window (one
-fine-tuning seed; `signal_study.study_seed`).
+supernet mask ratio, a supernet (the config's own ratio: the seed's
+supernet above; others trained under `--root/mask<r>/` and kept in the
+record), the search and found subnet fine-tuned as above, and the fitness's
+Kendall with the fine-tuned top-1 of `--ablation-archs` subnets spread over
+the window (one fine-tuning seed; `signal_study.study_seed`).
 
-Everything is cached (a rerun picks up where it stopped; `--report`
-trains nothing). Prints the tables, writes `--root/search_vs_baselines.json`
-and `.png`.
+Results, searches and the supernets it trains are recorded as they come in
+`--record` (default `benchmarks/records/search_vs_baselines/`, committed;
+bound to the config, `--fitness` and `--steps`), checkpoints go under
+`--root`; a rerun on any machine picks up where the record stops,
+`--report` trains nothing. `--worker=i/n` shares the runs between n
+processes as in `signal_study.py` (worker 0 trains and searches, the others
+wait for it). Prints the tables, writes `search_vs_baselines.json` and
+`.png` into the record.
 
-  python benchmarks/search_vs_baselines.py --root=/root/studies/signals \
-      --teacher=/root/studies/fashion_v2/teacher/model --seeds=2,3,4 \
-      --steps=500 --mask-ratios=0.5,0.75,0.9
+  REC=benchmarks/records/signal_study
+  python benchmarks/search_vs_baselines.py --root=/tmp/svb \
+      --teacher=$REC/teacher --supernets=$REC --seeds=2,3,4 \
+      --steps=1500 --mask-ratios=0.5,0.75,0.9
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-imp
 
 import common  # pylint: disable=g-bad-import-order
 import signal_study  # pylint: disable=g-bad-import-order
+import study_record  # pylint: disable=g-bad-import-order
 
 # Row order of the table; 'random' rows are summarised as median and best.
 BASELINES = ('searched', 'largest', 'uniform', 'scratch')
@@ -70,72 +76,83 @@ def _log(message: str) -> None:
   print(f'[search_vs_baselines] {message}', flush=True)
 
 
-def searched(args, config, workdir: epath.Path) -> tuple[Arch, float | None]:
-  """(found Arch, search wall seconds) of `--fitness` on `workdir`'s
-  supernet; the seconds are None when the search ran before timing was
-  recorded."""
-  out = workdir / f'search_{args.fitness}'
-  timing = out / 'search_wall_s.json'
-  best = artifacts.best_arch(out)
-  if not best.exists():
+def seed_supernet(args, config, seed: int,
+                  record: study_record.Record) -> epath.Path:
+  """The model directory of seed `seed`'s supernet: `--supernets`' (the
+  signal study's record) if it holds one, else this study's, trained
+  under --root and recorded in `record` (the seed's) first if not yet."""
+  if args.supernets:
+    shared = epath.Path(args.supernets) / f'seed{seed}'
+    if artifacts.is_model_dir(shared / 'supernet', 'student'):
+      return shared / 'supernet'
+    if shared.exists():  # Training our own would make two seed-s supernets.
+      raise SystemExit(f'seed {seed}: {shared} has no supernet yet; run '
+                       'this seed once that study has recorded it')
+  signal_study.wait_for(args, record / 'supernet.json',
+                        f'seed {seed} supernet')
+  return signal_study.recorded_supernet(args, config, seed, record)
+
+
+def searched(args, config, seed: int, supernet: epath.Path,
+             record: study_record.Record) -> tuple[Arch, float | None] | None:
+  """(found Arch, search wall seconds) of `--fitness` on `supernet`,
+  searched (worker 0) and recorded in `record` (the seed's, or the mask
+  ratio's) if not yet; None under --report before the search. The seconds
+  are None for a search resumed part-way."""
+  rec = record / f'search_{args.fitness}.json'
+  done = signal_study.wait_for(args, rec, f'seed {seed} search')
+  if done is None:
     if args.report:
-      raise SystemExit(f'--report: no search in {out} yet')
+      return None
+    out = signal_study.seed_dir(args, seed) / f'search_{args.fitness}'
     resumed = (artifacts.stage_dir(out, 'search') /
                artifacts.SEARCH_STATE).exists()
     c = config.copy_and_resolve_references()
-    c.mode, c.search.fitness = 'search', args.fitness
-    c.search.supernet = str(artifacts.model_dir(workdir, 'supernet'))
+    c.mode, c.seed, c.search.fitness = 'search', seed, args.fitness
+    c.search.supernet = str(supernet)
     _log(f'searching {out} with fitness {args.fitness!r}')
     start = time.perf_counter()
     main.run(config_lib.validate(c), str(out))
-    timing.write_text(json.dumps(None if resumed else
-                                 time.perf_counter() - start))
-  # A search resumed from a killed one was timed in part only: None.
-  seconds = json.loads(timing.read_text()) if timing.exists() else None
-  return Arch.from_dict(json.loads(best.read_text())['arch']), seconds
-
-
-def fine_tune_seconds(args, workdir: epath.Path, arch: Arch,
-                      scratch: bool = False) -> float | None:
-  """Wall seconds of one fine-tuning run's training, from its last logged
-  throughput (the trainer's images/s since the run started, its first
-  compile included; the evaluation left out, so the baseline's cost is, if
-  anything, understated; a resumed run counted at its last part's rate).
-  None before the run."""
-  run = (workdir / 'finetune' / f'{args.steps}steps' /
-         artifacts.arch_key(arch.to_json()) /
-         ('scratch0' if scratch else 'ft0') / 'finetune' /
-         artifacts.METRICS_LOG)
-  if not run.exists():
-    return None
-  records = plots.read_metrics(run)
-  last = records.get(args.steps, {}).get('images_per_s')
-  return args.steps * args.batch_size / last if last else None
+    seconds = None if resumed else time.perf_counter() - start
+    found = json.loads(artifacts.best_arch(out).read_text())
+    done = {'arch': found['arch'], 'seconds': seconds,
+            'recorded_by': study_record.versions()}
+    rec.put(done)
+  return Arch.from_dict(done['arch']), done['seconds']
 
 
 def study_seed(args, config, seed: int) -> dict:
-  """Every subnet of seed `seed`, fine-tuned (cached)."""
-  workdir = signal_study.supernet(args, config, seed)
+  """Every baseline of seed `seed`, fine-tuned (recorded) where done."""
+  record = study_record.Record(args.record) / f'seed{seed}'
+  supernet = seed_supernet(args, config, seed, record)
   c = config.copy_and_resolve_references()
   c.seed = seed
+  c.search.supernet = str(supernet)
   space = config_lib.space_from_config(c)
   window = Window.from_config(c.search)
-  found, search_s = searched(args, c, workdir)
-  archs = {'searched': found, 'largest': baselines.largest(space, window),
-           'uniform': baselines.uniform(space, window)}
+  out = {'search_s': None, 'archs': {}, 'top1': {}, 'random': [],
+         'supernet': str(supernet)}
+  search = searched(args, c, seed, supernet, record)
+  runs = [('largest', baselines.largest(space, window), False),
+          ('uniform', baselines.uniform(space, window), False)]
+  if search is not None:
+    out['search_s'] = search[1]
+    runs = [('searched', search[0], False), ('scratch', search[0], True),
+            *runs]
   randoms = sample_archs(space, window, args.random, seed)
-  out = {'search_s': search_s, 'archs': {}, 'top1': {}, 'random': []}
-  for name, arch in archs.items():
-    out['archs'][name] = arch.to_dict()
-    out['top1'][name] = signal_study.fine_tuned(args, c, workdir, arch, 0)
-  out['archs']['scratch'] = found.to_dict()
-  out['top1']['scratch'] = signal_study.fine_tuned(args, c, workdir, found, 0,
-                                                   scratch=True)
-  for arch in randoms:
-    out['random'].append({'arch': arch.to_dict(),
-                          'top1': signal_study.fine_tuned(args, c, workdir,
-                                                          arch, 0),
-                          'seconds': fine_tune_seconds(args, workdir, arch)})
+  runs += [(None, arch, False) for arch in randoms]
+  index, workers = signal_study.worker(args)
+  workdir = signal_study.seed_dir(args, seed)
+  for j, (name, arch, scratch) in enumerate(runs):
+    top1 = signal_study.fine_tuned(args, c, workdir, arch, 0, scratch=scratch,
+                                   mine=j % workers == index, record=record)
+    if name is None:
+      run = (record / f'{args.steps}steps' /
+             artifacts.arch_key(arch.to_json()) / 'ft0.json').get()
+      out['random'].append({'arch': arch.to_dict(), 'top1': top1,
+                            'seconds': run and run.get('train_s')})
+    else:
+      out['archs'][name], out['top1'][name] = arch.to_dict(), top1
   out['params'] = {n: space.count_params(Arch.from_dict(a))
                    for n, a in out['archs'].items()}
   return out
@@ -161,24 +178,36 @@ def summarise(study: dict) -> dict | None:
 
 def ablation(args, config, seed: int, ratio: float) -> dict:
   """Mask ratio `ratio`: found subnet's test top-1 and the fitness's
-  Kendall with fine-tuned test top-1 of `--ablation-archs` subnets."""
-  # The config's own ratio is the main study's supernet, search and runs.
-  root = (args.root if ratio == config.supernet.mask_ratio else
-          f'{args.root}/mask{ratio:g}')
-  sub = argparse.Namespace(**{**vars(args), 'root': root,
-                              'archs': args.ablation_archs, 'ft_seeds': 1,
-                              'scratch_every': 0})
+  Kendall with fine-tuned test top-1 of `--ablation-archs` subnets (one
+  fine-tuning seed), recorded in `--record/mask<r>/`."""
+  record = study_record.Record(args.record) / f'mask{ratio:g}'
+  sub = argparse.Namespace(**{
+      **vars(args), 'root': f'{args.root}/mask{ratio:g}',
+      'record': str(record.path), 'archs': args.ablation_archs,
+      'ft_seeds': 1, 'scratch_every': 0})
   c = config.copy_and_resolve_references()
   c.supernet.mask_ratio = ratio
-  study = signal_study.study_seed(sub, c, seed)
-  workdir = signal_study.seed_dir(sub, seed)
+  # The config's own ratio is the main comparison's: its seed's supernet,
+  # search and found subnet's run.
+  own = study_record.Record(args.record) / f'seed{seed}'
+  supernet = (seed_supernet(args, config, seed, own)
+              if ratio == config.supernet.mask_ratio else None)
+  study = signal_study.study_seed(sub, c, seed, supernet_dir=supernet)
   c.seed = seed
-  found, _ = searched(sub, c, workdir)
-  top1 = signal_study.fine_tuned(sub, c, workdir, found, 0)
+  where, kept = ((args, own) if supernet else
+                 (sub, record / f'seed{seed}'))
+  supernet = supernet or kept.path / 'supernet'
+  found = searched(where, c, seed, supernet, kept)
+  top1 = None
+  if found is not None:
+    c.search.supernet = str(supernet)
+    top1 = signal_study.fine_tuned(
+        where, c, signal_study.seed_dir(where, seed), found[0], 0,
+        mine=signal_study.worker(args)[0] == 0, record=kept)
   y = signal_study.yardstick(study, 1)
   corr = (None if y is None else
           rank.correlation(study[args.fitness], y))
-  return {'ratio': ratio, 'arch': found.to_dict(),
+  return {'ratio': ratio, 'arch': None if found is None else found[0].to_dict(),
           'top1': None if top1 is None else top1[1],
           'kendall': None if corr is None else corr['kendall_tau'],
           'kendall_ci': None if corr is None else corr['kendall_ci']}
@@ -226,15 +255,38 @@ def main_() -> None:
                       help="fine-tuning steps; 0: the config's")
   parser.add_argument('--mask-ratios', default='')
   parser.add_argument('--ablation-archs', type=int, default=12)
+  parser.add_argument('--record',
+                      default=str(study_record.RECORDS / 'search_vs_baselines'),
+                      help='where the results, searches and the supernets '
+                      'trained here are kept (committed); bound to the '
+                      'config, --fitness and --steps')
+  parser.add_argument('--supernets',
+                      default=str(study_record.RECORDS / 'signal_study'),
+                      help='a record whose seed<s>/supernet is used where it '
+                      'exists (the signal study\'s held-out seeds); "" for '
+                      'none')
+  parser.add_argument('--worker', default='0/1',
+                      help='i/n: run every n-th fine-tune from the i-th, as in '
+                      'signal_study.py; worker 0 trains and searches')
   args = parser.parse_args()
+  try:
+    workers = signal_study.worker(args)[1]
+  except ValueError as e:
+    parser.error(str(e))
   config = signal_study.study_config(args)
   args.fitness = args.fitness or config.search.fitness
   if args.fitness not in signals.FITNESSES:
     parser.error(f'--fitness: {args.fitness!r} is not one of '
                  f'{signals.FITNESSES}')
   args.steps = args.steps or config.finetune.steps
-  args.batch_size = config.finetune.batch_size
   seeds = [int(s) for s in args.seeds.split(',')]
+  # Supernets read from another record must come from this config.
+  if args.supernets and (study_record.Record(args.supernets) /
+                         'study.json').get() is not None:
+    study_record.Record(args.supernets).bind(config)
+  study_record.Record(args.record).bind(
+      config, fitness=args.fitness, steps=args.steps, random=args.random,
+      ablation_archs=args.ablation_archs)
 
   rows = {}
   for seed in seeds:
@@ -251,6 +303,10 @@ def main_() -> None:
       ablations.append(ablation(args, config, seeds[0], ratio))
     except SystemExit as e:
       _log(str(e))
+  if workers > 1 and not args.report:
+    _log(f'worker {args.worker}: done; --report prints the tables once '
+         'every worker is')
+    return
 
   print(f'\n# {common.command()}')
   print(f'# fitness {args.fitness!r}, {args.steps} fine-tuning steps, '
@@ -288,7 +344,7 @@ def main_() -> None:
       top1 = '-' if a['top1'] is None else f'{100 * a["top1"]:.2f}'
       print(f'| {a["ratio"]:g} | E{arch["embed_dim"]} D{arch["depth"]} | '
             f'{top1} | {kendall} |')
-  root = epath.Path(args.root)
+  root = epath.Path(args.record)
   root.mkdir(parents=True, exist_ok=True)
   (root / 'search_vs_baselines.json').write_text(json.dumps(
       {'fitness': args.fitness, 'steps': args.steps,

@@ -153,8 +153,36 @@ def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
   val = finetuning.fine_tune(setup, run, arch)['top1']
   test = common.test_top1(c, artifacts.model_dir(run, 'finetune'))
   if record is not None:
-    record.put({'validation': val, 'test': test, 'arch': arch.to_dict()})
+    record.put({'validation': val, 'test': test, 'arch': arch.to_dict(),
+                'train_s': train_seconds(run, c.finetune)})
   return val, test
+
+
+def train_seconds(run: epath.Path, recipe) -> float | None:
+  """Wall seconds of the fine-tuning in `run` (`recipe`: its
+  config.finetune), from its last logged throughput: the trainer's images/s
+  since the run started, its first compile included and the evaluation
+  left out (a resumed run counted at its last part's rate); None if that
+  was not logged."""
+  log = run / 'finetune' / artifacts.METRICS_LOG
+  if not log.exists():
+    return None
+  rate = plots.read_metrics(log).get(recipe.steps, {}).get('images_per_s')
+  return recipe.steps * recipe.batch_size / rate if rate else None
+
+
+def wait_for(args, record: study_record.Record, what: str) -> Any:
+  """`record`'s content once worker 0 has written it (at once for worker
+  0 and --report, which may find it absent: None); a worker gives up
+  after `WAIT_S`."""
+  deadline = time.monotonic() + WAIT_S
+  while worker(args)[0] and not args.report and record.get() is None:
+    if time.monotonic() > deadline:
+      raise SystemExit(f'no {record.path} after {WAIT_S / 3600:g} h; is '
+                       'worker 0 running, with the same arguments?')
+    _log(f'worker {args.worker} waits for worker 0\'s {what}')
+    time.sleep(60)
+  return record.get()
 
 
 def coverage_order(count: int) -> list[int]:
@@ -195,31 +223,27 @@ def recorded_supernet(args, config, seed: int,
   return kept
 
 
-def study_seed(args, config, seed: int) -> dict:
+def study_seed(args, config, seed: int,
+               supernet_dir: epath.Path | None = None) -> dict:
   """Everything measured on seed `seed` (recorded as it comes in --record,
   other checkpoints in --root; a caller without --record keeps its record
   in --root/seed<s>/record). Worker 0 trains and records the supernet and
-  measures the signals; the others wait for them."""
+  measures the signals; the others wait for them. `supernet_dir`: a
+  supernet kept elsewhere (another study's record) to use instead."""
   index, workers = worker(args)
   record = (study_record.Record(args.record) if getattr(args, 'record', '') else
             study_record.Record(seed_dir(args, seed) / 'record'))
   record = record / f'seed{seed}'
   cache = record / f'signals_{args.archs}.json'
-  deadline = time.monotonic() + WAIT_S
-  while index and not args.report and cache.get() is None:
-    if time.monotonic() > deadline:
-      raise SystemExit(f'seed {seed}: no {cache.path} after '
-                       f'{WAIT_S / 3600:g} h; is worker 0 running, with the '
-                       'same --seeds, --archs, --record and --set?')
-    _log(f'seed {seed}: worker {args.worker} waits for worker 0\'s signals')
-    time.sleep(60)
+  wait_for(args, cache, f'seed {seed} signals')
   workdir = seed_dir(args, seed)
   c = config.copy_and_resolve_references()
   c.seed = seed
-  c.search.supernet = str(record.path / 'supernet')
+  c.search.supernet = str(supernet_dir or record.path / 'supernet')
 
   def ready() -> None:  # The supernet in the record, trained if not yet.
-    recorded_supernet(args, config, seed, record)
+    if supernet_dir is None:
+      recorded_supernet(args, config, seed, record)
 
   space = config_lib.space_from_config(c)
   archs = common.spread_archs(c, args.archs, seed)
