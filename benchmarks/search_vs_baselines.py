@@ -67,6 +67,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-imp
 import common  # pylint: disable=g-bad-import-order
 import signal_study  # pylint: disable=g-bad-import-order
 import study_record  # pylint: disable=g-bad-import-order
+import study_stats  # pylint: disable=g-bad-import-order
 
 # Row order of the table; 'random' rows are summarised as median and best.
 BASELINES = ('searched', 'largest', 'uniform', 'scratch')
@@ -204,7 +205,7 @@ def ablation(args, config, seed: int, ratio: float) -> dict:
     top1 = signal_study.fine_tuned(
         where, c, signal_study.seed_dir(where, seed), found[0], 0,
         mine=signal_study.worker(args)[0] == 0, record=kept)
-  y = signal_study.yardstick(study, 1)
+  y = study_stats.yardstick(study, 1)
   corr = (None if y is None else
           rank.correlation(study[args.fitness], y))
   return {'ratio': ratio, 'arch': None if found is None else found[0].to_dict(),

@@ -74,9 +74,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-imp
 
 import common  # pylint: disable=g-bad-import-order
 import study_record  # pylint: disable=g-bad-import-order
-
-CONTROLS = ('params', 'macs', 'student_entropy')
-
+import study_stats  # pylint: disable=g-bad-import-order
+from study_stats import CONTROLS, ceiling, rows, yardstick  # pylint: disable=g-bad-import-order
 
 def _log(message: str) -> None:
   print(f'[signal_study] {message}', flush=True)
@@ -288,86 +287,6 @@ def study_seed(args, config, seed: int,
   return out
 
 
-def yardstick(study: dict, split: int) -> list[float] | None:
-  """Mean top-1 over the fine-tuning seeds (split 0: validation, 1: test),
-  or None while a run is missing."""
-  runs = study['ft']
-  if any(r is None for seed in runs for r in seed):
-    return None
-  return [float(np.mean([seed[i][split] for seed in runs]))
-          for i in range(len(study['archs']))]
-
-
-def rows(study: dict, split: int) -> dict[str, dict]:
-  """Kendall (with interval) and within-strata Kendall of every fitness and
-  control against the yardstick on `split`."""
-  y = yardstick(study, split)
-  if y is None:
-    return {}
-  out = {}
-  for name in signals.FITNESSES + CONTROLS:
-    corr = rank.correlation(study[name], y)
-    out[name] = {'kendall': corr['kendall_tau'], 'ci': corr['kendall_ci'],
-                 'within_params': rank.kendall_within_strata(
-                     study[name], y, study['params'])['kendall_tau']}
-  return out
-
-
-def ceiling(study: dict, split: int) -> dict | None:
-  """Kendall between the first two fine-tuning seeds' top-1, over the
-  subnets both have finished ('subnets'); None below 5 of them."""
-  runs = study['ft']
-  if len(runs) < 2:
-    return None
-  pairs = [(a[split], b[split]) for a, b in zip(runs[0], runs[1])
-           if a is not None and b is not None]
-  if len(pairs) < 5:
-    return None
-  corr = rank.correlation(*zip(*pairs))
-  return {'kendall': corr['kendall_tau'], 'ci': corr['kendall_ci'],
-          'subnets': len(pairs), **noise(*zip(*pairs))}
-
-
-# Kendall's tau of a bivariate normal with correlation r is 2/pi asin(r):
-# two yardsticks agree at tau 0.7 once each is reliable to r = sin(0.35 pi).
-_TARGET_TAU = 0.7
-
-
-def _reliability(a: np.ndarray, b: np.ndarray) -> tuple[float, float,
-                                                         float]:
-  """(run-to-run sd, true sd, one run's reliability) of two seeds' top-1
-  in points (see `noise`)."""
-  run = float(np.std(a - b, ddof=1) / np.sqrt(2))
-  true_var = max(float(np.var((a + b) / 2, ddof=1)) - run**2 / 2, 0.0)
-  r = true_var / (true_var + run**2) if true_var + run**2 else 0.0
-  return run, float(np.sqrt(true_var)), r
-
-
-def noise(a, b, seed: int = 0) -> dict[str, Any]:
-  """What limits the yardstick, from two fine-tuning seeds' top-1 `a`, `b`
-  (n subnets each): the run-to-run noise sd (sd(a - b) / sqrt 2), the sd of
-  the subnets' true top-1 (the two-seed mean's variance less its noise's),
-  in points; the reliability r of one run (true variance / a run's
-  variance), with a bootstrap 95% interval over the subnets, and the tau
-  two runs would agree at with that r (2/pi asin r, normal errors), which
-  is steadier than the tau of a few subnets; and how many fine-tuning
-  seeds each of two mean yardsticks would need to agree with each other at
-  tau 0.7 (Spearman-Brown: the mean of k runs has k r / (1 + (k - 1) r));
-  None where r is 0."""
-  a, b = 100 * np.asarray(a, float), 100 * np.asarray(b, float)
-  run, true_sd, r = _reliability(a, b)
-  resamples = np.random.default_rng(seed).integers(
-      0, len(a), (rank.BOOTSTRAP_RESAMPLES, len(a)))
-  boot = [_reliability(a[i], b[i])[2] for i in resamples]
-  need = np.sin(_TARGET_TAU * np.pi / 2)
-  return {'run_sd': run, 'arch_sd': true_sd, 'reliability': r,
-          'reliability_ci': [float(v) for v in np.percentile(boot,
-                                                             [2.5, 97.5])],
-          'expected_kendall': float(2 / np.pi * np.arcsin(r)),
-          'seeds_for_target': (float(need * (1 - r) / (r * (1 - need)))
-                               if r > 0 else None)}
-
-
 def _fmt_noise(c: dict) -> str:
   lo, hi = c['reliability_ci']
   seeds = c['seeds_for_target']
@@ -375,7 +294,7 @@ def _fmt_noise(c: dict) -> str:
           f'{c["arch_sd"]:.2f}; one run\'s reliability {c["reliability"]:.2f}'
           f' [{lo:.2f}, {hi:.2f}] (expected Kendall '
           f'{c["expected_kendall"]:+.2f}); a yardstick agreeing at '
-          f'{_TARGET_TAU} needs the mean of '
+          f'{study_stats.TARGET_TAU} needs the mean of '
           + (f'{seeds:.1f}' if seeds is not None else 'unboundedly many')
           + ' fine-tuning seeds')
 
@@ -409,6 +328,32 @@ def plot(per_seed: dict, select: list[int], path: epath.Path) -> None:
   ax.set_ylabel('Kendall tau with fine-tuned top-1')
   ax.legend()
   plots.save_figure(fig, path)
+
+
+def held_out(per_seed: dict, select: list[int], chosen: str,
+             summary: dict) -> None:
+  """Prints (and keeps in `summary['held_out']`) every signal on the
+  seeds outside `select`, test yardstick, against the goal
+  (`study_stats.verdict`); the `chosen` one is the result."""
+  seeds = [s for s in per_seed if s not in select]
+  found = {n: study_stats.verdict([per_seed[s] for s in seeds], n)
+           for n in signals.FITNESSES + CONTROLS}
+  found = {n: v for n, v in found.items() if v is not None}
+  if not found:
+    return
+  print(f'\nheld-out seeds {seeds} ({next(iter(found.values()))["seeds"]} '
+        'complete), test yardstick; means over the seeds, 95% stratified '
+        f'bootstrap; goal: Kendall >= {study_stats.GOAL_TAU}, >= '
+        f'{study_stats.GOAL_MARGIN} above params, > 0 within strata')
+  print('| signal | Kendall | - params | within params strata | goal |')
+  print('|---|---:|---:|---:|---|')
+  ci = lambda v, k: f'{v[k]:+.2f} [{v[k + "_ci"][0]:+.2f}, ' + (
+      f'{v[k + "_ci"][1]:+.2f}]')
+  for n, v in found.items():
+    label = f'**{n}** (chosen)' if n == chosen else n
+    print(f'| {label} | {ci(v, "kendall")} | {ci(v, "margin")} | '
+          f'{ci(v, "within")} | {"met" if v["met"] else "not met"} |')
+  summary['held_out'] = found
 
 
 def add_study_arguments(parser: argparse.ArgumentParser,
@@ -528,6 +473,7 @@ def main_() -> None:
         summary[s]['rows'][n]['kendall'] for s in chosen))
     print(f'\nchosen on seeds {chosen}: {best!r}')
     summary['chosen'] = best
+    held_out(per_seed, select, best, summary)
   # Inherited (fine-tuning seed 0) against the same subnet from random
   # weights with the same seed and the recipe that suits them
   # (common.SCRATCH_RECIPE): what inheriting buys at this budget.
