@@ -63,6 +63,7 @@ RECIPES = {
     'mean_warmup_lpft': {'pool': 'mean', 'head_init': 'probe'},
     'mean_warmup_half_lr': {'pool': 'mean', 'lr': 0.5},
     'mean_warmup_ld075': {'pool': 'mean', 'layer_decay': 0.75},
+    'mean_warmup_ld1': {'pool': 'mean', 'layer_decay': 1.0},
     'scratch': common.SCRATCH_RECIPE,
 }
 # Fields given as a factor of the config's value rather than a value.
