@@ -60,9 +60,8 @@ def main() -> None:
     c.seed = seed
     c.search.supernet = str(study.path / 'supernet')
     for j, run in enumerate(pairs):
-      ft = (study / f'{args.steps}steps' / run.name / 'ft0.json').get()
-      scratch = (study / f'{args.steps}steps' / run.name /
-                 'scratch0.json').get()
+      ft = (study_record.Record(run) / 'ft0.json').get()
+      scratch = (study_record.Record(run) / 'scratch0.json').get()
       arch = Arch.from_dict(ft['arch'])
       top1 = signal_study.fine_tuned(
           args, c, common.seed_dir(args.root, seed), arch, 0,

@@ -115,6 +115,14 @@ def worker(args) -> tuple[int, int]:
 WAIT_S = 4 * 3600
 
 
+def run_record(record: study_record.Record, steps: int, arch: Arch,
+               name: str) -> study_record.Record:
+  """Where a seed's `record` keeps run `name` ('ft0', 'scratch0', ...) of
+  `arch` at `steps` fine-tuning steps."""
+  return (record / f'{steps}steps' / artifacts.arch_key(arch.to_json()) /
+          f'{name}.json')
+
+
 def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
                scratch: bool = False, mine: bool = True,
                record: study_record.Record | None = None,
@@ -129,7 +137,7 @@ def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
   key = artifacts.arch_key(arch.to_json())
   run = workdir / 'finetune' / f'{args.steps}steps' / key / name
   if record is not None:
-    record = record / f'{args.steps}steps' / key / f'{name}.json'
+    record = run_record(record, args.steps, arch, name)
     if (done := record.get()) is not None:
       return done['validation'], done['test']
     if args.report or not mine:
