@@ -12,7 +12,7 @@ and variant - random weights, per subnet, on validation and test.
 Runs are recorded in `--record/<name>/seed<s>/` (committed, as the study's
 are); `--report` trains nothing. `--worker=i/n` shares the runs.
 
-  REC=benchmarks/records/signal_study
+  REC=benchmarks/records/signal_study_ld09   # the study under layer decay 0.9 (at efea8f3)
   python benchmarks/recipe_pairs.py --study=$REC --teacher=$REC/teacher \
       --root=/root/studies/recipe_pairs --name=ld1 \
       --set finetune.layer_decay=1.0
