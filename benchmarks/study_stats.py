@@ -38,6 +38,21 @@ def yardstick(study: dict, split: int) -> list[float] | None:
           for i in range(len(runs[0]))]
 
 
+def done_subset(study: dict) -> dict:
+  """`study` restricted to the subnets every fine-tuning seed has finished:
+  each per-subnet list (n,) cut to those m, 'ft' per seed, and 'subnets'
+  the m indices; a study part-way through reads as a finished one of m."""
+  runs = study['ft']
+  n = len(runs[0])
+  done = [i for i in range(n) if all(seed[i] is not None for seed in runs)]
+  out = {k: ([v[i] for i in done]
+             if isinstance(v, (list, tuple)) and len(v) == n else v)
+         for k, v in study.items()}
+  out['ft'] = [[seed[i] for i in done] for seed in runs]
+  out['subnets'] = done
+  return out
+
+
 def rows(study: dict, split: int) -> dict[str, dict]:
   """Kendall (with interval) and within-strata Kendall of every fitness and
   control against the yardstick on `split`."""

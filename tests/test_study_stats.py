@@ -98,3 +98,31 @@ def test_verdict_leaves_out_unfinished_seeds():
   one = study_stats.verdict([done], 'oracle')
   both = study_stats.verdict([done, part], 'oracle')
   assert both['seeds'] == 1 and both['kendall'] == one['kendall']
+
+
+def test_done_subset_reads_a_study_part_way_as_a_finished_one():
+  rng = np.random.default_rng(3)
+  n = 12
+  params = rng.uniform(0.25, 0.55, n)
+  runs = 0.86 + 0.02 * params + 0.001 * rng.normal(size=(2, n))
+  names = study_stats.signals.FITNESSES + study_stats.CONTROLS
+  full = _study(None, runs, **{k: rng.normal(size=n) for k in names})
+  full['params'] = list(params)
+  full['archs'] = [f'arch{i}' for i in range(n)]
+  part = {**full, 'ft': [list(seed) for seed in full['ft']]}
+  part['ft'][0][2] = part['ft'][1][5] = part['ft'][1][6] = None
+  done = [i for i in range(n) if i not in (2, 5, 6)]
+  assert study_stats.yardstick(part, 0) is None  # Unfinished.
+  sub = study_stats.done_subset(part)
+  assert sub['subnets'] == done
+  assert sub['archs'] == [f'arch{i}' for i in done]
+  np.testing.assert_allclose(sub['params'], params[done])
+  np.testing.assert_allclose(study_stats.yardstick(sub, 0),
+                             runs[:, done].mean(0))
+  # Its Kendall is the one over those subnets alone, computed directly.
+  name = names[0]
+  got = study_stats.rows(sub, 0)[name]['kendall']
+  want = stats.kendalltau(np.array(full[name])[done],
+                          runs[:, done].mean(0)).statistic
+  assert abs(got - want) < 1e-12
+  assert full['ft'][0][2] is not None  # The original is left alone.
