@@ -325,6 +325,25 @@ def _print_row(seed, split: str, c: dict | None, table: dict,
       for n in signals.FITNESSES + CONTROLS) + f' | {probe:+.2f} |')
 
 
+def against(args, per_seed: dict) -> None:
+  """Prints this study's inherited runs minus those of the record
+  `args.against` (the same subnets and seeds under another recipe), paired
+  by subnet and fine-tuning seed, per split."""
+  for split, name in enumerate(('validation', 'test')):
+    diffs = []
+    for seed, study in per_seed.items():
+      other = study_record.Record(args.against) / f'seed{seed}'
+      for i, arch in enumerate(study['archs']):
+        for k, runs in enumerate(study['ft']):
+          theirs = run_record(other, args.steps, Arch.from_dict(arch),
+                              f'ft{k}').get()
+          if runs[i] is not None and theirs is not None:
+            diffs.append(100 * (runs[i][split] - theirs[name]))
+    if diffs:
+      print(f'{name}: this record - {args.against} over {len(diffs)} '
+            f'paired inherited runs {_margin(np.array(diffs))}')
+
+
 def _margin(points: np.ndarray) -> str:
   """'mean +- sd points (k of n ahead)' of inherited - scratch margins."""
   return (f'{common.mean_sd(points, signed=True)} points '
@@ -422,6 +441,12 @@ def main_() -> None:
                       'kept (committed to the repository: a fresh machine '
                       'resumes from them); a study with other --set, '
                       '--config or --teacher is refused there')
+  parser.add_argument('--against', default='',
+                      help='--report: another record of the same subnets '
+                      'and seeds under another recipe (e.g. '
+                      'benchmarks/records/signal_study_ld09): this '
+                      "study's inherited runs minus its, paired by subnet "
+                      'and fine-tuning seed')
   parser.add_argument('--scratch-every', type=int, default=3,
                       help='every n-th subnet also from random weights; 0: '
                       'none')
@@ -524,6 +549,8 @@ def main_() -> None:
       print(f'{name}: inherited - scratch over {len(seed_means[split])} '
             'seeds, mean +- sd of the seeds\' means '
             f'{common.mean_sd(seed_means[split], signed=True)} points')
+  if args.against:
+    against(args, per_seed)
   root = epath.Path(args.record)
   (root / 'signal_study.json').write_text(json.dumps(
       {'per_seed': {str(s): v for s, v in per_seed.items()},
