@@ -148,7 +148,7 @@ def study_seed(args, config, seed: int) -> dict:
     top1 = signal_study.fine_tuned(args, c, workdir, arch, 0, scratch=scratch,
                                    mine=j % workers == index, record=record)
     if name is None:
-      run = signal_study.run_record(record, args.steps, arch, 'ft0').get()
+      run = study_record.run_record(record, args.steps, arch, 'ft0').get()
       out['random'].append({'arch': arch.to_dict(), 'top1': top1,
                             'seconds': run and run.get('train_s')})
     else:

@@ -77,6 +77,13 @@ class Record:
           '; use another --record')
 
 
+def run_record(record: Record, steps: int, arch, name: str) -> Record:
+  """Where a seed's `record` keeps run `name` ('ft0', 'scratch0', ...) of
+  `arch` (a `masktas_jax.space.Arch`) at `steps` fine-tuning steps."""
+  return (record / f'{steps}steps' / artifacts.arch_key(arch.to_json()) /
+          f'{name}.json')
+
+
 def _flatten(tree: dict, prefix: str = '') -> Iterator[tuple[str, Any]]:
   for key, value in tree.items():
     if isinstance(value, dict):

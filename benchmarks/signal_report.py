@@ -1,0 +1,224 @@
+"""`signal_study.py --report`: the study's tables from its record.
+
+Per seed, each fitness's and control's Kendall with the fine-tuned
+yardstick (validation on the selection seeds, test on the held-out ones)
+and within parameter strata, the yardstick's noise ceiling, the default
+chosen on the selection seeds and its held-out verdict against the goal of
+#26 (`study_stats.verdict`), inherited against random weights, and, with
+`--against`, the inherited runs paired with another record's. Writes
+`signal_study.json` and `signal_study.png` into the record.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import numpy as np
+from etils import epath
+from scipy import stats
+
+from masktas_jax.evaluation import signals
+from masktas_jax.space import Arch
+from masktas_jax.stages import rank
+from masktas_jax.training import plots
+
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+import common  # pylint: disable=g-bad-import-order
+import study_record  # pylint: disable=g-bad-import-order
+import study_stats  # pylint: disable=g-bad-import-order
+from study_stats import CONTROLS, ceiling, rows, yardstick  # pylint: disable=g-bad-import-order
+
+
+def _fmt_noise(c: dict) -> str:
+  lo, hi = c['reliability_ci']
+  seeds = c['seeds_for_target']
+  return (f'run-to-run sd {c["run_sd"]:.2f} points, subnets\' sd '
+          f'{c["arch_sd"]:.2f}; one run\'s reliability {c["reliability"]:.2f}'
+          f' [{lo:.2f}, {hi:.2f}] (expected Kendall '
+          f'{c["expected_kendall"]:+.2f}); a yardstick agreeing at '
+          f'{study_stats.TARGET_TAU} needs the mean of '
+          + (f'{seeds:.1f}' if seeds is not None else 'unboundedly many')
+          + ' fine-tuning seeds')
+
+
+def _fmt(row: dict) -> str:
+  lo, hi = row['ci']
+  return f'{row["kendall"]:+.2f} [{lo:+.2f}, {hi:+.2f}]'
+
+
+# A selection seed's signals are shown part-way from this many subnets.
+PARTIAL = 10
+
+
+def _print_row(seed, split: str, c: dict | None, table: dict,
+               probe: float) -> None:
+  """One row of --report's table: each signal's Kendall with the yardstick
+  (its interval) and, in brackets, within parameter strata."""
+  print(f'| {seed} | {split} | {_fmt(c) if c else "-"} | ' + ' | '.join(
+      _fmt(table[n]) + f' ({table[n]["within_params"]:+.2f})'
+      for n in signals.FITNESSES + CONTROLS) + f' | {probe:+.2f} |')
+
+
+def against(args, per_seed: dict) -> None:
+  """Prints this study's inherited runs minus those of the record
+  `args.against` (the same subnets and seeds under another recipe), paired
+  by subnet and fine-tuning seed, per split."""
+  for split, name in enumerate(('validation', 'test')):
+    diffs = []
+    for seed, study in per_seed.items():
+      other = study_record.Record(args.against) / f'seed{seed}'
+      for i, arch in enumerate(study['archs']):
+        for k, runs in enumerate(study['ft']):
+          theirs = study_record.run_record(other, args.steps, Arch.from_dict(arch),
+                              f'ft{k}').get()
+          if runs[i] is not None and theirs is not None:
+            diffs.append(100 * (runs[i][split] - theirs[name]))
+    if diffs:
+      print(f'{name}: this record - {args.against} over {len(diffs)} '
+            f'paired inherited runs {_margin(np.array(diffs))}')
+
+
+def _margin(points: np.ndarray) -> str:
+  """'mean +- sd points (k of n ahead)' of inherited - scratch margins."""
+  return (f'{common.mean_sd(points, signed=True)} points '
+          f'({int((points > 0).sum())} of {len(points)} ahead)')
+
+
+def plot(per_seed: dict, select: list[int], path: epath.Path) -> None:
+  """Kendall of each fitness and control, selection seeds (validation) and
+  held-out seeds (test)."""
+  names = list(signals.FITNESSES + CONTROLS)
+  fig, ax = plt.subplots(figsize=(11, 4.5))
+  for j, (label, split) in enumerate((('selection seeds, validation', 0),
+                                      ('held-out seeds, test', 1))):
+    seeds = [s for s in per_seed if (s in select) == (split == 0)]
+    taus = [[rows(per_seed[s], split).get(n, {}).get('kendall', np.nan)
+             for s in seeds] for n in names]
+    ax.bar(np.arange(len(names)) + 0.4 * j - 0.2,
+           [np.nanmean(t) if np.isfinite(t).any() else np.nan
+            for t in taus], 0.4, label=label)
+  ax.axhline(0, color='k', lw=0.5)
+  ax.set_xticks(range(len(names)), names, rotation=30, ha='right')
+  ax.set_ylabel('Kendall tau with fine-tuned top-1')
+  ax.legend()
+  plots.save_figure(fig, path)
+
+
+def held_out(per_seed: dict, select: list[int], chosen: str,
+             summary: dict) -> None:
+  """Prints (and keeps in `summary['held_out']`) every signal on the
+  seeds outside `select`, test yardstick, against the goal
+  (`study_stats.verdict`); the `chosen` one is the result."""
+  seeds = [s for s in per_seed if s not in select]
+  found = {n: study_stats.verdict([per_seed[s] for s in seeds], n)
+           for n in signals.FITNESSES + CONTROLS}
+  found = {n: v for n, v in found.items() if v is not None}
+  if not found:
+    return
+  print(f'\nheld-out seeds {seeds} ({next(iter(found.values()))["seeds"]} '
+        'complete), test yardstick; means over the seeds, 95% stratified '
+        f'bootstrap; goal: Kendall >= {study_stats.GOAL_TAU}, >= '
+        f'{study_stats.GOAL_MARGIN} above params, > 0 within strata')
+  print('| signal | Kendall | - params | within params strata | goal |')
+  print('|---|---:|---:|---:|---|')
+  ci = lambda v, k: f'{v[k]:+.2f} [{v[k + "_ci"][0]:+.2f}, ' + (
+      f'{v[k + "_ci"][1]:+.2f}]')
+  for n, v in found.items():
+    label = f'**{n}** (chosen)' if n == chosen else n
+    print(f'| {label} | {ci(v, "kendall")} | {ci(v, "margin")} | '
+          f'{ci(v, "within")} | {"met" if v["met"] else "not met"} |')
+  summary['held_out'] = found
+
+
+def report(args, per_seed: dict, select: list[int]) -> None:
+  """Prints the tables of `per_seed` (seed -> `signal_study.study_seed`'s
+  dict) and writes them into `args.record`; `select`: the selection
+  seeds."""
+  print(f'\n# {common.command()}')
+  print(f'# {args.archs} subnets per seed, {args.steps} fine-tuning steps, '
+        f'{args.ft_seeds} fine-tuning seeds; selection seeds {select}')
+  print('| seed | split | ft seed vs ft seed | ' + ' | '.join(
+      signals.FITNESSES + CONTROLS + ('probe',)) + ' |')
+  print('|---|---|---:|' + '---:|' * (len(signals.FITNESSES) +
+                                      len(CONTROLS) + 1))
+  summary = {}
+  for seed, study in per_seed.items():
+    split = 0 if seed in select else 1
+    table = rows(study, split)
+    c = ceiling(study, split)
+    if not table:
+      if c and seed in select and c['subnets'] >= PARTIAL:
+        # A selection seed part-way: how the signals stand over the subnets
+        # done (the coverage order spreads them over the window), never
+        # used to choose, and not shown for held-out seeds.
+        part = study_stats.done_subset(study)
+        _print_row(f'{seed} ({c["subnets"]} of {len(study["archs"])} '
+                   'subnets, partial)', 'validation', c, rows(part, 0),
+                   rank.correlation(part['probe'],
+                                    yardstick(part, 0))['kendall_tau'])
+      elif c:
+        print(f'| {seed} | {("validation", "test")[split]} | {_fmt(c)} '
+              f'over the {c["subnets"]} subnets done |' + ' |' * (
+                  len(signals.FITNESSES) + len(CONTROLS) + 1))
+      continue
+    probe = rank.correlation(study['probe'], yardstick(study, split))
+    summary[seed] = {'split': ('validation', 'test')[split], 'rows': table,
+                     'ceiling': c, 'probe': probe['kendall_tau']}
+    _print_row(seed, summary[seed]['split'], c, table, probe['kendall_tau'])
+  for seed, study in per_seed.items():
+    for split, name in enumerate(('validation', 'test')):
+      c = ceiling(study, split)
+      if c:
+        print(f'seed {seed}, {name}, {c["subnets"]} subnets: '
+              f'{_fmt_noise(c)}')
+    # The default is chosen on validation and reported on test: do the two
+    # splits' yardsticks (means over the fine-tuning seeds) rank alike?
+    done = [i for i in range(len(study['archs']))
+            if all(ft[i] is not None for ft in study['ft'])]
+    if len(done) > 2:
+      val, test = ([np.mean([ft[i][split] for ft in study['ft']])
+                    for i in done] for split in (0, 1))
+      print(f'seed {seed}, validation vs test yardstick over {len(done)} '
+            f'subnets: Kendall {stats.kendalltau(val, test).statistic:+.2f}'
+            f', Pearson {np.corrcoef(val, test)[0, 1]:+.2f}')
+  chosen = [s for s in select if s in summary]
+  if chosen:
+    best = max(signals.FITNESSES, key=lambda n: statistics.mean(
+        summary[s]['rows'][n]['kendall'] for s in chosen))
+    print(f'\nchosen on seeds {chosen}: {best!r}')
+    summary['chosen'] = best
+    held_out(per_seed, select, best, summary)
+  # Inherited (fine-tuning seed 0) against the same subnet from random
+  # weights with the same seed and the recipe that suits them
+  # (common.SCRATCH_RECIPE): what inheriting buys at this budget.
+  seed_means = ([], [])
+  for seed, study in per_seed.items():
+    for split, name in enumerate(('validation', 'test')):
+      pairs = [(s[split], f[split])
+               for s, f in zip(study['scratch'], study['ft'][0])
+               if s is not None and f is not None]
+      if not pairs:
+        continue
+      scr, inh = (np.array(x) for x in zip(*pairs))
+      seed_means[split].append(100 * (inh - scr).mean())
+      line = (f'seed {seed}, {name}: inherited - scratch over {len(pairs)} '
+              f'subnets {_margin(100 * (inh - scr))}')
+      if len(pairs) > 2:
+        line += (', Kendall of the two '
+                 f'{stats.kendalltau(scr, inh).statistic:+.2f}')
+      print(line)
+  for split, name in enumerate(('validation', 'test')):
+    if len(seed_means[split]) > 1:
+      print(f'{name}: inherited - scratch over {len(seed_means[split])} '
+            'seeds, mean +- sd of the seeds\' means '
+            f'{common.mean_sd(seed_means[split], signed=True)} points')
+  if args.against:
+    against(args, per_seed)
+  root = epath.Path(args.record)
+  (root / 'signal_study.json').write_text(json.dumps(
+      {'per_seed': {str(s): v for s, v in per_seed.items()},
+       'summary': {str(k): v for k, v in summary.items()}}))
+  plot(per_seed, select, root / 'signal_study.png')
+
