@@ -12,8 +12,9 @@ and variant - random weights, per subnet, on validation and test.
 Runs are recorded in `--record/<name>/seed<s>/` (committed, as the study's
 are); `--report` trains nothing. `--worker=i/n` shares the runs.
 
-  REC=benchmarks/records/signal_study_ld09   # the study under layer decay 0.9 (at efea8f3)
+  REC=benchmarks/records/signal_study_ld09   # the study under layer decay 0.9
   python benchmarks/recipe_pairs.py --study=$REC --teacher=$REC/teacher \
+      --study-set finetune.layer_decay=0.9 \
       --root=/root/studies/recipe_pairs --name=ld1 \
       --set finetune.layer_decay=1.0
 """
@@ -41,11 +42,18 @@ def main() -> None:
   parser.add_argument('--record',
                       default=str(study_record.RECORDS / 'recipe_pairs'))
   parser.add_argument('--worker', default='0/1')
+  parser.add_argument('--study-set', action='append', default=[],
+                      help="the study's own overrides KEY=VALUE, where "
+                      'the config has changed since it ran (e.g. '
+                      'finetune.layer_decay=0.9 for '
+                      'records/signal_study_ld09); the variant is the '
+                      'study\'s config with --set on top')
   args = parser.parse_args()
   index, workers = signal_study.worker(args)
-  config = signal_study.study_config(args)  # With the variant's --set.
-  base = signal_study.study_config(argparse.Namespace(**{**vars(args),
-                                                         'set': []}))
+  configured = lambda overrides: signal_study.study_config(
+      argparse.Namespace(**{**vars(args), 'set': overrides}))
+  config = configured(args.study_set + args.set)  # The variant.
+  base = configured(args.study_set)
   # The study's runs must be of this config less the variant.
   study_record.Record(args.study).bind(base)
   record = study_record.Record(args.record) / args.name

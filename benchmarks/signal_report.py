@@ -61,23 +61,26 @@ def _print_row(seed, split: str, c: dict | None, table: dict,
       for n in signals.FITNESSES + CONTROLS) + f' | {probe:+.2f} |')
 
 
-def against(args, per_seed: dict) -> None:
-  """Prints this study's inherited runs minus those of the record
-  `args.against` (the same subnets and seeds under another recipe), paired
-  by subnet and fine-tuning seed, per split."""
+def against(args, per_seed: dict) -> dict[str, list[float]]:
+  """Prints and returns (split name -> points) this study's inherited runs
+  minus those of the record `args.against` (the same subnets and seeds
+  under another recipe), paired by subnet and fine-tuning seed."""
+  out = {}
   for split, name in enumerate(('validation', 'test')):
     diffs = []
     for seed, study in per_seed.items():
       other = study_record.Record(args.against) / f'seed{seed}'
       for i, arch in enumerate(study['archs']):
         for k, runs in enumerate(study['ft']):
-          theirs = study_record.run_record(other, args.steps, Arch.from_dict(arch),
-                              f'ft{k}').get()
+          theirs = study_record.run_record(
+              other, args.steps, Arch.from_dict(arch), f'ft{k}').get()
           if runs[i] is not None and theirs is not None:
             diffs.append(100 * (runs[i][split] - theirs[name]))
     if diffs:
       print(f'{name}: this record - {args.against} over {len(diffs)} '
             f'paired inherited runs {_margin(np.array(diffs))}')
+      out[name] = diffs
+  return out
 
 
 def _margin(points: np.ndarray) -> str:
@@ -149,13 +152,14 @@ def report(args, per_seed: dict, select: list[int]) -> None:
     table = rows(study, split)
     c = ceiling(study, split)
     if not table:
-      if c and seed in select and c['subnets'] >= PARTIAL:
+      part = study_stats.done_subset(study)
+      done = len(part['subnets'])  # With every fine-tuning seed.
+      if c and seed in select and done >= PARTIAL:
         # A selection seed part-way: how the signals stand over the subnets
         # done (the coverage order spreads them over the window), never
         # used to choose, and not shown for held-out seeds.
-        part = study_stats.done_subset(study)
-        _print_row(f'{seed} ({c["subnets"]} of {len(study["archs"])} '
-                   'subnets, partial)', 'validation', c, rows(part, 0),
+        _print_row(f'{seed} ({done} of {len(study["archs"])} subnets, '
+                   'partial)', 'validation', c, rows(part, 0),
                    rank.correlation(part['probe'],
                                     yardstick(part, 0))['kendall_tau'])
       elif c:
@@ -215,7 +219,8 @@ def report(args, per_seed: dict, select: list[int]) -> None:
             'seeds, mean +- sd of the seeds\' means '
             f'{common.mean_sd(seed_means[split], signed=True)} points')
   if args.against:
-    against(args, per_seed)
+    summary['against'] = {'record': args.against,
+                          **against(args, per_seed)}
   root = epath.Path(args.record)
   (root / 'signal_study.json').write_text(json.dumps(
       {'per_seed': {str(s): v for s, v in per_seed.items()},

@@ -358,5 +358,6 @@ def main_() -> None:
 
   signal_report.report(args, per_seed, select)
 
+
 if __name__ == '__main__':
   main_()

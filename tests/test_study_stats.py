@@ -2,6 +2,7 @@
 held-out verdict, against direct computations on synthetic studies whose
 truth is known."""
 
+import copy
 import sys
 
 import numpy as np
@@ -113,7 +114,9 @@ def test_done_subset_reads_a_study_part_way_as_a_finished_one():
   part['ft'][0][2] = part['ft'][1][5] = part['ft'][1][6] = None
   done = [i for i in range(n) if i not in (2, 5, 6)]
   assert study_stats.yardstick(part, 0) is None  # Unfinished.
+  before = copy.deepcopy(part)
   sub = study_stats.done_subset(part)
+  assert part == before  # The study itself is left alone.
   assert sub['subnets'] == done
   assert sub['archs'] == [f'arch{i}' for i in done]
   np.testing.assert_allclose(sub['params'], params[done])
@@ -125,4 +128,3 @@ def test_done_subset_reads_a_study_part_way_as_a_finished_one():
   want = stats.kendalltau(np.array(full[name])[done],
                           runs[:, done].mean(0)).statistic
   assert abs(got - want) < 1e-12
-  assert full['ft'][0][2] is not None  # The original is left alone.
