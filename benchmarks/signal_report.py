@@ -97,8 +97,10 @@ def plot(per_seed: dict, select: list[int], path: epath.Path) -> None:
   for j, (label, split) in enumerate((('selection seeds, validation', 0),
                                       ('held-out seeds, test', 1))):
     seeds = [s for s in per_seed if (s in select) == (split == 0)]
-    taus = [[rows(per_seed[s], split).get(n, {}).get('kendall', np.nan)
-             for s in seeds] for n in names]
+    # Once per seed: each table bootstraps every signal.
+    tables = [rows(per_seed[s], split) for s in seeds]
+    taus = [[t.get(n, {}).get('kendall', np.nan) for t in tables]
+            for n in names]
     ax.bar(np.arange(len(names)) + 0.4 * j - 0.2,
            [np.nanmean(t) if np.isfinite(t).any() else np.nan
             for t in taus], 0.4, label=label)

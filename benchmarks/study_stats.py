@@ -15,7 +15,6 @@ import warnings
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats
 
 from masktas_jax.evaluation import signals
 from masktas_jax.stages import rank
@@ -125,9 +124,7 @@ def noise(a, b, seed: int = 0) -> dict[str, Any]:
 
 def _tau(x: np.ndarray, y: np.ndarray) -> float:
   """Kendall tau-b, NaN where undefined (a constant input)."""
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore', stats.ConstantInputWarning)
-    return float(stats.kendalltau(x, y).statistic)
+  return float(rank.kendall_b(x, y))
 
 
 def verdict(studies: Sequence[dict], name: str, split: int = 1,

@@ -2,10 +2,12 @@
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
 from etils import epath
+from scipy import stats
 
 from masktas_jax import config_lib, data, errors, losses
 from masktas_jax.errors import SearchError
@@ -264,6 +266,54 @@ def test_correlation_with_bootstrap_intervals():
   assert a['kendall_ci'][0] > b['kendall_ci'][1] - 0.3
   assert np.diff(a['kendall_ci']) < np.diff(b['kendall_ci'])
   assert rank.correlation(x, close, seed=3) != a  # Resampled anew.
+
+
+def test_bootstraps_equal_scipy_one_resample_at_a_time():
+  """The bootstraps score their resamples all at once (`rank.kendall_b`);
+  each must equal scipy's statistic of that resample alone, ties and
+  constant resamples included, and the intervals the one-by-one loop's."""
+  rng = np.random.default_rng(7)
+  x = rng.integers(0, 4, (300, 9)).astype(float)  # Many ties.
+  y = rng.integers(0, 4, (300, 9)).astype(float)
+  x[:5] = 1.0  # Constant rows: undefined.
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', stats.ConstantInputWarning)
+    want = np.array([stats.kendalltau(a, b).statistic for a, b in zip(x, y)])
+    got = rank.kendall_b(x, y)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert np.isnan(got[:5]).all() and np.isfinite(got[5:]).all()
+    assert rank.kendall_b(x[7], y[7]) == pytest.approx(want[7], abs=1e-12)
+    # The intervals, against the loop over the same resamples.
+    a = rng.normal(size=25)
+    b = a + rng.normal(size=25)
+    b[:4] = b[4]  # Ties in one variable.
+    picks = np.random.default_rng(0).integers(
+        0, 25, (rank.BOOTSTRAP_RESAMPLES, 25))
+    out = rank.correlation(a, b)
+    for fn, key in ((stats.kendalltau, 'kendall_ci'),
+                    (stats.spearmanr, 'spearman_ci')):
+      boot = np.array([fn(a[i], b[i]).statistic for i in picks])
+      boot = boot[np.isfinite(boot)]
+      np.testing.assert_allclose(out[key], np.percentile(boot, [2.5, 97.5]),
+                                 rtol=0, atol=1e-12)
+    # Within strata: the same draws, stratum by stratum.
+    size = rng.permutation(25)
+    groups = np.array_split(np.argsort(size, kind='stable'), 3)
+    draw = np.random.default_rng(0)
+    boot = []
+    for _ in range(rank.BOOTSTRAP_RESAMPLES):
+      taus = [stats.kendalltau(a[p], b[p]).statistic
+              for p in [draw.choice(g, len(g)) for g in groups]]
+      taus = [t for t in taus if np.isfinite(t)]
+      boot.append(np.mean(taus) if taus else np.nan)
+    boot = np.array(boot)
+    within = rank.kendall_within_strata(a, b, size, strata=3)
+    np.testing.assert_allclose(
+        within['kendall_ci'],
+        np.percentile(boot[np.isfinite(boot)], [2.5, 97.5]), rtol=0,
+        atol=1e-12)
+    assert within['kendall_tau'] == pytest.approx(np.mean(
+        [stats.kendalltau(a[g], b[g]).statistic for g in groups]), abs=1e-12)
 
 
 @pytest.mark.parametrize('yardstick', ['knn', 'linear', 'finetune'])

@@ -120,6 +120,38 @@ class FeatureExtractor:
     return np.concatenate(feats, axis=1), np.concatenate(labels)
 
 
+def kendall_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """Kendall tau-b of x and y along their last axis (..., n): (...), NaN
+  where undefined (a constant row, n < 2). scipy's `kendalltau` of one
+  pair at a time, for the thousands of resamples a bootstrap takes: the
+  concordance signs of all n (n - 1) / 2 pairs, ties counted out of the
+  denominator as tau-b does."""
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  lead, n = x.shape[:-1], x.shape[-1]
+  x, y = x.reshape(-1, n), y.reshape(-1, n)
+  i, j = np.triu_indices(n, 1)
+  out = np.empty(len(x))
+  rows = max(1, 2**22 // max(len(i), 1))  # Bounds the (rows, pairs) temporaries.
+  for start in range(0, len(x), rows):
+    part = slice(start, start + rows)
+    sx = np.sign(x[part][:, i] - x[part][:, j])
+    sy = np.sign(y[part][:, i] - y[part][:, j])
+    num = np.einsum('rp,rp->r', sx, sy)
+    den = np.sqrt(np.abs(sx).sum(1) * np.abs(sy).sum(1))
+    out[part] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+  return out.reshape(lead) if lead else out[0]
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """Spearman's rho of each row of x and y (r, n), as scipy's `spearmanr`
+  (Pearson of average ranks): (r,), NaN for a constant row."""
+  rx, ry = (stats.rankdata(v, axis=-1) for v in (x, y))
+  rx, ry = (v - v.mean(-1, keepdims=True) for v in (rx, ry))
+  den = np.sqrt((rx * rx).sum(-1) * (ry * ry).sum(-1))
+  return np.where(den > 0, (rx * ry).sum(-1) / np.where(den > 0, den, 1),
+                  np.nan)
+
+
 def correlation(x: Sequence[float], y: Sequence[float],
                 seed: int = 0) -> dict[str, Any]:
   """Kendall tau-b and Spearman rho of x and y (n,), each with a percentile
@@ -134,11 +166,11 @@ def correlation(x: Sequence[float], y: Sequence[float],
   result = {}
   with warnings.catch_warnings():
     warnings.simplefilter('ignore', stats.ConstantInputWarning)
-    for name, fn in (('kendall', stats.kendalltau),
-                     ('spearman', stats.spearmanr)):
+    for name, fn, rows in (('kendall', stats.kendalltau, kendall_b),
+                           ('spearman', stats.spearmanr, _spearman_rows)):
       key = 'kendall_tau' if name == 'kendall' else 'spearman_rho'
       result[key] = float(fn(x, y).statistic)
-      boot = np.array([fn(x[i], y[i]).statistic for i in resamples])
+      boot = rows(x[resamples], y[resamples])
       boot = boot[np.isfinite(boot)]
       result[f'{name}_ci'] = ([float(v) for v in np.percentile(boot,
                                                               [2.5, 97.5])]
@@ -159,18 +191,23 @@ def kendall_within_strata(x: Sequence[float], y: Sequence[float],
                           strata)
   rng = np.random.default_rng(seed)
 
-  def mean_tau(pick):
-    with warnings.catch_warnings():
-      warnings.simplefilter('ignore', stats.ConstantInputWarning)
-      taus = [stats.kendalltau(x[g], y[g]).statistic for g in pick
-              if len(g) > 1]
-    taus = [t for t in taus if np.isfinite(t)]
-    return float(np.mean(taus)) if taus else float('nan')
+  def mean_tau(picks):
+    """Mean over strata of Kendall within each, per resample: `picks` one
+    (r, len(g)) index array per stratum; (r,)."""
+    taus = np.stack([kendall_b(x[p], y[p]) for p in picks
+                     if p.shape[-1] > 1] or [np.full(len(picks[0]), np.nan)])
+    with warnings.catch_warnings():  # NaN where every stratum's is.
+      warnings.simplefilter('ignore', RuntimeWarning)
+      return np.nanmean(taus, axis=0)
 
-  boot = np.array([mean_tau([rng.choice(g, len(g)) for g in groups])
-                   for _ in range(BOOTSTRAP_RESAMPLES)])
+  # Drawn resample by resample, stratum by stratum.
+  draws = [[rng.choice(g, len(g)) for g in groups]
+           for _ in range(BOOTSTRAP_RESAMPLES)]
+  boot = mean_tau([np.stack([d[k] for d in draws])
+                   for k in range(len(groups))])
   boot = boot[np.isfinite(boot)]
-  return {'kendall_tau': mean_tau(groups), 'strata': strata,
+  point = float(mean_tau([g[None] for g in groups])[0])
+  return {'kendall_tau': point, 'strata': strata,
           'kendall_ci': ([float(v) for v in np.percentile(boot, [2.5, 97.5])]
                          if len(boot) else [float('nan')] * 2)}
 
