@@ -115,8 +115,10 @@ def get_config(arg=None):
   # its lower layers need no protecting; at 1,500 steps on the signal
   # study's 5 subnets paired with random-weight runs, 1.0 beat 0.9 by
   # +0.44 +- 0.28 (validation, 4 of 5) and +0.42 +- 0.10 (test, 5 of 5)
-  # points, and 0.75 lost; at the full 6,000 steps the found subnet went
-  # from 89.75% to 90.55% test top-1 (one run each; BENCHMARKS.md, "Layer
-  # decay for inherited bodies").
+  # points, and 0.75 lost; over the signal study's first 32 runs paired
+  # with the same subnets and seeds under 0.9, +0.25 +- 0.26 on test (28
+  # of 32 ahead); at the full 6,000 steps the found subnet went from
+  # 89.75% to 90.55% test top-1 (one run each; BENCHMARKS.md, "Layer
+  # decay for inherited bodies" and the signal study).
   config.finetune.layer_decay = 1.0
   return config_lib.lock(config)
