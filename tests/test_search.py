@@ -268,6 +268,38 @@ def test_correlation_with_bootstrap_intervals():
   assert rank.correlation(x, close, seed=3) != a  # Resampled anew.
 
 
+def test_kendall_b_in_chunks_and_at_the_edges(monkeypatch):
+  """Chunked, row by row through scipy past its pair limit, and at n < 3,
+  inf ties and strata emptier than their count: as scipy says."""
+  rng = np.random.default_rng(11)
+  x = rng.integers(0, 5, (40, 12)).astype(float)
+  y = rng.integers(0, 5, (40, 12)).astype(float)
+  x[3, 4:6] = np.inf  # A tie at infinity.
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', stats.ConstantInputWarning)
+    want = np.array([stats.kendalltau(a, b).statistic for a, b in zip(x, y)])
+    monkeypatch.setattr(rank, '_PAIRS_PER_CHUNK', 100)  # 1 row a chunk.
+    np.testing.assert_allclose(rank.kendall_b(x, y), want, atol=1e-12)
+    monkeypatch.setattr(rank, '_PAIRS_MAX', 10)  # Row by row via scipy.
+    np.testing.assert_allclose(rank.kendall_b(x, y), want, atol=1e-12)
+    monkeypatch.undo()
+    for n in (0, 1):
+      assert np.isnan(rank.kendall_b(np.ones((3, n)), np.ones((3, n)))).all()
+    two = rank.kendall_b(np.array([[1., 2], [1, 1]]), np.array([[2., 3],
+                                                                 [1, 2]]))
+    assert two[0] == 1 and np.isnan(two[1])
+    for n, strata in ((2, 3), (5, 3), (7, 4)):
+      a, b, size = rng.normal(size=n), rng.normal(size=n), rng.permutation(n)
+      groups = np.array_split(np.argsort(size, kind='stable'), strata)
+      taus = [stats.kendalltau(a[g], b[g]).statistic for g in groups
+              if len(g) > 1]
+      got = rank.kendall_within_strata(a, b, size, strata=strata)
+      if taus:
+        assert got['kendall_tau'] == pytest.approx(np.mean(taus), abs=1e-12)
+      else:
+        assert np.isnan(got['kendall_tau'])
+
+
 def test_bootstraps_equal_scipy_one_resample_at_a_time():
   """The bootstraps score their resamples all at once (`rank.kendall_b`);
   each must equal scipy's statistic of that resample alone, ties and

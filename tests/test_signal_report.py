@@ -10,6 +10,9 @@ import sys
 import numpy as np
 from scipy import stats
 
+from masktas_jax.space import Arch
+from masktas_jax.storage import artifacts
+
 import helpers
 
 BENCH = helpers.ROOT / 'benchmarks'
@@ -85,8 +88,13 @@ def test_report_chooses_on_selection_seeds_and_reports_held_out(tmp_path):
   truth = json.loads((tmp_path / 'truth2.json').read_text())
   signals2 = json.loads(
       (tmp_path / 'record/seed2/signals_30.json').read_text())
-  seed2 = summary['per_seed']['2']
-  yard = [np.mean([ft[i][1] for ft in seed2['ft']]) for i in range(30)]
+  # The yardstick from the run files themselves.
+  yard = []
+  for arch in summary['per_seed']['2']['archs']:
+    runs = (tmp_path / 'record/seed2/1500steps' /
+            artifacts.arch_key(Arch.from_dict(arch).to_json()))
+    yard.append(np.mean([json.loads((runs / f'ft{k}.json').read_text())
+                         ['test'] for k in range(2)]))
   want = stats.kendalltau(signals2['relation_paper'], yard).statistic
   got = summary['summary']['held_out']['relation_paper']['kendall']
   assert abs(got - want) < 1e-9

@@ -120,25 +120,41 @@ class FeatureExtractor:
     return np.concatenate(feats, axis=1), np.concatenate(labels)
 
 
+# Pairs (x resamples) `kendall_b` compares at once; past _PAIRS_MAX pairs a
+# row (n > ~2,900) it asks scipy row by row instead (O(n log n) a row).
+_PAIRS_PER_CHUNK = 2**22
+_PAIRS_MAX = 2**22
+
+
 def kendall_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
   """Kendall tau-b of x and y along their last axis (..., n): (...), NaN
-  where undefined (a constant row, n < 2). scipy's `kendalltau` of one
-  pair at a time, for the thousands of resamples a bootstrap takes: the
-  concordance signs of all n (n - 1) / 2 pairs, ties counted out of the
-  denominator as tau-b does."""
+  where undefined (a constant row, n < 2, a NaN). scipy's `kendalltau` of
+  one pair at a time, for the thousands of resamples a bootstrap takes:
+  the concordance signs of all n (n - 1) / 2 pairs, ties counted out of
+  the denominator as tau-b does."""
   x, y = np.asarray(x, float), np.asarray(y, float)
   lead, n = x.shape[:-1], x.shape[-1]
-  x, y = x.reshape(-1, n), y.reshape(-1, n)
-  i, j = np.triu_indices(n, 1)
-  out = np.empty(len(x))
-  rows = max(1, 2**22 // max(len(i), 1))  # Bounds the (rows, pairs) temporaries.
-  for start in range(0, len(x), rows):
-    part = slice(start, start + rows)
-    sx = np.sign(x[part][:, i] - x[part][:, j])
-    sy = np.sign(y[part][:, i] - y[part][:, j])
-    num = np.einsum('rp,rp->r', sx, sy)
-    den = np.sqrt(np.abs(sx).sum(1) * np.abs(sy).sum(1))
-    out[part] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+  count = int(np.prod(lead, dtype=int))
+  x, y = x.reshape(count, n), y.reshape(count, n)
+  out = np.full(count, np.nan)
+  i, j = np.triu_indices(n, 1) if 1 < n and n * (n - 1) // 2 <= _PAIRS_MAX \
+      else (None, None)
+  if i is None and n > 1:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', stats.ConstantInputWarning)
+      out[:] = [stats.kendalltau(a, b).statistic for a, b in zip(x, y)]
+  elif i is not None:
+    sign = lambda v: np.sign(np.where(v[:, i] == v[:, j], 0.0,
+                                      v[:, i] - v[:, j]))  # inf ties: 0.
+    rows = max(1, _PAIRS_PER_CHUNK // len(i))
+    for start in range(0, count, rows):
+      with np.errstate(invalid='ignore'):  # inf - inf, where it is a tie.
+        sx, sy = sign(x[start:start + rows]), sign(y[start:start + rows])
+      num = np.einsum('rp,rp->r', sx, sy)
+      den = np.sqrt(np.abs(sx).sum(1) * np.abs(sy).sum(1))
+      out[start:start + rows] = np.where(den > 0,
+                                         num / np.where(den > 0, den, 1),
+                                         np.nan)
   return out.reshape(lead) if lead else out[0]
 
 
