@@ -28,6 +28,7 @@ import numpy as np
 from masktas_jax.space import Arch
 
 import common  # pylint: disable=g-bad-import-order
+import signal_report  # pylint: disable=g-bad-import-order
 import signal_study  # pylint: disable=g-bad-import-order
 import study_record  # pylint: disable=g-bad-import-order
 
@@ -95,8 +96,7 @@ def main() -> None:
       d = [100 * (r[2][split] - r[other][split]) for r in rows]
       if d:
         print(f'{name}: variant - {label} over {len(d)} subnets '
-              f'{common.mean_sd(d, signed=True)} points '
-              f'({int((np.array(d) > 0).sum())} of {len(d)} ahead)')
+              f'{signal_report.margin(np.array(d))}')
 
 
 if __name__ == '__main__':

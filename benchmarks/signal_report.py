@@ -78,13 +78,14 @@ def against(args, per_seed: dict) -> dict[str, list[float]]:
             diffs.append(100 * (runs[i][split] - theirs[name]))
     if diffs:
       print(f'{name}: this record - {args.against} over {len(diffs)} '
-            f'paired inherited runs {_margin(np.array(diffs))}')
+            f'paired inherited runs {margin(np.array(diffs))}')
       out[name] = diffs
   return out
 
 
-def _margin(points: np.ndarray) -> str:
-  """'mean +- sd points (k of n ahead)' of inherited - scratch margins."""
+def margin(points: np.ndarray) -> str:
+  """'mean +- sd points (k of n ahead)' of paired differences (points,
+  e.g. inherited - scratch)."""
   return (f'{common.mean_sd(points, signed=True)} points '
           f'({int((points > 0).sum())} of {len(points)} ahead)')
 
@@ -181,12 +182,11 @@ def report(args, per_seed: dict, select: list[int]) -> None:
               f'{_fmt_noise(c)}')
     # The default is chosen on validation and reported on test: do the two
     # splits' yardsticks (means over the fine-tuning seeds) rank alike?
-    done = [i for i in range(len(study['archs']))
-            if all(ft[i] is not None for ft in study['ft'])]
-    if len(done) > 2:
-      val, test = ([np.mean([ft[i][split] for ft in study['ft']])
-                    for i in done] for split in (0, 1))
-      print(f'seed {seed}, validation vs test yardstick over {len(done)} '
+    part = study_stats.done_subset(study)
+    if len(part['subnets']) > 2:
+      val, test = (yardstick(part, split) for split in (0, 1))
+      print(f'seed {seed}, validation vs test yardstick over '
+            f'{len(part["subnets"])} '
             f'subnets: Kendall {stats.kendalltau(val, test).statistic:+.2f}'
             f', Pearson {np.corrcoef(val, test)[0, 1]:+.2f}')
   chosen = [s for s in select if s in summary]
@@ -210,7 +210,7 @@ def report(args, per_seed: dict, select: list[int]) -> None:
       scr, inh = (np.array(x) for x in zip(*pairs))
       seed_means[split].append(100 * (inh - scr).mean())
       line = (f'seed {seed}, {name}: inherited - scratch over {len(pairs)} '
-              f'subnets {_margin(100 * (inh - scr))}')
+              f'subnets {margin(100 * (inh - scr))}')
       if len(pairs) > 2:
         line += (', Kendall of the two '
                  f'{stats.kendalltau(scr, inh).statistic:+.2f}')

@@ -137,13 +137,12 @@ def kendall_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
   count = int(np.prod(lead, dtype=int))
   x, y = x.reshape(count, n), y.reshape(count, n)
   out = np.full(count, np.nan)
-  i, j = np.triu_indices(n, 1) if 1 < n and n * (n - 1) // 2 <= _PAIRS_MAX \
-      else (None, None)
-  if i is None and n > 1:
+  if 1 < n and n * (n - 1) // 2 > _PAIRS_MAX:
     with warnings.catch_warnings():
       warnings.simplefilter('ignore', stats.ConstantInputWarning)
       out[:] = [stats.kendalltau(a, b).statistic for a, b in zip(x, y)]
-  elif i is not None:
+  elif 1 < n:
+    i, j = np.triu_indices(n, 1)
     sign = lambda v: np.sign(np.where(v[:, i] == v[:, j], 0.0,
                                       v[:, i] - v[:, j]))  # inf ties: 0.
     rows = max(1, _PAIRS_PER_CHUNK // len(i))
