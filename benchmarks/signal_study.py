@@ -250,7 +250,6 @@ def study_seed(args, config, seed: int,
                                  capacity=len(archs), names=signals.SIGNALS)
     values = scorer.signals(archs)
     out = {name: v.tolist() for name, v in values.items()}
-    out['fusion'] = signals.fuse(values, values).tolist()
     probe = c.copy_and_resolve_references()
     probe.rank.yardstick = 'linear'
     out['probe'] = rank.yardstick_top1(probe, workdir, scorer.encoder, space,
@@ -258,6 +257,12 @@ def study_seed(args, config, seed: int,
     cache.put(out)
   out['params'] = [space.count_params(a) for a in archs]
   out['macs'] = [space.count_macs(a) for a in archs]
+  # The fusions by their z-scores among these subnets, as mode=rank's: from
+  # the cached signals (a cache from before a fusion was added has them
+  # too; one that holds a fusion keeps its own, the same values).
+  for name in signals.FUSIONS:
+    if name not in out:
+      out[name] = signals.fuse(out, out, name).tolist()
   out['archs'] = [a.to_dict() for a in archs]
   # Subnet by subnet (every fine-tuning seed, then the scratch run), in an
   # order that covers the parameter range coarse to fine, so a study

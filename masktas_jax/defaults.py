@@ -213,9 +213,11 @@ def base_config() -> ml_collections.ConfigDict:
   # literal form: raw dot products, self-relations kept), 'relation_all'
   # (on every patch, none masked), 'feature' (minus eq. 11's
   # feature-prediction loss),
-  # 'pixel' (minus eq. 10's reconstruction loss) or 'fusion' (the mean of
-  # the relation and pixel z-scores among random window subnets). All
-  # but 'relation' are ours; mode=rank reports every one.
+  # 'pixel' (minus eq. 10's reconstruction loss), 'fusion' (the mean of
+  # the relation and pixel z-scores among random window subnets) or
+  # 'relation_params' (the mean of the relation and parameter-count
+  # z-scores, the same way). All but 'relation' are ours; mode=rank reports
+  # every one.
   c.search.fitness = 'relation'
   c.search.tau = 0.1
   # The student's temperature is search.tau times this.

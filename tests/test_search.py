@@ -402,6 +402,14 @@ def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
                                    seed=config.seed))
   assert [a['fitness'] for a in archs] == [
       a['variants'][config.search.fitness] for a in archs]
+  # A fusion: the mean of its parts' z-scores among these subnets (float64
+  # NumPy of the columns written; parameter counts those checked above).
+  for name, parts in signals.FUSIONS.items():
+    cols = [np.array([a['params'] if p == 'params' else a['variants'][p]
+                      for a in archs], np.float64) for p in parts]
+    want = np.mean([(c - c.mean()) / c.std() for c in cols], 0)
+    np.testing.assert_allclose([a['variants'][name] for a in archs], want,
+                               rtol=1e-6, err_msg=name)
   if yardstick == 'finetune':
     # Each subnet fine-tuned as rank says, whatever config.finetune holds:
     # rank's steps, the evaluation split, inherited weights.

@@ -7,12 +7,14 @@ import jax
 import numpy as np
 import pytest
 from etils import epath
+from flax import nnx
 from scipy import stats
 
 from masktas_jax import config_lib, data, losses
 from masktas_jax.errors import SearchError
 from masktas_jax.evaluation import fitness, signals
 from masktas_jax.masking import patchify, random_masking
+from masktas_jax.models import supernet, vit
 from masktas_jax.stages import rank, search
 from masktas_jax.storage import artifacts, model_dirs
 from helpers import eval_batches, search_config
@@ -109,7 +111,8 @@ def test_every_signal_equals_its_definition_on_the_dense_subnet(
                                                        rel=1e-5)
 
 
-def test_fusion_averages_the_zscores_of_relation_and_pixel(workdir):
+@pytest.mark.parametrize('name', ['fusion', 'relation_params'])
+def test_a_fusion_averages_the_zscores_of_what_it_fuses(workdir, name):
   reference = np.array([0.3, -1.0, 0.3, 2.0, 0.1])
   mean, std = reference.mean(), reference.std()
   np.testing.assert_allclose(signals.zscores([-5.0, 5.0, mean], reference),
@@ -125,15 +128,27 @@ def test_fusion_averages_the_zscores_of_relation_and_pixel(workdir):
       student.encoder, teacher, space,
       eval_batches(config, 'train', 16, 8, seed=0),
       relation=losses.Relation(), mask_ratio=0.75, seed=0, capacity=6,
-      names=signals.needed('fusion'), fitness='fusion', student=student)
+      names=signals.needed(name), fitness=name, student=student)
+  # Only the signals it fuses (and the control) are computed: parameter
+  # counts come from the space.
+  assert scorer.names == {'fusion': ('relation', 'pixel', 'student_entropy'),
+                          'relation_params': ('relation',
+                                              'student_entropy')}[name]
   archs = [space.sample(np.random.default_rng(i)) for i in range(6)]
   with pytest.raises(ValueError, match='calibrate'):
     scorer(archs)
   scorer.calibrate(archs[:4])
   values = scorer.signals(archs)
+  # Parameter counts of the dense classifiers extracted from a supernet of
+  # the space (what the window counts), independent of its closed form.
+  classifier = supernet.Supernet(space, rngs=nnx.Rngs(0))
+  values['params'] = np.array(
+      [vit.count_params(classifier.extract(a)) for a in archs], float)
   z = [(values[n] - values[n][:4].mean()) / values[n][:4].std()
-       for n in ('relation', 'pixel')]
+       for n in signals.FUSIONS[name]]
   np.testing.assert_allclose(scorer(archs), (z[0] + z[1]) / 2, rtol=1e-6)
+  assert scorer.score_alone(archs[5]) == pytest.approx(
+      (z[0][5] + z[1][5]) / 2, rel=1e-5, abs=1e-6)
   with pytest.raises(ValueError, match='need the student'):
     fitness.PopulationScorer(
         student.encoder, teacher, space,
@@ -142,14 +157,15 @@ def test_fusion_averages_the_zscores_of_relation_and_pixel(workdir):
         names=signals.needed('pixel'), fitness='pixel')
 
 
+@pytest.mark.parametrize('name', ['fusion', 'relation_params'])
 def test_a_search_by_another_fitness_runs_and_will_not_resume_with_this_one(
-    workdir, tmp_path):
-  config = search_config(**{'search.fitness': 'fusion'})
+    workdir, tmp_path, name):
+  config = search_config(**{'search.fitness': name})
   config.search.supernet = str(
       artifacts.model_dir(epath.Path(workdir), 'supernet'))
   config.teacher.checkpoint = str(epath.Path(workdir) / 'teacher' / 'model')
   best = search.run(config, epath.Path(tmp_path))
-  assert best['fitness_variant'] == 'fusion' and np.isfinite(best['fitness'])
+  assert best['fitness_variant'] == name and np.isfinite(best['fitness'])
   saved = json.loads((tmp_path / 'search/best_arch.json').read_text())
   assert saved == best
   config.search.fitness = 'relation'

@@ -168,8 +168,9 @@ class PopulationScorer:
 
   It computes the signals `names` (`signals.SIGNALS`; those reading the
   decoder or projector need the whole `student`, of which `encoder` is the
-  supernet) and rates by `fitness` (`signals.FITNESSES`): one signal, or
-  'fusion', z-scores among the reference subnets of `calibrate`.
+  supernet) and rates by `fitness` (`signals.FITNESSES`): one signal, or a
+  fusion (`signals.FUSIONS`), z-scores among the reference subnets of
+  `calibrate`.
   """
 
   def __init__(self, encoder, teacher, space: SearchSpace,
@@ -266,24 +267,27 @@ class PopulationScorer:
     return dict(zip(self.names, per_image.T))
 
   def calibrate(self, archs: Sequence[Arch]) -> None:
-    """Scores `archs` as the reference subnets of 'fusion' z-scores."""
-    self.reference = self.signals(archs)
+    """Scores `archs` as the reference subnets of a fusion's z-scores."""
+    self.reference = {**self.signals(archs),
+                      **signals.size_values(self.space, archs)}
 
   def rate(self, values: dict[str, np.ndarray]) -> np.ndarray:
-    """(P,) the fitness of the subnets whose `signals` are `values`."""
-    if self.fitness != 'fusion':
+    """(P,) the fitness of the subnets whose `signals` (and
+    `signals.size_values`, for a fusion of size) are `values`."""
+    if self.fitness not in signals.FUSIONS:
       return values[self.fitness]
     if self.reference is None:
-      raise ValueError("fitness 'fusion' needs reference subnets: call "
-                       'calibrate first')
-    return signals.fuse(values, self.reference)
+      raise ValueError(f'fitness {self.fitness!r} needs reference subnets: '
+                       'call calibrate first')
+    return signals.fuse(values, self.reference, self.fitness)
 
   def evaluate(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
     """((P,) fitness, (P,) student map entropy), each a mean per image; the
     entropy (a fraction of its maximum) needs no teacher: the control that
     the fitness must beat."""
     values = self.signals(archs)
-    return self.rate(values), values['student_entropy']
+    return (self.rate({**values, **signals.size_values(self.space, archs)}),
+            values['student_entropy'])
 
   def __call__(self, archs: Sequence[Arch]) -> np.ndarray:
     """(len(archs),) mean fitness per image; higher is better."""
@@ -295,7 +299,8 @@ class PopulationScorer:
     total = self._scorer('map', alone=True).sum(
         self.batches, (self.model_state, self.space.encode_batch([arch])))
     values = dict(zip(self.names, total[0][:, None] / self.num_images))
-    return float(self.rate(values)[0])
+    return float(self.rate({**values,
+                            **signals.size_values(self.space, [arch])})[0])
 
   def tokens(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
     """((n, K, D_t) teacher tokens, (P, n, K, max_embed) student tokens) of

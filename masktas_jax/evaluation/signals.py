@@ -22,7 +22,11 @@ meaning better:
   'pixel' z-scores among reference subnets (BWSS-TAS fuses teacher-student
   consistency with reconstruction quality by rank; standardised scores
   keep telling apart candidates better than every reference subnet, where
-  ranks among a small reference saturate).
+  ranks among a small reference saturate);
+* 'relation_params' (a fitness): the mean of the 'relation' and parameter
+  count z-scores, the same way: size as a prior (the strongest single
+  predictor of many ranking studies, and of the signal study's first seed),
+  the relation consistency to tell apart subnets of like size.
 """
 
 from __future__ import annotations
@@ -39,10 +43,12 @@ from masktas_jax.masking import patchify
 SIGNALS = ('relation', 'relation_paper', 'relation_all', 'feature', 'pixel',
            'student_entropy')
 FITNESSES = ('relation', 'relation_paper', 'relation_all', 'feature', 'pixel',
-             'fusion')
-# What 'fusion' averages the z-scores of.
-FUSED = ('relation', 'pixel')
-# Random window subnets the search standardises 'fusion' against.
+             'fusion', 'relation_params')
+# The fitnesses that average z-scores, and of what: signals, or 'params'
+# (the subnet's parameter count, `size_values`).
+FUSIONS = {'fusion': ('relation', 'pixel'),
+           'relation_params': ('relation', 'params')}
+# Random window subnets the search standardises a fusion against.
 FUSION_REFERENCE = 32
 # Signals that read the student's decoder or projector, not only the
 # encoder.
@@ -50,13 +56,20 @@ NEEDS_HEADS = ('feature', 'pixel')
 
 
 def needed(fitness: str) -> tuple[str, ...]:
-  """The signals a search by `fitness` computes: its own (or those it
-  fuses), then the student-entropy control."""
+  """The signals a search by `fitness` computes: its own (or the signals
+  it fuses), then the student-entropy control."""
   if fitness not in FITNESSES:
     raise ValueError(f'search.fitness: expected one of {FITNESSES}, got '
                      f'{fitness!r}')
-  own = FUSED if fitness == 'fusion' else (fitness,)
+  own = tuple(n for n in FUSIONS.get(fitness, (fitness,)) if n in SIGNALS)
   return own + ('student_entropy',)
+
+
+def size_values(space, archs) -> dict[str, np.ndarray]:
+  """{'params': (P,)} the parameter counts of `archs`, the non-signal
+  input of a fusion."""
+  return {'params': np.array([space.count_params(a) for a in archs],
+                             np.float64)}
 
 
 def paper_relation(relation: losses.Relation) -> losses.Relation:
@@ -139,8 +152,10 @@ def zscores(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
   return centred / std if std > 0 else np.zeros_like(centred)
 
 
-def fuse(signals: dict[str, np.ndarray],
-         reference: dict[str, np.ndarray]) -> np.ndarray:
-  """'fusion': the mean over FUSED of each signal's `zscores` among the
-  reference subnets' values of it. signals, reference: name -> (P,), (R,)."""
-  return np.mean([zscores(signals[n], reference[n]) for n in FUSED], 0)
+def fuse(signals: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+         fitness: str = 'fusion') -> np.ndarray:
+  """(P,) the fusion `fitness` (FUSIONS): the mean over what it fuses of
+  each one's `zscores` among the reference subnets' values of it.
+  signals, reference: name -> (P,), (R,), 'params' included where fused."""
+  return np.mean([zscores(signals[n], reference[n])
+                  for n in FUSIONS[fitness]], 0)

@@ -347,10 +347,11 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   warning = fitness.check_teacher_entropy(scorer.teacher_entropy)
   if warning:
     parallel.log(warning)
-  values = scorer.signals(archs)
-  # 'fusion' by rank among these subnets.
-  variants = {name: (signals.fuse(values, values) if name == 'fusion'
-                     else values[name]) for name in signals.FITNESSES}
+  values = {**scorer.signals(archs), **signals.size_values(space, archs)}
+  # A fusion by its z-scores among these subnets.
+  variants = {name: (signals.fuse(values, values, name)
+                     if name in signals.FUSIONS else values[name])
+              for name in signals.FITNESSES}
   scores, student_entropy = variants[s.fitness], values['student_entropy']
 
   # --- supervised yardstick and the free controls --------------------------

@@ -139,7 +139,7 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
   # --- scorer: teacher features of the evaluation images, once -------------
   scorer = load_scorer(config_lib.scoring(config), workdir,
                        capacity=capacity(s))
-  if s.fitness == 'fusion':
+  if s.fitness in signals.FUSIONS:
     # Standardised against a fixed sample of the window (the same on
     # resume).
     scorer.calibrate(sample_archs(space, window, signals.FUSION_REFERENCE,
