@@ -100,6 +100,15 @@ def test_report_chooses_on_selection_seeds_and_reports_held_out(tmp_path):
   assert abs(got - want) < 1e-9
   assert want > 0.8  # The truth, measured: not a vacuous comparison.
   assert '| **relation_paper** (chosen) |' in out
+  # Fusions: a cached one kept as written; one the cache lacks derived from
+  # the cached signals and the subnets' sizes (float64 NumPy).
+  seed2 = summary['per_seed']['2']
+  assert seed2['fusion'] == signals2['fusion']
+  z = lambda v: (np.array(v) - np.mean(v)) / np.std(v)  # noqa: E731
+  np.testing.assert_allclose(
+      seed2['relation_params'],
+      (z(signals2['relation']) + z(seed2['params'])) / 2, rtol=1e-9)
+  assert np.ptp(seed2['params']) > 0
   assert len(truth['done']) == 30
   # --against: every seed-0 subnet's ft0, 0.5 points above the other's.
   against = summary['summary']['against']

@@ -153,7 +153,7 @@ def zscores(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def fuse(signals: dict[str, np.ndarray], reference: dict[str, np.ndarray],
-         fitness: str = 'fusion') -> np.ndarray:
+         fitness: str) -> np.ndarray:
   """(P,) the fusion `fitness` (FUSIONS): the mean over what it fuses of
   each one's `zscores` among the reference subnets' values of it.
   signals, reference: name -> (P,), (R,), 'params' included where fused."""
