@@ -271,23 +271,24 @@ class PopulationScorer:
     self.reference = {**self.signals(archs),
                       **signals.size_values(self.space, archs)}
 
-  def rate(self, values: dict[str, np.ndarray]) -> np.ndarray:
-    """(P,) the fitness of the subnets whose `signals` (and
-    `signals.size_values`, for a fusion of size) are `values`."""
+  def rate(self, values: dict[str, np.ndarray],
+           archs: Sequence[Arch]) -> np.ndarray:
+    """(P,) the fitness of the P `archs`, whose `signals` are `values`
+    (a fusion adds their `signals.size_values`)."""
     if self.fitness not in signals.FUSIONS:
       return values[self.fitness]
     if self.reference is None:
       raise ValueError(f'fitness {self.fitness!r} needs reference subnets: '
                        'call calibrate first')
-    return signals.fuse(values, self.reference, self.fitness)
+    return signals.fuse({**values, **signals.size_values(self.space, archs)},
+                        self.reference, self.fitness)
 
   def evaluate(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
     """((P,) fitness, (P,) student map entropy), each a mean per image; the
     entropy (a fraction of its maximum) needs no teacher: the control that
     the fitness must beat."""
     values = self.signals(archs)
-    return (self.rate({**values, **signals.size_values(self.space, archs)}),
-            values['student_entropy'])
+    return self.rate(values, archs), values['student_entropy']
 
   def __call__(self, archs: Sequence[Arch]) -> np.ndarray:
     """(len(archs),) mean fitness per image; higher is better."""
@@ -299,8 +300,7 @@ class PopulationScorer:
     total = self._scorer('map', alone=True).sum(
         self.batches, (self.model_state, self.space.encode_batch([arch])))
     values = dict(zip(self.names, total[0][:, None] / self.num_images))
-    return float(self.rate({**values,
-                            **signals.size_values(self.space, [arch])})[0])
+    return float(self.rate(values, [arch])[0])
 
   def tokens(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
     """((n, K, D_t) teacher tokens, (P, n, K, max_embed) student tokens) of

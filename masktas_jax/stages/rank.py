@@ -356,7 +356,7 @@ def run(config, workdir: epath.Path) -> dict[str, Any]:
 
   # --- supervised yardstick and the free controls --------------------------
   accuracy = yardstick_top1(config, workdir, scorer.encoder, space, archs)
-  params = [space.count_params(a) for a in archs]
+  params = [int(p) for p in values['params']]  # Exact: counts < 2**53.
   macs = [space.count_macs(a) for a in archs]
   result = {
       'num_archs': len(archs), 'yardstick': r.yardstick,
