@@ -113,10 +113,11 @@ def plot(per_seed: dict, select: list[int], path: epath.Path) -> None:
 
 
 def held_out(per_seed: dict, select: list[int], chosen: str,
-             summary: dict) -> None:
+             summary: dict, provisional: bool = False) -> None:
   """Prints (and keeps in `summary['held_out']`) every signal on the
   seeds outside `select`, test yardstick, against the goal
-  (`study_stats.verdict`); the `chosen` one is the result."""
+  (`study_stats.verdict`); the `chosen` one is the result, or only a
+  preview of it while `provisional`."""
   seeds = [s for s in per_seed if s not in select]
   found = {n: study_stats.verdict([per_seed[s] for s in seeds], n)
            for n in signals.FITNESSES + CONTROLS}
@@ -132,7 +133,8 @@ def held_out(per_seed: dict, select: list[int], chosen: str,
   ci = lambda v, k: f'{v[k]:+.2f} [{v[k + "_ci"][0]:+.2f}, ' + (
       f'{v[k + "_ci"][1]:+.2f}]')
   for n, v in found.items():
-    label = f'**{n}** (chosen)' if n == chosen else n
+    label = n if n != chosen else (
+        f'**{n}** (chosen{", provisional" if provisional else ""})')
     print(f'| {label} | {ci(v, "kendall")} | {ci(v, "margin")} | '
           f'{ci(v, "within")} | {"met" if v["met"] else "not met"} |')
   summary['held_out'] = found
@@ -193,9 +195,16 @@ def report(args, per_seed: dict, select: list[int]) -> None:
   if chosen:
     best = max(signals.FITNESSES, key=lambda n: statistics.mean(
         summary[s]['rows'][n]['kendall'] for s in chosen))
-    print(f'\nchosen on seeds {chosen}: {best!r}')
+    pending = [s for s in select if s not in chosen]
+    # Until every selection seed is complete the choice is only a reading
+    # of the seeds so far, and says so.
+    prefix = (f'provisional, selection seeds {pending} not complete; '
+              if pending else '')
+    print(f'\n{prefix}chosen on seeds {chosen}: {best!r}')
     summary['chosen'] = best
-    held_out(per_seed, select, best, summary)
+    summary['chosen_on'] = chosen
+    summary['provisional'] = bool(pending)
+    held_out(per_seed, select, best, summary, bool(pending))
   # Inherited (fine-tuning seed 0) against the same subnet from random
   # weights with the same seed and the recipe that suits them
   # (common.SCRATCH_RECIPE): what inheriting buys at this budget.

@@ -77,7 +77,9 @@ def test_report_chooses_on_selection_seeds_and_reports_held_out(tmp_path):
   assert report.returncode == 0, report.stderr[-3000:]
   out = report.stdout
   # Chosen on the complete selection seed: the signal that is the truth.
-  assert "chosen on seeds [0]: 'relation_paper'" in out, out
+  # Seed 1, the other selection seed, is part-way: the choice says so.
+  assert ("provisional, selection seeds [1] not complete; chosen on seeds "
+          "[0]: 'relation_paper'") in out, out
   # Seed 1 (selection, 12 of 30) shows part-way; seed 3 (held out) does
   # not, only its ceiling.
   assert '| 1 (12 of 30 subnets, partial) | validation |' in out, out
@@ -85,6 +87,8 @@ def test_report_chooses_on_selection_seeds_and_reports_held_out(tmp_path):
   # The held-out table marks the chosen one and computes its Kendall over
   # seed 2's 30 subnets, as scipy does on the record.
   summary = json.loads((tmp_path / 'record/signal_study.json').read_text())
+  assert summary['summary']['provisional'] is True
+  assert summary['summary']['chosen_on'] == [0]
   truth = json.loads((tmp_path / 'truth2.json').read_text())
   signals2 = json.loads(
       (tmp_path / 'record/seed2/signals_30.json').read_text())
@@ -99,7 +103,7 @@ def test_report_chooses_on_selection_seeds_and_reports_held_out(tmp_path):
   got = summary['summary']['held_out']['relation_paper']['kendall']
   assert abs(got - want) < 1e-9
   assert want > 0.8  # The truth, measured: not a vacuous comparison.
-  assert '| **relation_paper** (chosen) |' in out
+  assert '| **relation_paper** (chosen, provisional) |' in out
   # Fusions: a cached one kept as written; one the cache lacks derived from
   # the cached signals and the subnets' sizes (float64 NumPy).
   seed2 = summary['per_seed']['2']
