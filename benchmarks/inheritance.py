@@ -47,6 +47,7 @@ from masktas_jax.storage import artifacts, model_dirs
 from masktas_jax.training import finetuning
 
 import common  # pylint: disable=g-bad-import-order
+import signal_study  # pylint: disable=g-bad-import-order
 import study_record  # pylint: disable=g-bad-import-order
 
 # Recipe name -> config.finetune overrides, on top of the config's own.
@@ -135,7 +136,16 @@ def main() -> None:
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--archs', type=int, default=6)
   parser.add_argument('--arch-seed', type=int, default=0)
+  parser.add_argument('--worker', default='0/1',
+                      help="'i/n': run every n-th run from the i-th, one "
+                      'single-thread process per core as signal_study.py '
+                      '(each with the same --record); worker 0 computes the '
+                      'probe')
   args = parser.parse_args()
+  try:
+    index, workers = signal_study.worker(args)
+  except ValueError as e:
+    parser.error(str(e))
 
   workdir, cache = epath.Path(args.workdir), epath.Path(args.cache)
   config = common.load_config(args.config)
@@ -170,13 +180,15 @@ def main() -> None:
       record.path / f'probe_{args.archs}_{args.arch_seed}.json' if record
       else cache / 'probe.json')
   if (probes := probe_file.get()) is None:
-    probes = ([float('nan')] * len(archs) if args.report else
-              probe_top1(config, workdir, archs, supernets[None]))
-    if not args.report:
+    if args.report or index:
+      probes = [float('nan')] * len(archs)
+    else:
+      probes = probe_top1(config, workdir, archs, supernets[None])
       probe_file.put(probes)
 
-  def top1(recipe, steps, arch, seed):
-    """Validation top-1 (%) of one run; None if --report and not done."""
+  def top1(recipe, steps, arch, seed, mine=True):
+    """Validation top-1 (%) of one run; None if not done and --report or
+    another worker's."""
     path = run_dir(cache, recipe, steps, arch, seed)
     kept = None
     if record is not None:
@@ -184,7 +196,7 @@ def main() -> None:
                                    seed).with_suffix('.json'))
     if kept and (done := kept.get()) is not None:
       return 100 * done['top1']
-    if args.report:
+    if args.report or not mine:
       done = finetuning.finished(path)
       return None if done is None else 100 * done['top1']
     c = recipe_config(config, recipe, steps, seed, arch,
@@ -198,11 +210,10 @@ def main() -> None:
   # Seed by seed, so that a study stopped early covers every subnet and
   # recipe alike.
   results = {}
-  for steps in budgets:
-    for seed in seeds:
-      for arch in archs:
-        for recipe in [args.scratch] + recipes:
-          results[recipe, steps, arch, seed] = top1(recipe, steps, arch, seed)
+  order = [(recipe, steps, arch, seed) for steps in budgets for seed in seeds
+           for arch in archs for recipe in [args.scratch] + recipes]
+  for j, run in enumerate(order):
+    results[run] = top1(*run, mine=j % workers == index)
 
   rows = []
   for steps in budgets:
@@ -230,6 +241,9 @@ def main() -> None:
     print(f'| {recipe} | {steps} | {len(margins)} | {statistics.mean(inh):.2f}'
           f' | {statistics.mean(scr):.2f} | {margin} | {wins} of '
           f'{len(margins)} |')
+  if workers > 1 and not args.report:
+    print(f'# worker {args.worker}: the runs of the other workers appear '
+          'once they are done (--report)')
 
 
 if __name__ == '__main__':
