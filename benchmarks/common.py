@@ -41,6 +41,17 @@ def seed_dir(root, seed: int) -> epath.Path:
   return epath.Path(root) / f'seed{seed}'
 
 
+def worker(args) -> tuple[int, int]:
+  """--worker 'i/n' as (i, n): this process runs every n-th run of a study,
+  from the i-th (the study scripts' one single-thread process per core);
+  (0, 1) for callers without the flag."""
+  text = getattr(args, 'worker', '0/1')
+  i, _, n = text.partition('/')
+  if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+    raise ValueError(f'--worker: expected i/n with 0 <= i < n, got {text!r}')
+  return int(i), int(n)
+
+
 def mean_sd(values, *, signed: bool = False, digits: int = 2) -> str:
   """'mean +- sd' of `values` (the sample sd), the value alone if there is
   one, '-' if none; `signed` shows the mean's sign (for differences)."""

@@ -47,7 +47,6 @@ from masktas_jax.storage import artifacts, model_dirs
 from masktas_jax.training import finetuning
 
 import common  # pylint: disable=g-bad-import-order
-import signal_study  # pylint: disable=g-bad-import-order
 import study_record  # pylint: disable=g-bad-import-order
 
 # Recipe name -> config.finetune overrides, on top of the config's own.
@@ -143,7 +142,7 @@ def main() -> None:
                       'probe')
   args = parser.parse_args()
   try:
-    index, workers = signal_study.worker(args)
+    index, workers = common.worker(args)
   except ValueError as e:
     parser.error(str(e))
 
@@ -210,10 +209,14 @@ def main() -> None:
   # Seed by seed, so that a study stopped early covers every subnet and
   # recipe alike.
   results = {}
-  order = [(recipe, steps, arch, seed) for steps in budgets for seed in seeds
-           for arch in archs for recipe in [args.scratch] + recipes]
-  for j, run in enumerate(order):
-    results[run] = top1(*run, mine=j % workers == index)
+  # --worker i/n takes every n-th (budget, seed, subnet), all its recipes
+  # and its scratch run, so whatever a worker finishes is whole pairs.
+  units = [(steps, arch, seed) for steps in budgets for seed in seeds
+           for arch in archs]
+  for j, (steps, arch, seed) in enumerate(units):
+    for recipe in [args.scratch] + recipes:
+      results[recipe, steps, arch, seed] = top1(
+          recipe, steps, arch, seed, mine=j % workers == index)
 
   rows = []
   for steps in budgets:

@@ -50,7 +50,7 @@ def main() -> None:
                       'records/signal_study_ld09); the variant is the '
                       'study\'s config with --set on top')
   args = parser.parse_args()
-  index, workers = signal_study.worker(args)
+  index, workers = common.worker(args)
   configured = lambda overrides: signal_study.study_config(
       argparse.Namespace(**{**vars(args), 'set': overrides}))
   config = configured(args.study_set + args.set)  # The variant.

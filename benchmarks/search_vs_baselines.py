@@ -142,7 +142,7 @@ def study_seed(args, config, seed: int) -> dict:
             *runs]
   randoms = sample_archs(space, window, args.random, seed)
   runs += [(None, arch, False) for arch in randoms]
-  index, workers = signal_study.worker(args)
+  index, workers = common.worker(args)
   workdir = signal_study.seed_dir(args, seed)
   for j, (name, arch, scratch) in enumerate(runs):
     top1 = signal_study.fine_tuned(args, c, workdir, arch, 0, scratch=scratch,
@@ -203,7 +203,7 @@ def ablation(args, config, seed: int, ratio: float) -> dict:
     c.search.supernet = str(supernet)
     top1 = signal_study.fine_tuned(
         where, c, signal_study.seed_dir(where, seed), found[0], 0,
-        mine=signal_study.worker(args)[0] == 0, record=kept)
+        mine=common.worker(args)[0] == 0, record=kept)
   y = study_stats.yardstick(study, 1)
   corr = (None if y is None else
           rank.correlation(study[args.fitness], y))
@@ -270,7 +270,7 @@ def main_() -> None:
                       'signal_study.py; worker 0 trains and searches')
   args = parser.parse_args()
   try:
-    workers = signal_study.worker(args)[1]
+    workers = common.worker(args)[1]
   except ValueError as e:
     parser.error(str(e))
   config = signal_study.study_config(args)

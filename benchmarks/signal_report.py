@@ -90,14 +90,16 @@ def margin(points: np.ndarray) -> str:
           f'({int((points > 0).sum())} of {len(points)} ahead)')
 
 
-def plot(per_seed: dict, select: list[int], path: epath.Path) -> None:
+def plot(per_seed: dict, select: list[int], path: epath.Path,
+         show_held_out: bool = True) -> None:
   """Kendall of each fitness and control, selection seeds (validation) and
-  held-out seeds (test)."""
+  held-out seeds (test; only with `show_held_out`)."""
   names = list(signals.FITNESSES + CONTROLS)
   fig, ax = plt.subplots(figsize=(11, 4.5))
   for j, (label, split) in enumerate((('selection seeds, validation', 0),
                                       ('held-out seeds, test', 1))):
-    seeds = [s for s in per_seed if (s in select) == (split == 0)]
+    seeds = [s for s in per_seed if (s in select) == (split == 0)
+             and (show_held_out or split == 0)]
     # Once per seed: each table bootstraps every signal.
     tables = [rows(per_seed[s], split) for s in seeds]
     taus = [[t.get(n, {}).get('kendall', np.nan) for t in tables]
@@ -113,11 +115,10 @@ def plot(per_seed: dict, select: list[int], path: epath.Path) -> None:
 
 
 def held_out(per_seed: dict, select: list[int], chosen: str,
-             summary: dict, provisional: bool = False) -> None:
+             summary: dict) -> None:
   """Prints (and keeps in `summary['held_out']`) every signal on the
   seeds outside `select`, test yardstick, against the goal
-  (`study_stats.verdict`); the `chosen` one is the result, or only a
-  preview of it while `provisional`."""
+  (`study_stats.verdict`); the `chosen` one is the result."""
   seeds = [s for s in per_seed if s not in select]
   found = {n: study_stats.verdict([per_seed[s] for s in seeds], n)
            for n in signals.FITNESSES + CONTROLS}
@@ -133,8 +134,7 @@ def held_out(per_seed: dict, select: list[int], chosen: str,
   ci = lambda v, k: f'{v[k]:+.2f} [{v[k + "_ci"][0]:+.2f}, ' + (
       f'{v[k + "_ci"][1]:+.2f}]')
   for n, v in found.items():
-    label = n if n != chosen else (
-        f'**{n}** (chosen{", provisional" if provisional else ""})')
+    label = f'**{n}** (chosen)' if n == chosen else n
     print(f'| {label} | {ci(v, "kendall")} | {ci(v, "margin")} | '
           f'{ci(v, "within")} | {"met" if v["met"] else "not met"} |')
   summary['held_out'] = found
@@ -152,10 +152,14 @@ def report(args, per_seed: dict, select: list[int]) -> None:
   print('|---|---|---:|' + '---:|' * (len(signals.FITNESSES) +
                                       len(CONTROLS) + 1))
   summary = {}
+  # Selection seeds not complete (or not given): the choice is provisional
+  # and the held-out seeds show their ceilings only.
+  pending = [s for s in select
+             if s not in per_seed or not rows(per_seed[s], 0)]
   for seed, study in per_seed.items():
     split = 0 if seed in select else 1
-    table = rows(study, split)
     c = ceiling(study, split)
+    table = [] if split and pending else rows(study, split)
     if not table:
       part = study_stats.done_subset(study)
       done = len(part['subnets'])  # With every fine-tuning seed.
@@ -195,7 +199,6 @@ def report(args, per_seed: dict, select: list[int]) -> None:
   if chosen:
     best = max(signals.FITNESSES, key=lambda n: statistics.mean(
         summary[s]['rows'][n]['kendall'] for s in chosen))
-    pending = [s for s in select if s not in chosen]
     # Until every selection seed is complete the choice is only a reading
     # of the seeds so far, and says so.
     prefix = (f'provisional, selection seeds {pending} not complete; '
@@ -204,7 +207,13 @@ def report(args, per_seed: dict, select: list[int]) -> None:
     summary['chosen'] = best
     summary['chosen_on'] = chosen
     summary['provisional'] = bool(pending)
-    held_out(per_seed, select, best, summary, bool(pending))
+    if pending:
+      # Held-out numbers read before the choice is final would invite
+      # choosing (or adding candidates) on them.
+      print(f'held-out verdict withheld until selection seeds {pending} '
+            'are complete')
+    else:
+      held_out(per_seed, select, best, summary)
   # Inherited (fine-tuning seed 0) against the same subnet from random
   # weights with the same seed and the recipe that suits them
   # (common.SCRATCH_RECIPE): what inheriting buys at this budget.
@@ -236,5 +245,5 @@ def report(args, per_seed: dict, select: list[int]) -> None:
   (root / 'signal_study.json').write_text(json.dumps(
       {'per_seed': {str(s): v for s, v in per_seed.items()},
        'summary': {str(k): v for k, v in summary.items()}}))
-  plot(per_seed, select, root / 'signal_study.png')
+  plot(per_seed, select, root / 'signal_study.png', not pending)
 

@@ -94,16 +94,6 @@ def supernet(args, config, seed: int) -> epath.Path:
   return workdir
 
 
-def worker(args) -> tuple[int, int]:
-  """--worker 'i/n' as (i, n); (0, 1) for callers without the flag
-  (search_vs_baselines.py)."""
-  text = getattr(args, 'worker', '0/1')
-  i, _, n = text.partition('/')
-  if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
-    raise ValueError(f'--worker: expected i/n with 0 <= i < n, got {text!r}')
-  return int(i), int(n)
-
-
 # How long a worker waits for worker 0's supernet and signals (a seed's
 # supernet takes well under an hour on 2 cores) before it gives up.
 WAIT_S = 4 * 3600
@@ -169,7 +159,7 @@ def wait_for(args, record: study_record.Record, what: str) -> Any:
   0 and --report, which may find it absent: None); a worker gives up
   after `WAIT_S`."""
   deadline = time.monotonic() + WAIT_S
-  while worker(args)[0] and not args.report and record.get() is None:
+  while common.worker(args)[0] and not args.report and record.get() is None:
     if time.monotonic() > deadline:
       raise SystemExit(f'no {record.path} after {WAIT_S / 3600:g} h; is '
                        'worker 0 running, with the same arguments?')
@@ -201,7 +191,7 @@ def recorded_supernet(args, config, seed: int,
   kept = record.path / 'supernet'
   if artifacts.is_model_dir(kept, 'student'):
     return kept
-  if worker(args)[0]:
+  if common.worker(args)[0]:
     raise SystemExit(f'seed {seed}: no supernet in {kept}, which worker 0 '
                      'records before the signals; was it removed?')
   workdir = supernet(args, config, seed)
@@ -223,7 +213,7 @@ def study_seed(args, config, seed: int,
   in --root/seed<s>/record). Worker 0 trains and records the supernet and
   measures the signals; the others wait for them. `supernet_dir`: a
   supernet kept elsewhere (another study's record) to use instead."""
-  index, workers = worker(args)
+  index, workers = common.worker(args)
   record = (study_record.Record(args.record) if getattr(args, 'record', '') else
             study_record.Record(seed_dir(args, seed) / 'record'))
   record = record / f'seed{seed}'
@@ -342,7 +332,7 @@ def main_() -> None:
                       'none')
   args = parser.parse_args()
   try:
-    workers = worker(args)[1]
+    workers = common.worker(args)[1]
   except ValueError as e:
     parser.error(str(e))
   config = study_config(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -117,3 +118,28 @@ def test_a_student_directory_holds_its_student_config(tmp_path):
   (path / 'student.json').write_text(json.dumps({'teacher_dim': 24}))
   with pytest.raises(SupernetError, match='unreadable student config'):
     model_dirs.read_student_config(path)
+
+
+def test_write_json_from_concurrent_writers(tmp_path):
+  """Writers of one file at once (the study scripts' workers binding a
+  shared record) each replace it whole: none fails on another's scratch
+  file, the file is always one writer's value, no scratch file is left."""
+  path = epath.Path(tmp_path) / 'study.json'
+  values = [{'writer': w, 'pad': 'x' * 4096} for w in range(6)]
+  errors = []
+
+  def write(value):
+    try:
+      for _ in range(150):
+        artifacts.write_json(path, value)
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  threads = [threading.Thread(target=write, args=(v,)) for v in values]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors, errors[:3]
+  assert json.loads(path.read_text()) in values
+  assert [p.name for p in epath.Path(tmp_path).iterdir()] == ['study.json']

@@ -68,27 +68,45 @@ def test_report_chooses_on_selection_seeds_and_reports_held_out(tmp_path):
                                           root=str(tmp_path))],
       cwd=helpers.ROOT, capture_output=True, text=True, timeout=600)
   assert make.returncode == 0, make.stderr[-3000:]
-  report = subprocess.run(
-      [sys.executable, str(BENCH / 'signal_study.py'), '--report',
-       f'--record={tmp_path}/record', f'--root={tmp_path}/root',
-       f'--teacher={tmp_path}/teacher', '--seeds=0,1,2,3', '--select=0,1',
-       '--steps=1500', f'--against={tmp_path}/other'],
-      cwd=helpers.ROOT, capture_output=True, text=True, timeout=600)
-  assert report.returncode == 0, report.stderr[-3000:]
-  out = report.stdout
-  # Chosen on the complete selection seed: the signal that is the truth.
-  # Seed 1, the other selection seed, is part-way: the choice says so.
+
+  def report(seeds, select):
+    done = subprocess.run(
+        [sys.executable, str(BENCH / 'signal_study.py'), '--report',
+         f'--record={tmp_path}/record', f'--root={tmp_path}/root',
+         f'--teacher={tmp_path}/teacher', f'--seeds={seeds}',
+         f'--select={select}', '--steps=1500', f'--against={tmp_path}/other'],
+        cwd=helpers.ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / 'record/signal_study.json').read_text())
+    return done.stdout, summary['summary']
+
+  # Seed 1, the other selection seed, is part-way: the choice on seed 0
+  # (the signal that is the truth) says so, and the held-out verdict waits.
+  out, summary = report('0,1,2,3', '0,1')
   assert ("provisional, selection seeds [1] not complete; chosen on seeds "
           "[0]: 'relation_paper'") in out, out
+  assert summary['provisional'] is True and summary['chosen_on'] == [0]
+  assert 'held_out' not in summary and 'held-out seeds' not in out, out
+  assert 'held-out verdict withheld' in out, out
+  # ... nor do the held-out seeds' signals show: seed 2, complete, shows
+  # its ceiling only.
+  seed2_line = next(l for l in out.splitlines() if l.startswith('| 2 |'))
+  assert seed2_line.startswith('| 2 | test |'), out
+  assert 'over the 30 subnets done' in seed2_line, seed2_line
   # Seed 1 (selection, 12 of 30) shows part-way; seed 3 (held out) does
   # not, only its ceiling.
   assert '| 1 (12 of 30 subnets, partial) | validation |' in out, out
   assert '| 3 (' not in out and '| 3 | test |' in out, out
-  # The held-out table marks the chosen one and computes its Kendall over
-  # seed 2's 30 subnets, as scipy does on the record.
+  # With seed 0 the only selection seed the choice is final, and the
+  # held-out table marks it and computes its Kendall over seed 2's 30
+  # subnets, as scipy does on the record.
+  out, summary = report('0,2,3', '0')
+  assert "\nchosen on seeds [0]: 'relation_paper'" in out, out
+  assert summary['provisional'] is False
+  assert '| **relation_paper** (chosen) |' in out, out
+  seed2_line = next(l for l in out.splitlines() if l.startswith('| 2 |'))
+  assert 'subnets done' not in seed2_line, seed2_line
   summary = json.loads((tmp_path / 'record/signal_study.json').read_text())
-  assert summary['summary']['provisional'] is True
-  assert summary['summary']['chosen_on'] == [0]
   truth = json.loads((tmp_path / 'truth2.json').read_text())
   signals2 = json.loads(
       (tmp_path / 'record/seed2/signals_30.json').read_text())
@@ -103,7 +121,6 @@ def test_report_chooses_on_selection_seeds_and_reports_held_out(tmp_path):
   got = summary['summary']['held_out']['relation_paper']['kendall']
   assert abs(got - want) < 1e-9
   assert want > 0.8  # The truth, measured: not a vacuous comparison.
-  assert '| **relation_paper** (chosen, provisional) |' in out
   # Fusions: a cached one kept as written; one the cache lacks derived from
   # the cached signals and the subnets' sizes (float64 NumPy).
   seed2 = summary['per_seed']['2']

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from typing import Any
 
 import jax
@@ -72,7 +73,9 @@ def write_json(path: epath.PathLike, value: Any) -> None:
   mark a stage done, which reruns and other processes read)."""
   if jax.process_index() == 0:
     path = epath.Path(path)
-    scratch = path.parent / f'.{path.name}.tmp'
+    # A scratch name of its own per write: writers of the same file at once
+    # (a study's workers sharing a record) never move each other's.
+    scratch = path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp'
     scratch.write_text(json.dumps(value, indent=2))
     scratch.replace(path)
 
