@@ -92,25 +92,52 @@ def margin(points: np.ndarray) -> str:
 
 def plot(per_seed: dict, select: list[int], path: epath.Path,
          show_held_out: bool = True) -> None:
-  """Kendall of each fitness and control, selection seeds (validation) and
-  held-out seeds (test; only with `show_held_out`)."""
+  """Kendall of each fitness and control with the yardstick: bars the mean
+  over the complete selection seeds (validation) and held-out seeds (test;
+  only with `show_held_out`), dots each seed's with its 95% interval,
+  dashed lines the ceiling (two fine-tuning seeds' Kendall)."""
   names = list(signals.FITNESSES + CONTROLS)
-  fig, ax = plt.subplots(figsize=(11, 4.5))
+  x = np.arange(len(names))
+  fig, ax = plt.subplots(figsize=(11, 5))
   for j, (label, split) in enumerate((('selection seeds, validation', 0),
                                       ('held-out seeds, test', 1))):
-    seeds = [s for s in per_seed if (s in select) == (split == 0)
-             and (show_held_out or split == 0)]
+    color, offset = f'C{j}', 0.4 * j - 0.2
+    seeds = [s for s in per_seed if (s in select) == (split == 0)]
+    if split and not show_held_out:
+      seeds = []
     # Once per seed: each table bootstraps every signal.
-    tables = [rows(per_seed[s], split) for s in seeds]
-    taus = [[t.get(n, {}).get('kendall', np.nan) for t in tables]
-            for n in names]
-    ax.bar(np.arange(len(names)) + 0.4 * j - 0.2,
-           [np.nanmean(t) if np.isfinite(t).any() else np.nan
-            for t in taus], 0.4, label=label)
+    tables = {s: t for s in seeds if (t := rows(per_seed[s], split))}
+    if not tables:
+      why = ('withheld until the choice is final' if split and
+             not show_held_out else 'none complete')
+      ax.bar([np.nan], [np.nan], color=color, label=f'{label}: {why}')
+      continue
+    taus = np.array([[t.get(n, {}).get('kendall', np.nan) for n in names]
+                     for t in tables.values()])
+    ax.bar(x + offset, np.nanmean(taus, axis=0), 0.4, color=color, alpha=0.7,
+           label=f'{label} (mean of {len(tables)} seed'
+           f'{"s" if len(tables) > 1 else ""}; each with its 95% interval)')
+    for k, t in enumerate(tables.values()):
+      ci = np.array([t.get(n, {}).get('ci', (np.nan, np.nan))
+                     for n in names])
+      ax.errorbar(x + offset + 0.1 * (k - (len(tables) - 1) / 2), taus[k],
+                  yerr=[taus[k] - ci[:, 0], ci[:, 1] - taus[k]], fmt='o',
+                  color='k', ms=3, lw=0.8, capsize=2)
+    agree = [c['kendall'] for s in tables
+             if (c := ceiling(per_seed[s], split))]
+    if agree:
+      ax.axhline(np.mean(agree), color=color, ls='--', lw=1.2,
+                 label=f'ceiling, {label}: fine-tuning seed 0 vs 1 '
+                 f'({np.mean(agree):+.2f})')
+  # The controls need no training of their own; a fitness must beat them.
+  ax.axvline(len(signals.FITNESSES) - 0.5, color='grey', lw=0.8, ls=':')
+  ax.text(len(signals.FITNESSES) - 0.4, 0.98, 'controls', color='grey',
+          va='top', transform=ax.get_xaxis_transform())
   ax.axhline(0, color='k', lw=0.5)
-  ax.set_xticks(range(len(names)), names, rotation=30, ha='right')
+  ax.set_ylim(top=1.05)  # Room for the legend above the bars.
+  ax.set_xticks(x, names, rotation=30, ha='right')
   ax.set_ylabel('Kendall tau with fine-tuned top-1')
-  ax.legend()
+  ax.legend(fontsize=8, loc='upper left')
   plots.save_figure(fig, path)
 
 
