@@ -83,6 +83,21 @@ def against(args, per_seed: dict) -> dict[str, list[float]]:
   return out
 
 
+def progress(study: dict, scratch_every: int) -> str:
+  """How far a seed's runs are: recorded of planned, subnets with every
+  fine-tuning seed, random-weight runs (every `scratch_every`-th subnet)."""
+  n = len(study['archs'])
+  ft = sum(r is not None for runs in study['ft'] for r in runs)
+  both = sum(all(runs[i] is not None for runs in study['ft'])
+             for i in range(n))
+  planned = [i for i in range(n) if scratch_every and i % scratch_every == 0]
+  scratch = sum(study['scratch'][i] is not None for i in planned)
+  total = len(study['ft']) * n + len(planned)
+  return (f'{ft + scratch} of {total} runs recorded ({both} of {n} subnets '
+          f'with every fine-tuning seed, {scratch} of {len(planned)} '
+          'random-weight runs)')
+
+
 def margin(points: np.ndarray) -> str:
   """'mean +- sd points (k of n ahead)' of paired differences (points,
   e.g. inherited - scratch)."""
@@ -208,6 +223,7 @@ def report(args, per_seed: dict, select: list[int]) -> None:
                      'ceiling': c, 'probe': probe['kendall_tau']}
     _print_row(seed, summary[seed]['split'], c, table, probe['kendall_tau'])
   for seed, study in per_seed.items():
+    print(f'seed {seed}: {progress(study, args.scratch_every)}')
     for split, name in enumerate(('validation', 'test')):
       c = ceiling(study, split)
       if c:

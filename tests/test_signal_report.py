@@ -96,6 +96,12 @@ def test_report_chooses_on_selection_seeds_and_reports_held_out(tmp_path):
   # Seed 1 (selection, 12 of 30) shows part-way; seed 3 (held out) does
   # not, only its ceiling.
   assert '| 1 (12 of 30 subnets, partial) | validation |' in out, out
+  # Its progress, counted from what the record was given.
+  done1 = json.loads((tmp_path / 'truth1.json').read_text())['done']
+  scratch1 = sum(i % 3 == 0 for i in done1)
+  assert (f'seed 1: {24 + scratch1} of 70 runs recorded (12 of 30 subnets '
+          f'with every fine-tuning seed, {scratch1} of 10 random-weight '
+          'runs)') in out, out
   assert '| 3 (' not in out and '| 3 | test |' in out, out
   # With seed 0 the only selection seed the choice is final, and the
   # held-out table marks it and computes its Kendall over seed 2's 30
