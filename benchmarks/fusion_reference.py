@@ -1,0 +1,86 @@
+"""Does the signal study's fusion order its subnets as a search's would?
+
+The study (`signal_study.py`) standardises a fusion's signals among its own
+30 subnets, spread evenly over the window's parameter range; a search
+standardises them among `signals.FUSION_REFERENCE` subnets drawn uniformly
+from the window (`stages/search.py`'s `calibrate`). A fusion is a weighted
+sum of its signals, so the two differ only in the weights the standard
+deviations give them. Per seed of the study's record: both standard
+deviations of each fused signal, and each weighting's Kendall with the
+seed's validation yardstick over the study's subnets. Scores the reference
+subnets with the seed's recorded supernet and the study's teacher (a minute
+or two on one core); the study's own values come from its report
+(`signal_study.json`).
+
+  python benchmarks/fusion_reference.py --seeds=0 --fitness=relation_params
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from scipy import stats
+
+from masktas_jax import config_lib
+from masktas_jax.evaluation import fitness, signals
+from masktas_jax.evaluation.window import sample_archs, Window
+
+import common  # pylint: disable=g-bad-import-order
+import study_record  # pylint: disable=g-bad-import-order
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--record',
+                      default=str(study_record.RECORDS / 'signal_study'))
+  parser.add_argument('--config', default='configs/fashion.py')
+  parser.add_argument('--seeds', default='0')
+  parser.add_argument('--fitness', default='relation_params',
+                      choices=sorted(signals.FUSIONS))
+  parser.add_argument('--workdir', default='/tmp/fusion_reference',
+                      help='where the scorer keeps its compilation cache')
+  args = parser.parse_args()
+  record = study_record.Record(args.record)
+  report = (record / 'signal_study.json').get()
+  if report is None:
+    parser.error(f'--record: no {record.path}/signal_study.json; run '
+                 'signal_study.py --report first')
+  fused = signals.FUSIONS[args.fitness]
+  print(f'# {common.command()}')
+  print(f'| seed | standardised among | {" | ".join(f"sd {n}" for n in fused)}'
+        ' | Kendall with the validation yardstick |')
+  print('|---:|---|' + '---:|' * (len(fused) + 1))
+  for seed in (int(s) for s in args.seeds.split(',')):
+    study = report['per_seed'].get(str(seed))
+    if study is None or any(r is None for runs in study['ft'] for r in runs):
+      print(f'| {seed} | (not complete in the record) |' + ' |' * (
+          len(fused) + 1))
+      continue
+    c = common.load_config(args.config, **{
+        'teacher.checkpoint': str(record.path / 'teacher'),
+        'search.supernet': str(record.path / f'seed{seed}' / 'supernet'),
+        'seed': seed})
+    space = config_lib.space_from_config(c)
+    # The search's reference subnets for this config and seed.
+    refs = sample_archs(space, Window.from_config(c.search),
+                        signals.FUSION_REFERENCE, c.seed + 10)
+    names = tuple(n for n in fused if n in signals.SIGNALS)
+    scorer = fitness.load_scorer(
+        config_lib.scoring(c), f'{args.workdir}/seed{seed}',
+        capacity=len(refs), names=names + ('student_entropy',))
+    search = {**scorer.signals(refs), **signals.size_values(space, refs)}
+    values = {n: np.asarray(study[n], np.float64) for n in fused}
+    yard = np.mean([[run[0] for run in runs] for runs in study['ft']], axis=0)
+    for label, reference in ((f'the study\'s {len(yard)} spread subnets',
+                              values),
+                             (f'the search\'s {len(refs)} uniform samples',
+                              search)):
+      tau = stats.kendalltau(signals.fuse(values, reference, args.fitness),
+                             yard).statistic
+      sds = ' | '.join(f'{np.std(reference[n]):.4g}' for n in fused)
+      print(f'| {seed} | {label} | {sds} | {tau:+.3f} |')
+
+
+if __name__ == '__main__':
+  main()
