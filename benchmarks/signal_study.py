@@ -102,13 +102,14 @@ WAIT_S = 4 * 3600
 def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
                scratch: bool = False, mine: bool = True,
                record: study_record.Record | None = None,
-               ready: Callable[[], None] | None = None
-               ) -> tuple[float, float] | None:
+               ready: Callable[[], None] | None = None,
+               progress: str = '') -> tuple[float, float] | None:
   """(validation, test) top-1 of `arch` fine-tuned with seed `ft_seed`, or
   None when not done and not to be run here (--report, or another
   --worker's run). With `record` (the seed's), a run is done once it is
   recorded there, and only its worker runs and records it; `ready()` is
-  called before a run (it makes sure the supernet is there)."""
+  called before a run (it makes sure the supernet is there). `progress`
+  (e.g. 'seed 1, run 18 of 70') heads the line logged when a run starts."""
   name = f'scratch{ft_seed}' if scratch else f'ft{ft_seed}'
   key = artifacts.arch_key(arch.to_json())
   run = workdir / 'finetune' / f'{args.steps}steps' / key / name
@@ -122,6 +123,9 @@ def fine_tuned(args, config, workdir, arch: Arch, ft_seed: int,
     return None
   if ready is not None:
     ready()
+  _log(f'{progress + ": " if progress else ""}{name} of E{arch.embed_dim} '
+       f'D{arch.depth} ({key}), {args.steps} steps'
+       + (', from random weights' if scratch else ''))
   c = config.copy_and_resolve_references()
   c.finetune.steps, c.finetune.from_scratch = args.steps, scratch
   if scratch:  # The recipe that suits random weights, as inheritance.py's.
@@ -261,17 +265,24 @@ def study_seed(args, config, seed: int,
   out['scratch'] = [None] * len(archs)
   # --worker i/n runs every n-th of these runs, from the i-th.
   j = 0
+  total = args.ft_seeds * len(archs) + sum(
+      1 for i in range(len(archs))
+      if args.scratch_every and i % args.scratch_every == 0)
   for i in coverage_order(len(archs)):
     a = archs[i]
     for k in range(args.ft_seeds):
       out['ft'][k][i] = fine_tuned(args, c, workdir, a, k,
                                    mine=j % workers == index, record=record,
-                                   ready=ready)
+                                   ready=ready,
+                                   progress=f'seed {seed}, run {j + 1} of '
+                                   f'{total}')
       j += 1
     if args.scratch_every and i % args.scratch_every == 0:
       out['scratch'][i] = fine_tuned(args, c, workdir, a, 0, scratch=True,
                                      mine=j % workers == index,
-                                     record=record, ready=ready)
+                                     record=record, ready=ready,
+                                     progress=f'seed {seed}, run {j + 1} of '
+                                     f'{total}')
       j += 1
   return out
 
