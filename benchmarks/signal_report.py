@@ -40,7 +40,8 @@ def _fmt_noise(c: dict) -> str:
           f'{c["expected_kendall"]:+.2f}); a yardstick agreeing at '
           f'{study_stats.TARGET_TAU} needs the mean of '
           + (f'{seeds:.1f}' if seeds is not None else 'unboundedly many')
-          + ' fine-tuning seeds')
+          + ' fine-tuning seeds; a perfect signal would reach '
+          f'{c["perfect_kendall"]:+.2f} against the two seeds\' mean')
 
 
 def _fmt(row: dict) -> str:
@@ -109,14 +110,18 @@ def plot(per_seed: dict, select: list[int], path: epath.Path,
          show_held_out: bool = True) -> None:
   """Kendall of each fitness and control with the yardstick: bars the mean
   over the complete selection seeds (validation) and held-out seeds (test;
-  only with `show_held_out`), dots each seed's with its 95% interval,
-  dashed lines the ceiling (two fine-tuning seeds' Kendall)."""
+  only with `show_held_out`), dots each seed's with its 95% interval;
+  dashed lines how well two single fine-tuning runs agree, dotted ones the
+  ceiling: what a perfect signal would reach against the two runs' mean
+  (`study_stats.noise`'s perfect_kendall)."""
   names = list(signals.FITNESSES + CONTROLS)
   x = np.arange(len(names))
   fig, ax = plt.subplots(figsize=(11, 5))
   for j, (label, split) in enumerate((('selection seeds, validation', 0),
                                       ('held-out seeds, test', 1))):
-    color, offset = f'C{j}', 0.4 * j - 0.2
+    # Centred on the ticks while only the selection seeds show.
+    color = f'C{j}'
+    offset = 0.4 * j - 0.2 if show_held_out else 0.0
     seeds = [s for s in per_seed if (s in select) == (split == 0)]
     if split and not show_held_out:
       seeds = []
@@ -135,15 +140,20 @@ def plot(per_seed: dict, select: list[int], path: epath.Path,
     for k, t in enumerate(tables.values()):
       ci = np.array([t.get(n, {}).get('ci', (np.nan, np.nan))
                      for n in names])
+      # A percentile interval may miss its estimate by a rounding.
       ax.errorbar(x + offset + 0.1 * (k - (len(tables) - 1) / 2), taus[k],
-                  yerr=[taus[k] - ci[:, 0], ci[:, 1] - taus[k]], fmt='o',
-                  color='k', ms=3, lw=0.8, capsize=2)
-    agree = [c['kendall'] for s in tables
-             if (c := ceiling(per_seed[s], split))]
-    if agree:
-      ax.axhline(np.mean(agree), color=color, ls='--', lw=1.2,
-                 label=f'ceiling, {label}: fine-tuning seed 0 vs 1 '
-                 f'({np.mean(agree):+.2f})')
+                  yerr=np.clip([taus[k] - ci[:, 0], ci[:, 1] - taus[k]], 0,
+                               None), fmt='o', color='k', ms=3, lw=0.8,
+                  capsize=2)
+    ceilings = [c for s in tables if (c := ceiling(per_seed[s], split))]
+    if ceilings:
+      agree = np.mean([c['kendall'] for c in ceilings])
+      perfect = np.mean([c['perfect_kendall'] for c in ceilings])
+      ax.axhline(agree, color=color, ls='--', lw=1.2,
+                 label=f'{label}: two single runs agree ({agree:+.2f})')
+      ax.axhline(perfect, color=color, ls=':', lw=1.5,
+                 label=f'{label}: ceiling, a perfect signal against the '
+                 f'two runs\' mean ({perfect:+.2f})')
   # The controls need no training of their own; a fitness must beat them.
   ax.axvline(len(signals.FITNESSES) - 0.5, color='grey', lw=0.8, ls=':')
   ax.text(len(signals.FITNESSES) - 0.4, 0.98, 'controls', color='grey',

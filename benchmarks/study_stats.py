@@ -107,7 +107,9 @@ def noise(a, b, seed: int = 0) -> dict[str, Any]:
   is steadier than the tau of a few subnets; and how many fine-tuning
   seeds each of two mean yardsticks would need to agree with each other at
   tau 0.7 (Spearman-Brown: the mean of k runs has k r / (1 + (k - 1) r));
-  None where r is 0."""
+  None where r is 0. And the tau a perfect signal (the subnets' true top-1)
+  would reach against the two seeds' mean, the yardstick's own ceiling
+  (2/pi asin sqrt(R), R = 2r / (1 + r) the mean's reliability)."""
   a, b = 100 * np.asarray(a, float), 100 * np.asarray(b, float)
   run, true_sd, r = _reliability(a, b)
   resamples = np.random.default_rng(seed).integers(
@@ -118,6 +120,8 @@ def noise(a, b, seed: int = 0) -> dict[str, Any]:
           'reliability_ci': [float(v) for v in np.percentile(boot,
                                                              [2.5, 97.5])],
           'expected_kendall': float(2 / np.pi * np.arcsin(r)),
+          'perfect_kendall': float(2 / np.pi * np.arcsin(
+              np.sqrt(2 * r / (1 + r)))),
           'seeds_for_target': (float(need * (1 - r) / (r * (1 - need)))
                                if r > 0 else None)}
 

@@ -42,6 +42,10 @@ def test_noise_recovers_known_spreads_and_predicts_the_measured_kendall():
   k = out['seeds_for_target']
   r_k = k * r / (1 + (k - 1) * r)
   assert abs(2 / np.pi * np.arcsin(r_k) - study_stats.TARGET_TAU) < 0.01
+  # The truth itself, against the two runs' mean: the yardstick's ceiling.
+  perfect = stats.kendalltau(true, (a + b) / 2).statistic
+  assert abs(out['perfect_kendall'] - perfect) < 0.02
+  assert perfect > measured + 0.1  # Above two runs' agreement, here.
 
 
 def _held_out(seed, n=30, strata=3):
