@@ -7,10 +7,12 @@ from the window (`stages/search.py`'s `calibrate`). A fusion is a weighted
 sum of its signals, so the two differ only in the weights the standard
 deviations give them. Per seed of the study's record: both standard
 deviations of each fused signal, and each weighting's Kendall with the
-seed's validation yardstick over the study's subnets. Scores the reference
-subnets with the seed's recorded supernet and the study's teacher (a minute
-or two on one core); the study's own values come from its report
-(`signal_study.json`).
+seed's validation yardstick over the study's subnets. Scores the study's
+subnets and the reference subnets afresh with the seed's recorded supernet
+and the study's teacher (a few minutes on one core; the largest difference
+from the study's recorded values is printed), for the config the record is
+bound to, with the search's seed set to the study's seed as the study
+does; the yardstick comes from the study's report (`signal_study.json`).
 
   python benchmarks/fusion_reference.py --seeds=0 --fitness=relation_params
 """
@@ -25,6 +27,7 @@ from scipy import stats
 from masktas_jax import config_lib
 from masktas_jax.evaluation import fitness, signals
 from masktas_jax.evaluation.window import sample_archs, Window
+from masktas_jax.space import Arch
 
 import common  # pylint: disable=g-bad-import-order
 import study_record  # pylint: disable=g-bad-import-order
@@ -39,13 +42,17 @@ def main() -> None:
   parser.add_argument('--fitness', default='relation_params',
                       choices=sorted(signals.FUSIONS))
   parser.add_argument('--workdir', default='/tmp/fusion_reference',
-                      help='where the scorer keeps its compilation cache')
+                      help="the scorer's workdir (it finds the teacher and "
+                      'supernet through the config; nothing is written)')
   args = parser.parse_args()
   record = study_record.Record(args.record)
   report = (record / 'signal_study.json').get()
   if report is None:
     parser.error(f'--record: no {record.path}/signal_study.json; run '
                  'signal_study.py --report first')
+  # The study's config, less the paths `bind` leaves out.
+  record.bind(common.load_config(args.config, **{
+      'teacher.checkpoint': str(record.path / 'teacher')}))
   fused = signals.FUSIONS[args.fitness]
   print(f'# {common.command()}')
   print(f'| seed | standardised among | {" | ".join(f"sd {n}" for n in fused)}'
@@ -60,17 +67,25 @@ def main() -> None:
     c = common.load_config(args.config, **{
         'teacher.checkpoint': str(record.path / 'teacher'),
         'search.supernet': str(record.path / f'seed{seed}' / 'supernet'),
-        'seed': seed})
+        'search.fitness': args.fitness, 'seed': seed})
     space = config_lib.space_from_config(c)
     # The search's reference subnets for this config and seed.
     refs = sample_archs(space, Window.from_config(c.search),
                         signals.FUSION_REFERENCE, c.seed + 10)
+    archs = [Arch.from_dict(a) for a in study['archs']]
     names = tuple(n for n in fused if n in signals.SIGNALS)
     scorer = fitness.load_scorer(
         config_lib.scoring(c), f'{args.workdir}/seed{seed}',
-        capacity=len(refs), names=names + ('student_entropy',))
+        capacity=max(len(refs), len(archs)),
+        names=names + ('student_entropy',))
     search = {**scorer.signals(refs), **signals.size_values(space, refs)}
-    values = {n: np.asarray(study[n], np.float64) for n in fused}
+    values = {**scorer.signals(archs), **signals.size_values(space, archs)}
+    values = {n: np.asarray(values[n], np.float64) for n in fused}
+    drift = max(float(np.abs(values[n] - np.asarray(study[n])).max())
+                for n in names)
+    print(f'| {seed} | (the study\'s subnets scored again: largest '
+          f'difference from its record {drift:.2g}) |' + ' |' * (
+              len(fused) + 1))
     yard = np.mean([[run[0] for run in runs] for runs in study['ft']], axis=0)
     for label, reference in ((f'the study\'s {len(yard)} spread subnets',
                               values),
@@ -78,7 +93,9 @@ def main() -> None:
                               search)):
       tau = stats.kendalltau(signals.fuse(values, reference, args.fitness),
                              yard).statistic
-      sds = ' | '.join(f'{np.std(reference[n]):.4g}' for n in fused)
+      sds = ' | '.join(
+          f'{sd:,.0f}' if (sd := np.std(reference[n])) >= 1000 else
+          f'{sd:.4g}' for n in fused)
       print(f'| {seed} | {label} | {sds} | {tau:+.3f} |')
 
 
