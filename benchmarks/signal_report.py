@@ -49,6 +49,14 @@ def _fmt(row: dict) -> str:
   return f'{row["kendall"]:+.2f} [{lo:+.2f}, {hi:+.2f}]'
 
 
+def _vs_probe(study: dict, name: str) -> dict:
+  """Kendall (and its 95% interval) of signal `name` with the linear probe
+  of each subnet's inherited features: does the signal rank what the
+  inherited weights hold, whatever fine-tuning makes of it."""
+  corr = rank.correlation(study[name], study['probe'])
+  return {'kendall': corr['kendall_tau'], 'ci': corr['kendall_ci']}
+
+
 # A selection seed's signals are shown part-way from this many subnets.
 PARTIAL = 10
 
@@ -230,8 +238,22 @@ def report(args, per_seed: dict, select: list[int]) -> None:
       continue
     probe = rank.correlation(study['probe'], yardstick(study, split))
     summary[seed] = {'split': ('validation', 'test')[split], 'rows': table,
-                     'ceiling': c, 'probe': probe['kendall_tau']}
+                     'ceiling': c, 'probe': probe['kendall_tau'],
+                     # The second yardstick: a linear probe of the inherited
+                     # features (labels, no fine-tuning).
+                     'vs_probe': {n: _vs_probe(study, n)
+                                  for n in signals.FITNESSES + CONTROLS}}
     _print_row(seed, summary[seed]['split'], c, table, probe['kendall_tau'])
+  complete = [s for s in per_seed if s in summary]
+  if complete:
+    print('\nKendall with the second yardstick, the linear probe of each '
+          'subnet\'s inherited features (labels, no fine-tuning):')
+    print('| seed | ' + ' | '.join(signals.FITNESSES + CONTROLS) + ' |')
+    print('|---|' + '---:|' * len(signals.FITNESSES + CONTROLS))
+    for seed in complete:
+      print(f'| {seed} | ' + ' | '.join(
+          _fmt(summary[seed]['vs_probe'][n])
+          for n in signals.FITNESSES + CONTROLS) + ' |')
   for seed, study in per_seed.items():
     print(f'seed {seed}: {progress(study, args.scratch_every)}')
     for split, name in enumerate(('validation', 'test')):

@@ -123,6 +123,13 @@ def test_report_chooses_on_selection_seeds_and_reports_held_out(tmp_path):
             artifacts.arch_key(Arch.from_dict(arch).to_json()))
     yard.append(np.mean([json.loads((runs / f'ft{k}.json').read_text())
                          ['test'] for k in range(2)]))
+  # The second yardstick, the probe: each signal's Kendall with the
+  # probe's top-1 as the signals file has them.
+  for name in ('relation_paper', 'relation'):
+    np.testing.assert_allclose(
+        summary['summary']['2']['vs_probe'][name]['kendall'],
+        stats.kendalltau(signals2[name], signals2['probe']).statistic,
+        atol=1e-12)
   want = stats.kendalltau(signals2['relation_paper'], yard).statistic
   got = summary['summary']['held_out']['relation_paper']['kendall']
   assert abs(got - want) < 1e-9
