@@ -20,9 +20,13 @@ sample of subnets; one teacher for all, `--teacher`):
    and MACs.
 
 Each fitness's Kendall with the yardstick (bootstrap 95% interval over the
-subnets) and within three parameter strata; the default is the variant
-with the best mean validation Kendall on the `--select` seeds, reported on
-the others with the test yardstick. The results (signals, every run's
+subnets) and within three parameter strata, and with the second
+yardstick, the linear probe; the yardstick's ceiling (what a perfect
+signal would reach against the mean of the fine-tuning seeds); the default
+is the variant with the best mean validation Kendall on the `--select`
+seeds, reported on the others with the test yardstick: provisional, and
+the held-out seeds' signals not shown, until every selection seed is
+complete. The results (signals, every run's
 top-1) and each seed's supernet are recorded as they come in `--record`
 (default `benchmarks/records/signal_study/`, committed: the study outlives
 the machine that ran it); other checkpoints go under --root. A rerun on any
