@@ -30,7 +30,9 @@ from masktas_jax.evaluation.window import sample_archs, Window
 from masktas_jax.space import Arch
 
 import common  # pylint: disable=g-bad-import-order
+import signal_report  # pylint: disable=g-bad-import-order
 import study_record  # pylint: disable=g-bad-import-order
+import study_stats  # pylint: disable=g-bad-import-order
 
 
 def main() -> None:
@@ -45,14 +47,7 @@ def main() -> None:
                       help="the scorer's workdir (it finds the teacher and "
                       'supernet through the config; nothing is written)')
   args = parser.parse_args()
-  record = study_record.Record(args.record)
-  report = (record / 'signal_study.json').get()
-  if report is None:
-    parser.error(f'--record: no {record.path}/signal_study.json; run '
-                 'signal_study.py --report first')
-  # The study's config, less the paths `bind` leaves out.
-  record.bind(common.load_config(args.config, **{
-      'teacher.checkpoint': str(record.path / 'teacher')}))
+  record, report = signal_report.recorded(args.record, args.config)
   fused = signals.FUSIONS[args.fitness]
   print(f'# {common.command()}')
   print(f'| seed | standardised among | {" | ".join(f"sd {n}" for n in fused)}'
@@ -60,14 +55,13 @@ def main() -> None:
   print('|---:|---|' + '---:|' * (len(fused) + 1))
   for seed in (int(s) for s in args.seeds.split(',')):
     study = report['per_seed'].get(str(seed))
-    if study is None or any(r is None for runs in study['ft'] for r in runs):
+    yard = study and study_stats.yardstick(study, 0)
+    if yard is None:
       print(f'| {seed} | (not complete in the record) |' + ' |' * (
           len(fused) + 1))
       continue
-    c = common.load_config(args.config, **{
-        'teacher.checkpoint': str(record.path / 'teacher'),
-        'search.supernet': str(record.path / f'seed{seed}' / 'supernet'),
-        'search.fitness': args.fitness, 'seed': seed})
+    c = signal_report.seed_config(args.config, record, seed,
+                                  **{'search.fitness': args.fitness})
     space = config_lib.space_from_config(c)
     # The search's reference subnets for this config and seed.
     refs = sample_archs(space, Window.from_config(c.search),
@@ -86,7 +80,6 @@ def main() -> None:
     print(f'| {seed} | (the study\'s subnets scored again: largest '
           f'difference from its record {drift:.2g}) |' + ' |' * (
               len(fused) + 1))
-    yard = np.mean([[run[0] for run in runs] for runs in study['ft']], axis=0)
     for label, reference in ((f'the study\'s {len(yard)} spread subnets',
                               values),
                              (f'the search\'s {len(refs)} uniform samples',

@@ -28,7 +28,9 @@ from masktas_jax.evaluation import fitness, signals
 from masktas_jax.space import Arch
 
 import common  # pylint: disable=g-bad-import-order
+import signal_report  # pylint: disable=g-bad-import-order
 import study_record  # pylint: disable=g-bad-import-order
+import study_stats  # pylint: disable=g-bad-import-order
 
 
 def main() -> None:
@@ -44,30 +46,22 @@ def main() -> None:
   parser.add_argument('--workdir', default='/tmp/signal_reliability',
                       help="the scorer's workdir (nothing is written)")
   args = parser.parse_args()
-  record = study_record.Record(args.record)
-  report = (record / 'signal_study.json').get()
-  if report is None:
-    parser.error(f'--record: no {record.path}/signal_study.json; run '
-                 'signal_study.py --report first')
-  record.bind(common.load_config(args.config, **{
-      'teacher.checkpoint': str(record.path / 'teacher')}))
-  names = tuple(n for n in signals.SIGNALS)
+  record, report = signal_report.recorded(args.record, args.config)
+  names = signals.SIGNALS
   print(f'# {common.command()}')
   print('| seed | draw | images | ' + ' | '.join(names) + ' |')
   print('|---:|---|---:|' + '---:|' * len(names))
   for seed in (int(s) for s in args.seeds.split(',')):
     study = report['per_seed'].get(str(seed))
-    if study is None or any(r is None for runs in study['ft'] for r in runs):
+    yard = study and study_stats.yardstick(study, 0)
+    if yard is None:
       print(f'| {seed} | (not complete in the record) | |' + ' |' * len(
           names))
       continue
     archs = [Arch.from_dict(a) for a in study['archs']]
-    yard = np.mean([[run[0] for run in runs] for runs in study['ft']], axis=0)
     recorded = {n: np.asarray(study[n], np.float64) for n in names}
     tau = lambda x, y: stats.kendalltau(x, y).statistic  # noqa: E731
-    base = common.load_config(args.config, **{
-        'teacher.checkpoint': str(record.path / 'teacher'),
-        'search.supernet': str(record.path / f'seed{seed}' / 'supernet')})
+    base = signal_report.seed_config(args.config, record, seed)
     images = base.search.eval_images
     print(f'| {seed} | the study\'s (with the yardstick) | {images} | '
           + ' | '.join(f'{tau(recorded[n], yard):+.2f}' for n in names)

@@ -57,6 +57,32 @@ def _vs_probe(study: dict, name: str) -> dict:
   return {'kendall': corr['kendall_tau'], 'ci': corr['kendall_ci']}
 
 
+def recorded(record_path: str, config_path: str
+             ) -> tuple[study_record.Record, dict]:
+  """The study's record at `record_path` and its `signal_study.json` (what
+  `--report` wrote), after checking the record was made with the config at
+  `config_path` (the machine's paths aside); SystemExit in one line if
+  either is wrong."""
+  record = study_record.Record(record_path)
+  report = (record / 'signal_study.json').get()
+  if report is None:
+    raise SystemExit(f'--record: no {record.path}/signal_study.json; run '
+                     'signal_study.py --report first')
+  record.bind(common.load_config(config_path, **{
+      'teacher.checkpoint': str(record.path / 'teacher')}))
+  return record, report
+
+
+def seed_config(config_path: str, record: study_record.Record, seed: int,
+                **overrides):
+  """The study's config of seed `seed`: the record's teacher and that
+  seed's recorded supernet, `overrides` on top."""
+  return common.load_config(config_path, **{
+      'teacher.checkpoint': str(record.path / 'teacher'),
+      'search.supernet': str(record.path / f'seed{seed}' / 'supernet'),
+      'seed': seed, **overrides})
+
+
 # A selection seed's signals are shown part-way from this many subnets.
 PARTIAL = 10
 
@@ -114,11 +140,13 @@ def margin(points: np.ndarray) -> str:
           f'({int((points > 0).sum())} of {len(points)} ahead)')
 
 
-def plot(per_seed: dict, select: list[int], path: epath.Path,
+def plot(complete: dict, select: list[int], path: epath.Path,
          show_held_out: bool = True) -> None:
-  """Kendall of each fitness and control with the yardstick: bars the mean
-  over the complete selection seeds (validation) and held-out seeds (test;
-  only with `show_held_out`), dots each seed's with its 95% interval;
+  """Kendall of each fitness and control with the yardstick, from
+  `complete` (seed -> the report's summary of a complete seed: its 'rows'
+  and 'ceiling'): bars the mean over the selection seeds (validation) and
+  held-out seeds (test; only with `show_held_out`), dots each seed's with
+  its 95% interval;
   dashed lines how well two single fine-tuning runs agree, dotted ones the
   ceiling: what a perfect signal would reach against the two runs' mean
   (`study_stats.noise`'s perfect_kendall)."""
@@ -130,11 +158,9 @@ def plot(per_seed: dict, select: list[int], path: epath.Path,
     # Centred on the ticks while only the selection seeds show.
     color = f'C{j}'
     offset = 0.4 * j - 0.2 if show_held_out else 0.0
-    seeds = [s for s in per_seed if (s in select) == (split == 0)]
-    if split and not show_held_out:
-      seeds = []
-    # Once per seed: each table bootstraps every signal.
-    tables = {s: t for s in seeds if (t := rows(per_seed[s], split))}
+    seeds = [s for s in complete if (s in select) == (split == 0)
+             and (show_held_out or not split)]
+    tables = {s: complete[s]['rows'] for s in seeds}
     if not tables:
       why = ('withheld until the choice is final' if split and
              not show_held_out else 'none complete')
@@ -153,7 +179,7 @@ def plot(per_seed: dict, select: list[int], path: epath.Path,
                   yerr=np.clip([taus[k] - ci[:, 0], ci[:, 1] - taus[k]], 0,
                                None), fmt='o', color='k', ms=3, lw=0.8,
                   capsize=2)
-    ceilings = [c for s in tables if (c := ceiling(per_seed[s], split))]
+    ceilings = [c for s in tables if (c := complete[s]['ceiling'])]
     if ceilings:
       agree = np.mean([c['kendall'] for c in ceilings])
       perfect = np.mean([c['perfect_kendall'] for c in ceilings])
@@ -215,7 +241,7 @@ def report(args, per_seed: dict, select: list[int]) -> None:
   # Selection seeds not complete (or not given): the choice is provisional
   # and the held-out seeds show their ceilings only.
   pending = [s for s in select
-             if s not in per_seed or not rows(per_seed[s], 0)]
+             if s not in per_seed or yardstick(per_seed[s], 0) is None]
   for seed, study in per_seed.items():
     split = 0 if seed in select else 1
     c = ceiling(study, split)
@@ -320,5 +346,6 @@ def report(args, per_seed: dict, select: list[int]) -> None:
   (root / 'signal_study.json').write_text(json.dumps(
       {'per_seed': {str(s): v for s, v in per_seed.items()},
        'summary': {str(k): v for k, v in summary.items()}}))
-  plot(per_seed, select, root / 'signal_study.png', not pending)
+  plot({s: summary[s] for s in complete}, select, root / 'signal_study.png',
+       not pending)
 
