@@ -48,7 +48,7 @@ from etils import epath
 from scipy import stats
 
 from masktas_jax import config_lib, losses, main
-from masktas_jax.evaluation import fitness
+from masktas_jax.evaluation import fitness, ranking
 from masktas_jax.evaluation.window import Window
 from masktas_jax.space import Arch
 from masktas_jax.stages import finetune, rank, search
@@ -203,11 +203,11 @@ def retest(args, seed: int, study: dict, fitness: list[float]) -> dict:
           for a in archs]
   mean_val = (np.array(study['yardsticks']['finetune']) + again) / 2
   mean_test = (np.array(study['test_top1']) + test) / 2
-  return {'val': rank.correlation(study['yardsticks']['finetune'], again,
+  return {'val': ranking.correlation(study['yardsticks']['finetune'], again,
                                   seed),
-          'test': rank.correlation(study['test_top1'], test, seed),
-          'fitness_vs_mean_val': rank.correlation(fitness, mean_val, seed),
-          'fitness_vs_mean_test': rank.correlation(fitness, mean_test, seed)}
+          'test': ranking.correlation(study['test_top1'], test, seed),
+          'fitness_vs_mean_val': ranking.correlation(fitness, mean_val, seed),
+          'fitness_vs_mean_test': ranking.correlation(fitness, mean_test, seed)}
 
 
 # --- selection on some seeds, report on the others -------------------------
@@ -364,12 +364,12 @@ def main_() -> None:
   for s in seeds:
     st, f = studies[s], studies[s]['fitness'][chosen]
     y = st['yardsticks']
-    row = {k: rank.correlation(f['real'], v, s) for k, v in y.items()}
-    row['test'] = rank.correlation(f['real'], st['test_top1'], s)
+    row = {k: ranking.correlation(f['real'], v, s) for k, v in y.items()}
+    row['test'] = ranking.correlation(f['real'], st['test_top1'], s)
     row['controls'] = {
-        'params': rank.correlation(st['params'], y['finetune'], s),
-        'macs': rank.correlation(st['macs'], y['finetune'], s),
-        'student_entropy': rank.correlation(f['entropy'], y['finetune'], s)}
+        'params': ranking.correlation(st['params'], y['finetune'], s),
+        'macs': ranking.correlation(st['macs'], y['finetune'], s),
+        'student_entropy': ranking.correlation(f['entropy'], y['finetune'], s)}
     row['permuted'] = kendall(f['real'], f['permuted'])
     row['noise'] = kendall(f['real'], f['noise'])
     row['held_out'] = s in held_out

@@ -55,10 +55,9 @@ import numpy as np
 from etils import epath
 
 from masktas_jax import config_lib, main
-from masktas_jax.evaluation import baselines, signals
+from masktas_jax.evaluation import baselines, ranking, signals
 from masktas_jax.evaluation.window import sample_archs, Window
 from masktas_jax.space import Arch
-from masktas_jax.stages import rank
 from masktas_jax.storage import artifacts
 from masktas_jax.training import plots
 
@@ -206,7 +205,7 @@ def ablation(args, config, seed: int, ratio: float) -> dict:
         mine=common.worker(args)[0] == 0, record=kept)
   y = study_stats.yardstick(study, 1)
   corr = (None if y is None else
-          rank.correlation(study[args.fitness], y))
+          ranking.correlation(study[args.fitness], y))
   return {'ratio': ratio, 'arch': None if found is None else found[0].to_dict(),
           'top1': None if top1 is None else top1[1],
           'kendall': None if corr is None else corr['kendall_tau'],

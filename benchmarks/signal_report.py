@@ -18,9 +18,8 @@ import numpy as np
 from etils import epath
 from scipy import stats
 
-from masktas_jax.evaluation import signals
+from masktas_jax.evaluation import ranking, signals
 from masktas_jax.space import Arch
-from masktas_jax.stages import rank
 from masktas_jax.training import plots
 
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -53,7 +52,7 @@ def _vs_probe(study: dict, name: str) -> dict:
   """Kendall (and its 95% interval) of signal `name` with the linear probe
   of each subnet's inherited features: does the signal rank what the
   inherited weights hold, whatever fine-tuning makes of it."""
-  corr = rank.correlation(study[name], study['probe'])
+  corr = ranking.correlation(study[name], study['probe'])
   return {'kendall': corr['kendall_tau'], 'ci': corr['kendall_ci']}
 
 
@@ -255,14 +254,14 @@ def report(args, per_seed: dict, select: list[int]) -> None:
         # used to choose, and not shown for held-out seeds.
         _print_row(f'{seed} ({done} of {len(study["archs"])} subnets, '
                    'partial)', 'validation', c, rows(part, 0),
-                   rank.correlation(part['probe'],
+                   ranking.correlation(part['probe'],
                                     yardstick(part, 0))['kendall_tau'])
       elif c:
         print(f'| {seed} | {("validation", "test")[split]} | {_fmt(c)} '
               f'over the {c["subnets"]} subnets done |' + ' |' * (
                   len(signals.FITNESSES) + len(CONTROLS) + 1))
       continue
-    probe = rank.correlation(study['probe'], yardstick(study, split))
+    probe = ranking.correlation(study['probe'], yardstick(study, split))
     summary[seed] = {'split': ('validation', 'test')[split], 'rows': table,
                      'ceiling': c, 'probe': probe['kendall_tau'],
                      # The second yardstick: a linear probe of the inherited

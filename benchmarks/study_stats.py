@@ -16,8 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from masktas_jax.evaluation import signals
-from masktas_jax.stages import rank
+from masktas_jax.evaluation import ranking, signals
 
 CONTROLS = ('params', 'macs', 'student_entropy')
 
@@ -60,9 +59,9 @@ def rows(study: dict, split: int) -> dict[str, dict]:
     return {}
   out = {}
   for name in signals.FITNESSES + CONTROLS:
-    corr = rank.correlation(study[name], y)
+    corr = ranking.correlation(study[name], y)
     out[name] = {'kendall': corr['kendall_tau'], 'ci': corr['kendall_ci'],
-                 'within_params': rank.kendall_within_strata(
+                 'within_params': ranking.kendall_within_strata(
                      study[name], y, study['params'])['kendall_tau']}
   return out
 
@@ -77,7 +76,7 @@ def ceiling(study: dict, split: int) -> dict | None:
            if a is not None and b is not None]
   if len(pairs) < 5:
     return None
-  corr = rank.correlation(*zip(*pairs))
+  corr = ranking.correlation(*zip(*pairs))
   return {'kendall': corr['kendall_tau'], 'ci': corr['kendall_ci'],
           'subnets': len(pairs), **noise(*zip(*pairs))}
 
@@ -113,7 +112,7 @@ def noise(a, b, seed: int = 0) -> dict[str, Any]:
   a, b = 100 * np.asarray(a, float), 100 * np.asarray(b, float)
   run, true_sd, r = _reliability(a, b)
   resamples = np.random.default_rng(seed).integers(
-      0, len(a), (rank.BOOTSTRAP_RESAMPLES, len(a)))
+      0, len(a), (ranking.BOOTSTRAP_RESAMPLES, len(a)))
   boot = [_reliability(a[i], b[i])[2] for i in resamples]
   need = np.sin(TARGET_TAU * np.pi / 2)
   return {'run_sd': run, 'arch_sd': true_sd, 'reliability': r,
@@ -128,11 +127,11 @@ def noise(a, b, seed: int = 0) -> dict[str, Any]:
 
 def _tau(x: np.ndarray, y: np.ndarray) -> float:
   """Kendall tau-b, NaN where undefined (a constant input)."""
-  return float(rank.kendall_b(x, y))
+  return float(ranking.kendall_b(x, y))
 
 
 def verdict(studies: Sequence[dict], name: str, split: int = 1,
-            control: str = 'params', strata: int = rank.STRATA,
+            control: str = 'params', strata: int = ranking.STRATA,
             seed: int = 0) -> dict[str, Any] | None:
   """Signal `name` against the goal over `studies` (one per held-out seed;
   those with a missing run are left out; None if none is complete), on
@@ -141,7 +140,7 @@ def verdict(studies: Sequence[dict], name: str, split: int = 1,
   * 'kendall': the mean over seeds of its Kendall with the yardstick;
   * 'margin': that less the same mean for `control` (parameter count);
   * 'within': the mean over seeds of its Kendall within `strata` groups of
-    consecutive parameter counts (`rank.kendall_within_strata`'s
+    consecutive parameter counts (`ranking.kendall_within_strata`'s
     statistic), what it knows beyond size;
 
   each with a 95% percentile interval from one stratified bootstrap (the
@@ -180,7 +179,7 @@ def verdict(studies: Sequence[dict], name: str, split: int = 1,
   point = statistics([groups for *_, groups in data])
   boot = np.array([statistics([[rng.choice(g, len(g)) for g in groups]
                                for *_, groups in data])
-                   for _ in range(rank.BOOTSTRAP_RESAMPLES)])
+                   for _ in range(ranking.BOOTSTRAP_RESAMPLES)])
 
   def ci(values: np.ndarray) -> list[float]:
     values = values[np.isfinite(values)]

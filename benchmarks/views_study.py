@@ -39,8 +39,7 @@ import numpy as np
 from etils import epath
 
 from masktas_jax import config_lib
-from masktas_jax.evaluation import fitness, signals
-from masktas_jax.stages import rank
+from masktas_jax.evaluation import fitness, ranking, signals
 from masktas_jax.storage import artifacts
 
 import common  # pylint: disable=g-bad-import-order
@@ -112,7 +111,7 @@ def paired(a: list[float], b: list[float], seed: int = 0) -> dict:
   subnets have b above a."""
   d = np.asarray(b) - np.asarray(a)
   resamples = np.random.default_rng(seed).integers(
-      0, len(d), (rank.BOOTSTRAP_RESAMPLES, len(d)))
+      0, len(d), (ranking.BOOTSTRAP_RESAMPLES, len(d)))
   lo, hi = np.percentile(d[resamples].mean(axis=1), [2.5, 97.5])
   return {'mean': float(d.mean()), 'ci': [float(lo), float(hi)],
           'relative': float(d.mean() / np.mean(a)),

@@ -2,16 +2,14 @@
 
 import json
 import shutil
-import warnings
 
 import numpy as np
 import pytest
 from etils import epath
-from scipy import stats
 
 from masktas_jax import config_lib, data, errors, losses
 from masktas_jax.errors import SearchError
-from masktas_jax.evaluation import evaluator, fitness, signals
+from masktas_jax.evaluation import evaluator, fitness, ranking, signals
 from masktas_jax.evaluation.window import Window
 from masktas_jax.space import Arch
 from masktas_jax.stages import rank, search, supernet as supernet_stage
@@ -248,106 +246,6 @@ def test_linear_probe_agrees_with_scikit_learn_for_a_whole_population():
   assert got[0] > 0.95 and got[1] < got[0] and got[2] < 0.4
 
 
-def test_correlation_with_bootstrap_intervals():
-  rng = np.random.default_rng(1)
-  x = rng.normal(size=30)
-  close, loose = x + 0.3 * rng.normal(size=30), x + 3 * rng.normal(size=30)
-  a, b = rank.correlation(x, close), rank.correlation(x, loose)
-  for c, y in ((a, close), (b, loose)):
-    # Kendall's tau-b by its definition (no ties in continuous data).
-    pairs = [(i, j) for i in range(30) for j in range(i + 1, 30)]
-    concordance = [np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
-                   for i, j in pairs]
-    assert c['kendall_tau'] == pytest.approx(np.mean(concordance))
-    for name, interval in (('kendall_tau', 'kendall_ci'),
-                           ('spearman_rho', 'spearman_ci')):
-      lo, hi = c[interval]
-      assert lo <= c[name] <= hi
-  assert a['kendall_ci'][0] > b['kendall_ci'][1] - 0.3
-  assert np.diff(a['kendall_ci']) < np.diff(b['kendall_ci'])
-  assert rank.correlation(x, close, seed=3) != a  # Resampled anew.
-
-
-def test_kendall_b_in_chunks_and_at_the_edges(monkeypatch):
-  """Chunked, row by row through scipy past its pair limit, and at n < 3,
-  inf ties and strata emptier than their count: as scipy says."""
-  rng = np.random.default_rng(11)
-  x = rng.integers(0, 5, (40, 12)).astype(float)
-  y = rng.integers(0, 5, (40, 12)).astype(float)
-  x[3, 4:6] = np.inf  # A tie at infinity.
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore', stats.ConstantInputWarning)
-    want = np.array([stats.kendalltau(a, b).statistic for a, b in zip(x, y)])
-    monkeypatch.setattr(rank, '_PAIRS_PER_CHUNK', 100)  # 1 row a chunk.
-    np.testing.assert_allclose(rank.kendall_b(x, y), want, atol=1e-12)
-    monkeypatch.setattr(rank, '_PAIRS_MAX', 10)  # Row by row via scipy.
-    np.testing.assert_allclose(rank.kendall_b(x, y), want, atol=1e-12)
-    monkeypatch.undo()
-    for n in (0, 1):
-      assert np.isnan(rank.kendall_b(np.ones((3, n)), np.ones((3, n)))).all()
-    two = rank.kendall_b(np.array([[1., 2], [1, 1]]), np.array([[2., 3],
-                                                                 [1, 2]]))
-    assert two[0] == 1 and np.isnan(two[1])
-    for n, strata in ((2, 3), (5, 3), (7, 4)):
-      a, b, size = rng.normal(size=n), rng.normal(size=n), rng.permutation(n)
-      groups = np.array_split(np.argsort(size, kind='stable'), strata)
-      taus = [stats.kendalltau(a[g], b[g]).statistic for g in groups
-              if len(g) > 1]
-      got = rank.kendall_within_strata(a, b, size, strata=strata)
-      if taus:
-        assert got['kendall_tau'] == pytest.approx(np.mean(taus), abs=1e-12)
-      else:
-        assert np.isnan(got['kendall_tau'])
-
-
-def test_bootstraps_equal_scipy_one_resample_at_a_time():
-  """The bootstraps score their resamples all at once (`rank.kendall_b`);
-  each must equal scipy's statistic of that resample alone, ties and
-  constant resamples included, and the intervals the one-by-one loop's."""
-  rng = np.random.default_rng(7)
-  x = rng.integers(0, 4, (300, 9)).astype(float)  # Many ties.
-  y = rng.integers(0, 4, (300, 9)).astype(float)
-  x[:5] = 1.0  # Constant rows: undefined.
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore', stats.ConstantInputWarning)
-    want = np.array([stats.kendalltau(a, b).statistic for a, b in zip(x, y)])
-    got = rank.kendall_b(x, y)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
-    assert np.isnan(got[:5]).all() and np.isfinite(got[5:]).all()
-    assert rank.kendall_b(x[7], y[7]) == pytest.approx(want[7], abs=1e-12)
-    # The intervals, against the loop over the same resamples.
-    a = rng.normal(size=25)
-    b = a + rng.normal(size=25)
-    b[:4] = b[4]  # Ties in one variable.
-    picks = np.random.default_rng(0).integers(
-        0, 25, (rank.BOOTSTRAP_RESAMPLES, 25))
-    out = rank.correlation(a, b)
-    for fn, key in ((stats.kendalltau, 'kendall_ci'),
-                    (stats.spearmanr, 'spearman_ci')):
-      boot = np.array([fn(a[i], b[i]).statistic for i in picks])
-      boot = boot[np.isfinite(boot)]
-      np.testing.assert_allclose(out[key], np.percentile(boot, [2.5, 97.5]),
-                                 rtol=0, atol=1e-12)
-    # Within strata: the same draws, stratum by stratum.
-    size = rng.permutation(25)
-    groups = np.array_split(np.argsort(size, kind='stable'), 3)
-    draw = np.random.default_rng(0)
-    boot = []
-    for _ in range(rank.BOOTSTRAP_RESAMPLES):
-      taus = [stats.kendalltau(a[p], b[p]).statistic
-              for p in [draw.choice(g, len(g)) for g in groups]]
-      taus = [t for t in taus if np.isfinite(t)]
-      boot.append(np.mean(taus) if taus else np.nan)
-    boot = np.array(boot)
-    within = rank.kendall_within_strata(a, b, size, strata=3)
-    np.testing.assert_allclose(
-        within['kendall_ci'],
-        np.percentile(boot[np.isfinite(boot)], [2.5, 97.5]), rtol=0,
-        atol=1e-12)
-    assert within['kendall_tau'] == pytest.approx(np.mean(
-        [stats.kendalltau(a[g], b[g]).statistic for g in groups]), abs=1e-12)
-
-
 @pytest.mark.parametrize('yardstick', ['knn', 'linear', 'finetune'])
 def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
   num_archs = 3 if yardstick == 'finetune' else 6
@@ -384,7 +282,7 @@ def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
                       ('params', 'params'), ('macs', 'macs'),
                       ('student_entropy', 'student_entropy')):
     c = result[key] if key == 'fitness' else result['controls'][key]
-    want = rank.correlation([a[column] for a in archs], accuracy,
+    want = ranking.correlation([a[column] for a in archs], accuracy,
                             config.seed)
     assert json.dumps(c) == json.dumps(want)  # NaN-safe equality.
   assert 0 < result['teacher_entropy'] < 1
@@ -394,10 +292,10 @@ def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
   assert result['fitness_variant'] == config.search.fitness
   for name, c in result['variants'].items():
     column = [a['variants'][name] for a in archs]
-    want = rank.correlation(column, accuracy, config.seed)
+    want = ranking.correlation(column, accuracy, config.seed)
     assert json.dumps({k: c[k] for k in want}) == json.dumps(want), name
     assert json.dumps(c['within_params']) == json.dumps(
-        rank.kendall_within_strata(column, accuracy,
+        ranking.kendall_within_strata(column, accuracy,
                                    [a['params'] for a in archs],
                                    seed=config.seed))
   assert [a['fitness'] for a in archs] == [

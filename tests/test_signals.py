@@ -12,10 +12,10 @@ from scipy import stats
 
 from masktas_jax import config_lib, data, losses
 from masktas_jax.errors import SearchError
-from masktas_jax.evaluation import fitness, signals
+from masktas_jax.evaluation import fitness, ranking, signals
 from masktas_jax.masking import patchify, random_masking
 from masktas_jax.models import supernet, vit
-from masktas_jax.stages import rank, search
+from masktas_jax.stages import search
 from masktas_jax.storage import artifacts, model_dirs
 from helpers import eval_batches, search_config
 
@@ -187,10 +187,10 @@ def test_kendall_within_parameter_strata_ignores_what_size_explains():
   # them: size ranks well overall and at chance within strata, where the
   # noise ranks perfectly.
   accuracy = 3 * (size // 10) + 0.5 * noise
-  by_size = rank.kendall_within_strata(size, accuracy, size, strata=3)
+  by_size = ranking.kendall_within_strata(size, accuracy, size, strata=3)
   assert abs(by_size['kendall_tau']) < 0.35
   assert stats.kendalltau(size, accuracy).statistic > 0.5
-  by_noise = rank.kendall_within_strata(noise, accuracy, size, strata=3)
+  by_noise = ranking.kendall_within_strata(noise, accuracy, size, strata=3)
   want = np.mean([stats.kendalltau(noise[g], accuracy[g]).statistic
                   for g in (slice(0, 10), slice(10, 20), slice(20, 30))])
   assert by_noise['kendall_tau'] == pytest.approx(want) == 1.0
