@@ -218,28 +218,44 @@ def _pm(values: list[float], signed: bool = False) -> str:
 
 
 def plot(rows: dict, ablations: list[dict], path: epath.Path) -> None:
-  """Test top-1 per baseline and seed; the ablation's top-1 and Kendall."""
+  """Test top-1 per baseline and seed (mean +- std over seeds in black);
+  the ablation's found-subnet top-1 and the fitness's Kendall (with its
+  interval) per mask ratio, each on its own axes."""
   names = [*BASELINES[:1], 'random_median', 'random_best', *BASELINES[1:]]
-  fig, axes = plt.subplots(1, 2 if ablations else 1, figsize=(12, 4.5),
+  fig, axes = plt.subplots(1, 3 if ablations else 1,
+                           figsize=(16 if ablations else 7, 4.5),
                            squeeze=False)
   ax = axes[0, 0]
+  x = np.arange(len(names))
   for j, (seed, row) in enumerate(rows.items()):
-    ax.scatter(np.arange(len(names)) + 0.08 * (j - len(rows) / 2),
-               [100 * row[n] for n in names], label=f'seed {seed}')
-  ax.set_xticks(range(len(names)), names, rotation=20, ha='right')
+    ax.scatter(x + 0.08 * (j - (len(rows) - 1) / 2),
+               [100 * row[n] for n in names], label=f'seed {seed}', s=18)
+  if len(rows) > 1:
+    tops = 100 * np.array([[row[n] for n in names] for row in rows.values()])
+    ax.errorbar(x + 0.3, tops.mean(0), yerr=tops.std(0, ddof=1), fmt='_',
+                color='k', capsize=3, label='mean +- std')
+  ax.set_xticks(x, names, rotation=20, ha='right')
   ax.set_ylabel('test top-1 (%)')
-  ax.legend()
+  ax.set_title('the searched subnet and the baselines')
+  ax.legend(fontsize=8)
   if ablations:
     ax = axes[0, 1]
     done = [a for a in ablations if a['top1'] is not None]
     ax.plot([a['ratio'] for a in done], [100 * a['top1'] for a in done], 'o-')
     ax.set_xlabel('supernet mask ratio')
     ax.set_ylabel('found subnet test top-1 (%)')
-    twin = ax.twinx()
+    ax.set_title('masking ratio: the found subnet')
+    ax = axes[0, 2]
     done = [a for a in ablations if a['kendall'] is not None]
-    twin.plot([a['ratio'] for a in done], [a['kendall'] for a in done],
-              's--', color='C1')
-    twin.set_ylabel('fitness Kendall with fine-tuned top-1', color='C1')
+    k = np.array([a['kendall'] for a in done])
+    ci = np.array([a['kendall_ci'] for a in done]).reshape(-1, 2)
+    ax.errorbar([a['ratio'] for a in done], k,
+                yerr=[k - ci[:, 0], ci[:, 1] - k], fmt='s-', capsize=3,
+                color='C1')
+    ax.axhline(0, color='grey', lw=0.5)
+    ax.set_xlabel('supernet mask ratio')
+    ax.set_ylabel('fitness Kendall with fine-tuned top-1')
+    ax.set_title('masking ratio: the fitness (95% interval)')
   plots.save_figure(fig, path)
 
 
