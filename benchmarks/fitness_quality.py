@@ -204,7 +204,7 @@ def retest(args, seed: int, study: dict, fitness: list[float]) -> dict:
   mean_val = (np.array(study['yardsticks']['finetune']) + again) / 2
   mean_test = (np.array(study['test_top1']) + test) / 2
   return {'val': ranking.correlation(study['yardsticks']['finetune'], again,
-                                  seed),
+                                     seed),
           'test': ranking.correlation(study['test_top1'], test, seed),
           'fitness_vs_mean_val': ranking.correlation(fitness, mean_val, seed),
           'fitness_vs_mean_test': ranking.correlation(fitness, mean_test, seed)}

@@ -255,7 +255,7 @@ def report(args, per_seed: dict, select: list[int]) -> None:
         _print_row(f'{seed} ({done} of {len(study["archs"])} subnets, '
                    'partial)', 'validation', c, rows(part, 0),
                    ranking.correlation(part['probe'],
-                                    yardstick(part, 0))['kendall_tau'])
+                                       yardstick(part, 0))['kendall_tau'])
       elif c:
         print(f'| {seed} | {("validation", "test")[split]} | {_fmt(c)} '
               f'over the {c["subnets"]} subnets done |' + ' |' * (

@@ -48,7 +48,7 @@ def test_kendall_b_in_chunks_and_at_the_edges(monkeypatch):
     for n in (0, 1):
       assert np.isnan(ranking.kendall_b(np.ones((3, n)), np.ones((3, n)))).all()
     two = ranking.kendall_b(np.array([[1., 2], [1, 1]]), np.array([[2., 3],
-                                                                 [1, 2]]))
+                                                                   [1, 2]]))
     assert two[0] == 1 and np.isnan(two[1])
     for n, strata in ((2, 3), (5, 3), (7, 4)):
       a, b, size = rng.normal(size=n), rng.normal(size=n), rng.permutation(n)

@@ -283,7 +283,7 @@ def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
                       ('student_entropy', 'student_entropy')):
     c = result[key] if key == 'fitness' else result['controls'][key]
     want = ranking.correlation([a[column] for a in archs], accuracy,
-                            config.seed)
+                               config.seed)
     assert json.dumps(c) == json.dumps(want)  # NaN-safe equality.
   assert 0 < result['teacher_entropy'] < 1
   # Every fitness variant, with its Kendall within parameter strata; the
@@ -296,8 +296,8 @@ def test_rank_mode_with_each_yardstick(workdir, tmp_path, yardstick):
     assert json.dumps({k: c[k] for k in want}) == json.dumps(want), name
     assert json.dumps(c['within_params']) == json.dumps(
         ranking.kendall_within_strata(column, accuracy,
-                                   [a['params'] for a in archs],
-                                   seed=config.seed))
+                                      [a['params'] for a in archs],
+                                      seed=config.seed))
   assert [a['fitness'] for a in archs] == [
       a['variants'][config.search.fitness] for a in archs]
   # A fusion: the mean of its parts' z-scores among these subnets (float64
